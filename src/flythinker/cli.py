@@ -1,0 +1,63 @@
+"""The `flythinker` command: one sub-command per module, each a thin ``*_command`` function.
+
+Command modules import torch and friends inside their functions, so ``flythinker --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from flythinker.errors import UserError
+
+app = typer.Typer(
+    name="flythinker",
+    help="Personalized long-form generation with on-the-fly latent reasoning (FlyThinker).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Side-by-side benchmarks (decoding, training).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+# --- sub-commands (one line each; the function lives next to the code it drives) -------
+from flythinker.demo import demo_command  # noqa: E402
+
+app.command("demo")(demo_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+        os.environ["FLYTHINKER_DEBUG"] = "1"
+    try:
+        app(args=argv, prog_name="flythinker", standalone_mode=False)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The paper's fusion f(): how a Reasoner latent enters the Generator.
+
+    e'_i = E_G(s_i) + λ · ρ · z_{i-1} / ‖z_{i-1}‖        (i ≥ 1),    e'_0 = E_G(s_0)
+
+z is the Reasoner's final-layer hidden state (after the final norm); ρ is the mean L2 norm
+of the rows of the Generator's input-embedding table (a detached scalar) — the paper's
+training-time rule. The official two-GPU script instead rescales to the norm of individual
+prompt tokens at inference, a train/test mismatch; here training and every decoder call
+this one module, so they cannot disagree.
+
+This module knows nothing of models or data: tensors in, tensors out.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FUSION_MODES = ("prefix", "linear")
+
+
+def embedding_norm(weight: torch.Tensor) -> torch.Tensor:
+    """ρ: mean L2 norm of the rows of an embedding table (V, d) → detached fp32 scalar.
+
+    >>> embedding_norm(torch.ones(4, 9)).item()
+    3.0
+    """
+    return weight.detach().float().norm(dim=-1).mean()
+
+
+class Fusion(nn.Module):
+    """Adds λ·ρ·ẑ (a norm-matched Reasoner latent) to Generator input embeddings.
+
+    ``mode="prefix"`` (the paper) adds a d_R-dim latent into the first d_R dimensions of the
+    d_G-dim embedding (needs d_R ≤ d_G); ``mode="linear"`` learns a d_R→d_G projection first
+    (initialised to the prefix embedding when d_R ≤ d_G, so both modes start identical).
+
+    >>> f = Fusion(d_reasoner=8, d_generator=16, lam=0.5)
+    >>> f(torch.zeros(2, 3, 16), torch.randn(2, 3, 8), rho=torch.tensor(1.0)).shape
+    torch.Size([2, 3, 16])
+    """
+
+    def __init__(self, d_reasoner: int, d_generator: int, lam: float = 0.5, mode: str = "prefix"):
+        super().__init__()
+        if mode not in FUSION_MODES:
+            raise ValueError(f"fusion mode must be one of {FUSION_MODES}, got {mode!r}")
+        if not (isinstance(lam, (int, float)) and lam >= 0 and lam == lam and lam != float("inf")):
+            raise ValueError(f"lam must be a finite number ≥ 0, got {lam!r}")
+        if mode == "prefix" and d_reasoner > d_generator:
+            raise ValueError(
+                f"fusion='prefix' needs reasoner hidden size ≤ generator hidden size "
+                f"(got {d_reasoner} > {d_generator}); use fusion='linear'"
+            )
+        self.d_reasoner, self.d_generator = d_reasoner, d_generator
+        self.lam, self.mode = float(lam), mode
+        self.proj = None
+        if mode == "linear":
+            self.proj = nn.Linear(d_reasoner, d_generator, bias=False)
+            with torch.no_grad():
+                if d_reasoner <= d_generator:
+                    self.proj.weight.copy_(torch.eye(d_generator, d_reasoner))
+                else:
+                    nn.init.orthogonal_(self.proj.weight)
+
+    def latent_offset(self, latent: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+        """λ·ρ·z/‖z‖ mapped to the Generator's width: (..., d_R) → (..., d_G)."""
+        z = self.proj(latent) if self.proj is not None else latent
+        # normalise in fp32: bf16 norms of 1k-dim vectors lose ~3 significant digits
+        zf = z.float()
+        zf = zf * (self.lam * rho.float() / zf.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        if zf.shape[-1] < self.d_generator:  # prefix mode, d_R < d_G: first d_R dims
+            zf = nn.functional.pad(zf, (0, self.d_generator - zf.shape[-1]))
+        return zf
+
+    def forward(
+        self,
+        embeds: torch.Tensor,  # (B, T, d_G) Generator input embeddings E_G(s_i)
+        latents: torch.Tensor,  # (B, T, d_R) latent to add at each position (already shifted: z_{i-1})
+        rho: torch.Tensor,  # () mean embedding-row norm of G
+        latent_mask: torch.Tensor | None = None,  # (B, T) 1 where a latent applies
+    ) -> torch.Tensor:  # (B, T, d_G)
+        if self.lam == 0.0:  # exactly SFT: no arithmetic on the embeddings at all
+            return embeds
+        offset = self.latent_offset(latents, rho)
+        if latent_mask is not None:
+            offset = offset * latent_mask.unsqueeze(-1).to(offset.dtype)
+        return (embeds.float() + offset).to(embeds.dtype)
+
+    def extra_repr(self) -> str:
+        return f"d_reasoner={self.d_reasoner}, d_generator={self.d_generator}, lam={self.lam}, mode={self.mode!r}"
+
+
+def shift_latents(
+    latents: torch.Tensor,  # (B, T, d_R) z_i for every position
+    attention_mask: torch.Tensor | None,  # (B, T) 1 for real tokens
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-token lag for the training forward: position i receives z_{i-1}.
+
+    Returns the shifted latents (B, T, d_R) and a mask (B, T) that is 1 where a real previous
+    token exists — 0 at each row's first real token (e'_0 = E_G(s_0)) and on padding, so left
+    padding never leaks a pad position's latent into a row.
+    """
+    shifted = torch.cat([torch.zeros_like(latents[:, :1]), latents[:, :-1]], dim=1)
+    if attention_mask is None:
+        mask = torch.ones(latents.shape[:2], dtype=torch.long, device=latents.device)
+    else:
+        mask = attention_mask.long()
+    prev = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], dim=1)
+    return shifted, prev * mask

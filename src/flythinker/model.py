@@ -1,0 +1,356 @@
+"""FlyThinker: a Generator G and a Reasoner R joined by the fusion f() — one-pass training.
+
+Training needs no unrolling: a latent z_i depends on tokens s_0..s_i only, never on earlier
+latents, so the teacher-forced forward is one parallel pass of R (hidden states only, no LM
+head) and one of G over the fused embeddings (DESIGN.md §1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from flythinker.errors import UserError
+from flythinker.fusion import Fusion, embedding_norm, shift_latents
+
+CONFIG_NAME = "flythinker.json"
+FUSION_WEIGHTS = "fusion.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FlyThinkerOutput(ModelOutput):
+    """Output of :meth:`FlyThinker.forward`: ``loss`` (response tokens only), ``logits`` (B, T, V),
+    and the Reasoner's ``latents`` (B, T, d_R) when asked for."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids (B, T) counted over real tokens only, so left padding changes nothing.
+
+    Same rule as transformers' ``generate`` (pads get position 1; they are masked anyway).
+
+    >>> positions_from_mask(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])).tolist()
+    [[1, 1, 0, 1], [0, 1, 2, 3]]
+    """
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 1)
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack of a causal LM without its LM head (R's logits are never needed).
+
+    Works for stock ``AutoModelForCausalLM`` models and for peft-wrapped ones (LoRA layers are
+    injected in place, so the unwrapped decoder still runs them).
+    """
+    if hasattr(model, "get_base_model"):  # peft.PeftModel
+        model = model.get_base_model()
+    if hasattr(model, "get_decoder") and model.get_decoder() is not None:
+        return model.get_decoder()
+    return model.base_model
+
+
+def check_pair(generator, reasoner, generator_tokenizer=None, reasoner_tokenizer=None) -> None:
+    """Refuse a G/R pair that does not share one vocabulary (DESIGN.md §3).
+
+    With tokenizers, their vocabularies must be identical and both embedding tables must cover
+    them (so Qwen2.5-7B with 152064 rows pairs with 1.5B with 151936: same tokenizer). Without
+    tokenizers, the two input-embedding tables must have the same number of rows.
+    """
+    vg = generator.get_input_embeddings().num_embeddings
+    vr = reasoner.get_input_embeddings().num_embeddings
+    if generator_tokenizer is not None and reasoner_tokenizer is not None:
+        a, b = generator_tokenizer.get_vocab(), reasoner_tokenizer.get_vocab()
+        if a != b:
+            diff = sorted(set(a.items()) ^ set(b.items()))[:3]
+            raise UserError(
+                f"generator and reasoner tokenizers differ ({len(a)} vs {len(b)} tokens, e.g. {diff}); "
+                "FlyThinker needs one shared vocabulary"
+            )
+        n = len(generator_tokenizer)
+        if vg < n or vr < n:
+            raise UserError(
+                f"embedding tables ({vg} generator rows, {vr} reasoner rows) do not cover the "
+                f"tokenizer's {n} tokens"
+            )
+    elif vg != vr:
+        raise UserError(
+            f"generator and reasoner vocabulary sizes differ ({vg} vs {vr}); pass both tokenizers "
+            "to check that they share one vocabulary, or use a matching pair"
+        )
+
+
+class FlyThinker(nn.Module):
+    """A Generator and a Reasoner trained jointly; R's latent is fused into G's next input.
+
+    >>> model = FlyThinker(generator=g, reasoner=r, lam=0.5)           # doctest: +SKIP
+    >>> out = model(input_ids=ids, attention_mask=mask, labels=labels)  # doctest: +SKIP
+    >>> out.loss.backward()                                             # doctest: +SKIP
+    >>> new = model.generate(ids, attention_mask=mask, max_new_tokens=64)  # (B, T_new)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        reasoner: nn.Module,
+        lam: float = 0.5,
+        fusion: str = "prefix",
+        generator_tokenizer=None,
+        reasoner_tokenizer=None,
+    ):
+        super().__init__()
+        check_pair(generator, reasoner, generator_tokenizer, reasoner_tokenizer)
+        self.generator, self.reasoner = generator, reasoner
+        d_g = generator.get_input_embeddings().embedding_dim
+        d_r = backbone(reasoner).config.hidden_size
+        try:
+            self.fusion = Fusion(d_reasoner=d_r, d_generator=d_g, lam=lam, mode=fusion)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        self.tokenizer = generator_tokenizer
+        self._rho: torch.Tensor | None = None
+
+    @property
+    def lam(self) -> float:
+        return self.fusion.lam
+
+    # --- ρ --------------------------------------------------------------------------------
+    def rho(self) -> torch.Tensor:
+        """ρ = mean row norm of G's input-embedding table (detached), or the cached value."""
+        if self._rho is not None:
+            return self._rho
+        w = self.generator.get_input_embeddings().weight
+        if w.numel() == 0:  # ZeRO-3 partitions the table outside forward: the shard is empty
+            raise RuntimeError(
+                "the generator's embedding table is partitioned (ZeRO-3); call model.cache_rho() "
+                "before wrapping the model, or compute ρ from the gathered weights"
+            )
+        return embedding_norm(w)
+
+    def cache_rho(self, value: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Freeze ρ (for ZeRO-3 training or decoding); ``None`` computes it now from G's table."""
+        self._rho = None
+        rho = self.rho() if value is None else torch.as_tensor(value, dtype=torch.float32)
+        self._rho = rho.detach()
+        return self._rho
+
+    def clear_rho_cache(self) -> None:
+        self._rho = None
+
+    # --- the training forward ---------------------------------------------------------------
+    def reason(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        """R's latents z (B, T, d_R): final-layer hidden states, no LM head."""
+        return backbone(self.reasoner)(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T)
+        labels: torch.Tensor | None = None,  # (B, T), -100 on prompt and padding
+        position_ids: torch.Tensor | None = None,
+        return_latents: bool = False,
+        **loss_kwargs,
+    ) -> FlyThinkerOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask)
+        embeds = self.generator.get_input_embeddings()(input_ids)  # (B, T, d_G)
+        latents = None
+        if self.fusion.lam != 0.0 or return_latents:  # λ = 0 is SFT: R is not run at all
+            latents = self.reason(input_ids, attention_mask, position_ids)  # (B, T, d_R)
+            shifted, latent_mask = shift_latents(latents, attention_mask)
+            embeds = self.fusion(embeds, shifted.to(embeds.device), self.rho(), latent_mask.to(embeds.device))
+        out = self.generator(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            use_cache=False,
+            **loss_kwargs,
+        )
+        return FlyThinkerOutput(loss=out.loss, logits=out.logits, latents=latents if return_latents else None)
+
+    # --- decoding -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        streamer=None,
+        mode: str = "sequential",
+        backend: str | None = None,
+    ) -> torch.Tensor:
+        """Decode up to ``max_new_tokens`` per row; returns the new tokens (B, T_new).
+
+        ``mode="sequential"`` is the reference decoder (R then G each step). Rows that finished
+        are padded with ``pad_token_id`` after their EOS. ``streamer`` follows transformers'
+        streamer protocol (``put``/``end``), e.g. ``TextStreamer`` or ``TextIteratorStreamer``.
+
+        >>> new = model.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=True,
+        ...                      temperature=0.8, top_p=0.95, seed=0)  # doctest: +SKIP
+        """
+        from flythinker.decoding import decode
+        from flythinker.decoding.sampling import SamplingConfig
+
+        sampling = SamplingConfig(
+            do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed
+        )
+        eos, pad = self._special_ids(eos_token_id, pad_token_id)
+        return decode(
+            self,
+            input_ids,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            streamer=streamer,
+            mode=mode,
+            backend=backend,
+        )
+
+    def _special_ids(self, eos, pad) -> tuple[list[int], int]:
+        gen_cfg = getattr(self.generator, "generation_config", None)
+        if eos is None and self.tokenizer is not None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None and gen_cfg is not None:
+            eos = gen_cfg.eos_token_id
+        if pad is None and self.tokenizer is not None:
+            pad = self.tokenizer.pad_token_id
+        if pad is None and gen_cfg is not None:
+            pad = gen_cfg.pad_token_id
+        eos_list = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        if pad is None:
+            pad = eos_list[0] if eos_list else 0
+        return eos_list, int(pad)
+
+    # --- save / load --------------------------------------------------------------------------
+    def fusion_config(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "lam": self.fusion.lam,
+            "fusion": self.fusion.mode,
+            "d_generator": self.fusion.d_generator,
+            "d_reasoner": self.fusion.d_reasoner,
+        }
+
+    def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False, tokenizer=None) -> Path:
+        """Write ``generator/``, ``reasoner/`` (standard transformers folders, safetensors),
+        ``flythinker.json`` and, for ``fusion="linear"``, ``fusion.safetensors``.
+
+        The folder is written beside its destination and renamed into place, so a crash never
+        leaves a half-written model; an existing folder is kept unless ``overwrite=True``.
+
+        >>> model.save_pretrained("runs/my-model")  # doctest: +SKIP
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise UserError(f"{path} already exists and is not empty (pass overwrite=True to replace it)")
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            for name, m in (("generator", self.generator), ("reasoner", self.reasoner)):
+                m.save_pretrained(tmp / name, safe_serialization=True)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(tmp / name)
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.fusion_config(), indent=2) + "\n")
+            if self.fusion.proj is not None:
+                state = {k: v.detach().cpu().contiguous() for k, v in self.fusion.state_dict().items()}
+                save_file(state, str(tmp / FUSION_WEIGHTS))
+            _replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+        **model_kwargs,
+    ) -> "FlyThinker":
+        """Load a folder written by :meth:`save_pretrained` (local files only, safetensors only).
+
+        ``model_kwargs`` go to both ``AutoModelForCausalLM.from_pretrained`` calls
+        (e.g. ``attn_implementation="sdpa"``).
+
+        >>> model = FlyThinker.from_pretrained("runs/my-model")  # doctest: +SKIP
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        cfg_file = path / CONFIG_NAME
+        if not cfg_file.is_file():
+            raise UserError(f"{path}: not a FlyThinker folder (no {CONFIG_NAME})")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+            lam, mode = cfg["lam"], cfg["fusion"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{cfg_file}: unreadable FlyThinker config ({e})") from None
+        kw = dict(local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, **model_kwargs)
+        if dtype is not None:
+            kw["dtype"] = dtype
+        models, toks = {}, {}
+        for name in ("generator", "reasoner"):
+            sub = path / name
+            if not sub.is_dir():
+                raise UserError(f"{path}: missing {name}/ folder")
+            try:
+                models[name] = AutoModelForCausalLM.from_pretrained(sub, **kw)
+            except (OSError, ValueError) as e:
+                raise UserError(f"{sub}: cannot load the {name} ({str(e).splitlines()[0]})") from None
+            has_tok = any((sub / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+            toks[name] = AutoTokenizer.from_pretrained(sub, local_files_only=True) if has_tok else None
+        model = cls(
+            models["generator"], models["reasoner"], lam=lam, fusion=mode,
+            generator_tokenizer=toks["generator"], reasoner_tokenizer=toks["reasoner"],
+        )
+        if mode == "linear":
+            from safetensors.torch import load_file
+
+            wfile = path / FUSION_WEIGHTS
+            if not wfile.is_file():
+                raise UserError(f"{path}: fusion='linear' but {FUSION_WEIGHTS} is missing")
+            model.fusion.load_state_dict(load_file(str(wfile)))
+        if device is not None:
+            model.to(device)
+        return model.eval()
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished folder into place; an old ``dst`` is removed only after the rename."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
