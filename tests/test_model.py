@@ -81,6 +81,7 @@ def test_lambda_zero_skips_the_reasoner_but_positive_lambda_uses_it():
     model.reasoner.model.register_forward_hook(lambda *a: calls.append(1))
     ids, mask = left_padded_batch([6], seed=4)
     model(input_ids=ids, attention_mask=mask)
+    model.generate(ids, attention_mask=mask, max_new_tokens=3)
     assert calls == []
     model.fusion.lam = 0.5
     model(input_ids=ids, attention_mask=mask)
