@@ -61,3 +61,33 @@ def gitcommits() -> Path:
     if not GITCOMMITS.is_dir():
         pytest.skip("../shared/data/gitcommits not present")
     return GITCOMMITS
+
+
+@pytest.fixture(scope="session")
+def sample_tokenizer(tmp_path_factory):
+    """A small BPE tokenizer trained on the gitcommits sample (cached in a temp dir)."""
+    if not GITCOMMITS.is_dir():
+        pytest.skip("../shared/data/gitcommits not present")
+    from flythinker.data.longlamp import load_examples
+    from flythinker.data.tokenizer import train_tokenizer
+
+    exs = load_examples(GITCOMMITS / "sample" / "user_based", split="train")
+    texts = [e.input for e in exs] + [e.output for e in exs] + [p["text"] for e in exs for p in e.profile]
+    return train_tokenizer(texts, vocab_size=600, cache_dir=tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def saved_tiny_model(tmp_path_factory, sample_tokenizer):
+    """A tiny FlyThinker (d_G=48, d_R=32) saved with its tokenizer: the folder path."""
+    from flythinker import FlyThinker
+
+    n = len(sample_tokenizer)
+    g = tiny_causal_lm(hidden=48, vocab=n, seed=0)
+    r = tiny_causal_lm(hidden=32, vocab=n, seed=1)
+    for m in (g, r):
+        m.config.eos_token_id = sample_tokenizer.eos_token_id
+        m.config.pad_token_id = sample_tokenizer.pad_token_id
+    model = FlyThinker(g, r, lam=0.5, generator_tokenizer=sample_tokenizer, reasoner_tokenizer=sample_tokenizer)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    model.save_pretrained(path)
+    return path

@@ -1,0 +1,291 @@
+"""Predictions for a dataset split: batched, appended as they are made, resumable, shardable.
+
+Launched with ``torchrun``/``accelerate launch``, each process takes every WORLD_SIZE-th
+example, writes its own part file, and rank 0 merges the parts in dataset order (checking that
+no id is lost or duplicated). Rerunning after a crash skips the ids already written.
+
+Batches are fixed chunks of a shard in dataset order, each with its own sampling seed, so a
+resumed run recomputes exactly the batches an uninterrupted run would have — the same tokens,
+greedy or seeded sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from flythinker.errors import UserError
+
+
+@dataclass
+class DecodeSettings:
+    """Decoding settings for a predictions run (paper: temperature 0.8, top-p 0.95)."""
+
+    max_new_tokens: int = 256
+    """Most new tokens per example."""
+    do_sample: bool = True
+    """Sample (True) or greedy (False)."""
+    temperature: float = 0.8
+    """Softmax temperature when sampling."""
+    top_p: float = 0.95
+    """Nucleus sampling threshold."""
+    top_k: int = 0
+    """Top-k filter (0 = off)."""
+    seed: int = 0
+    """Base seed; batch i of a shard samples with seed + i."""
+    batch_size: int = 8
+    """Examples decoded together (left-padded)."""
+    mode: str = "sequential"
+    """Decoder: "sequential" (reference) or "concurrent"."""
+    backend: str | None = None
+    """Concurrent backend (None: the best for the hardware)."""
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise UserError("max_new_tokens and batch_size must be ≥ 1")
+
+
+@dataclass
+class PredictionStats:
+    """What a predictions run wrote and how long its decoding took."""
+
+    path: Path
+    seconds: float = 0.0
+    new_tokens: int = 0  # non-pad generated tokens
+    steps: int = 0  # decoding steps (batch columns)
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1000 * self.seconds / max(1, self.steps)
+
+
+def read_done(path: Path) -> dict[str, dict]:
+    """Records already in a predictions file; a torn last line (crash mid-write) is cut off."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    end = raw.rfind(b"\n") + 1
+    if end < len(raw):  # a half-written last line: drop it so appends stay line-aligned
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    done = {}
+    for n, line in enumerate(raw[:end].decode("utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+                done[rec["id"]] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{path}: line {n} is not a predictions record") from None
+    return done
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    # one write per batch, then fsync: a kill leaves whole batches (at worst a torn last line)
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def part_path(out: Path, rank: int, world_size: int) -> Path:
+    return out if world_size == 1 else out.with_name(f"{out.name}.part{rank}-of-{world_size}")
+
+
+def generate_predictions(
+    model,
+    tokenizer,
+    examples: list,
+    out: str | Path,
+    *,
+    prompt_cfg=None,
+    settings: DecodeSettings | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    extra: dict | None = None,
+) -> "PredictionStats":
+    """Write ``{"id", "user_id", "prediction"}`` JSONL lines for ``examples`` to ``out``.
+
+    Returns the file this process wrote (``out`` itself when ``world_size == 1``) and the
+    decoding time of this call.
+
+    >>> generate_predictions(model, tok, load_examples("data", split="test"), "preds.jsonl",
+    ...                      settings=DecodeSettings(do_sample=False))  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    from flythinker.data.prompts import PromptConfig, collate, encode_for_generation
+
+    prompt_cfg = prompt_cfg or PromptConfig()
+    settings = settings or DecodeSettings()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = part_path(out, rank, world_size)
+    done = read_done(path)
+    shard = examples[rank::world_size]
+    batches = [shard[i : i + settings.batch_size] for i in range(0, len(shard), settings.batch_size)]
+    device = next(model.generator.parameters()).device
+    stats = PredictionStats(path=path)
+    bar = tqdm(total=len(shard), initial=sum(e.id in done for e in shard), desc=f"generate[{rank}]",
+               disable=not progress, unit="ex")
+    for b, batch in enumerate(batches):
+        todo = [e for e in batch if e.id not in done]
+        if not todo:
+            continue
+        feats = [encode_for_generation(e, tokenizer, prompt_cfg) for e in batch]
+        enc = collate(feats, pad_token_id=tokenizer.pad_token_id, padding_side="left")
+        t0 = time.perf_counter()
+        new = model.generate(
+            enc["input_ids"].to(device),
+            attention_mask=enc["attention_mask"].to(device),
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=settings.do_sample,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            seed=settings.seed + b,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            mode=settings.mode,
+            backend=settings.backend,
+        )
+        elapsed = time.perf_counter() - t0
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        n_tokens = int((new != tokenizer.pad_token_id).sum())
+        stats.seconds += elapsed
+        stats.new_tokens += n_tokens
+        stats.steps += new.shape[1]
+        records = []
+        for e, text in zip(batch, texts):
+            if e.id in done:
+                continue
+            rec = {"id": e.id, "user_id": e.user_id, "prediction": text.strip(), **(extra or {})}
+            records.append(rec)
+            done[e.id] = rec
+        _append(path, records)
+        bar.update(len(records))
+        bar.set_postfix(tok_s=f"{n_tokens / elapsed:.0f}")
+    bar.close()
+    stats.path = path
+    return stats
+
+
+def merge_parts(out: str | Path, examples: list, world_size: int) -> Path:
+    """Merge the part files of a sharded run into ``out``, in dataset order; every id once."""
+    out = Path(out)
+    records: dict[str, dict] = {}
+    for rank in range(world_size):
+        part = part_path(out, rank, world_size)
+        for rid, rec in read_done(part).items():
+            if rid in records:
+                raise RuntimeError(f"id {rid!r} was written by two processes")
+            records[rid] = rec
+    missing = [e.id for e in examples if e.id not in records]
+    if missing:
+        raise RuntimeError(f"{len(missing)} examples have no prediction (e.g. {missing[:3]})")
+    extra = set(records) - {e.id for e in examples}
+    if extra:
+        raise RuntimeError(f"{len(extra)} predictions match no example (e.g. {sorted(extra)[:3]})")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(json.dumps(records[e.id], ensure_ascii=False) + "\n" for e in examples))
+    os.replace(tmp, out)
+    for rank in range(world_size):
+        part_path(out, rank, world_size).unlink()
+    return out
+
+
+def load_for_inference(path: str | Path, dtype=None, device=None, trust_remote_code: bool = False):
+    """A FlyThinker folder, or a plain causal-LM folder (an SFT model: wrapped with λ = 0).
+
+    Returns ``(model, tokenizer)``; local files only.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flythinker.model import CONFIG_NAME, FlyThinker
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"model path {path} does not exist (models load from local folders only)")
+    if (path / CONFIG_NAME).is_file():
+        model = FlyThinker.from_pretrained(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        tok = model.tokenizer
+    elif (path / "config.json").is_file():
+        kw = dict(local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code)
+        if dtype is not None:
+            kw["dtype"] = dtype
+        g = AutoModelForCausalLM.from_pretrained(path, **kw)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = FlyThinker(generator=g, reasoner=g, lam=0.0, generator_tokenizer=tok, reasoner_tokenizer=tok)
+        if device is not None:
+            model.to(device)
+    else:
+        raise UserError(f"{path}: neither a FlyThinker folder ({CONFIG_NAME}) nor a transformers model (config.json)")
+    if tok is None:
+        raise UserError(f"{path}: no tokenizer saved with the model")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok
+
+
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def generate_command(
+    model: Path = typer.Option(..., "--model", help="A FlyThinker folder or a plain transformers model folder (SFT)."),
+    data: Path = typer.Option(..., "--data", help="LongLaMP-format file or folder."),
+    out: Path = typer.Option(..., "--out", help="Predictions JSONL to write (appended; rerun to resume)."),
+    split: str = typer.Option("test", "--split", help="Split to predict (train/dev/test) when --data is a folder."),
+    limit: int = typer.Option(0, "--limit", help="Only the first N examples (0 = all)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Examples decoded together."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Most new tokens per example."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding instead of sampling."),
+    temperature: float = typer.Option(0.8, "--temperature", help="Sampling temperature (paper: 0.8)."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling threshold (paper: 0.95)."),
+    top_k: int = typer.Option(0, "--top-k", help="Top-k filter (0 = off)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    mode: str = typer.Option("sequential", "--mode", help="sequential (reference) or concurrent."),
+    backend: str = typer.Option(None, "--backend", help="Concurrent backend (default: best available)."),
+    retrieval: str = typer.Option("all", "--retrieval", help="Profile in the prompt: none, all, bm25, recent."),
+    k: int = typer.Option(4, "--k", help="Profile items kept by bm25 / recent."),
+    dtype: str = typer.Option(None, "--dtype", help="Model dtype (float32, bfloat16, ...)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the folder."),
+) -> None:
+    """Write predictions JSONL for a dataset split with a trained model.
+
+    Under ``torchrun --nproc_per_node N`` or ``accelerate launch`` the examples are sharded
+    across processes and merged in dataset order at the end.
+    """
+    import torch
+
+    from flythinker.data.longlamp import load_examples
+    from flythinker.data.prompts import PromptConfig
+
+    rank, world, local = _dist_env()
+    settings = DecodeSettings(
+        max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=temperature, top_p=top_p,
+        top_k=top_k, seed=seed, batch_size=batch_size, mode=mode, backend=backend,
+    )
+    prompt_cfg = PromptConfig(retrieval=retrieval, k=k)
+    examples = load_examples(data, split=split, limit=limit or None)
+    device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    net, tok = load_for_inference(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    stats = generate_predictions(net, tok, examples, out, prompt_cfg=prompt_cfg, settings=settings,
+                                 rank=rank, world_size=world)
+    if world > 1:
+        torch.distributed.barrier()
+        if rank == 0:
+            merge_parts(out, examples, world)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        print(f"wrote {len(examples)} predictions to {out} "
+              f"({stats.ms_per_step:.1f} ms per decoding step on rank 0)")
