@@ -141,6 +141,14 @@ def test_profile_keeps_whole_items_newest_first_then_shows_them_oldest_first(tok
     assert score_order.profile == f"[1] {items[3]}\n\n[2] {items[2]}"
 
 
+def test_profile_skips_an_item_too_big_for_the_rest_of_the_budget(tok):
+    profile = [{"title": "a", "text": CORPUS[0], "date": "2020"}, {"title": "b", "text": CORPUS[1], "date": "2021"},
+               {"title": "big", "text": " ".join(CORPUS * 4), "date": "2022"}]
+    ex = example(profile=profile)
+    small = f"[1] {render_profile_item(profile[0], 'generic')}\n\n[2] {render_profile_item(profile[1], 'generic')}"
+    assert prompt_parts(ex, tok, PromptConfig(profile_tokens=n_tokens(small, tok) + 2)).profile == small
+
+
 def test_profile_item_cut_when_none_fits_whole(tok):
     ex = example(profile=[{"title": "Long", "text": " ".join(CORPUS * 3)}])
     budget = n_tokens("[1] Title: Long\nText: The cat sleeps", tok)

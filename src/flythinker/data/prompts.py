@@ -139,7 +139,7 @@ def _longest_fit(n: int, make, max_tokens: int, tokenizer) -> str | None:
 
 def _cut_tokens(text: str, max_tokens: int, tokenizer) -> str:
     """The first ``max_tokens`` tokens of ``text``, as text (original characters kept)."""
-    if tokenizer.is_fast:
+    if getattr(tokenizer, "is_fast", False):  # offsets keep the original characters
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         cut = text[: enc["offset_mapping"][max_tokens - 1][1]]
     else:
@@ -212,18 +212,24 @@ def _profile_block(example: Example, texts: dict[int, str], cfg: PromptConfig) -
 def fit_profile(example: Example, tokenizer, cfg: PromptConfig) -> str:
     """The rendered profile block: selected items, numbered, within ``cfg.profile_tokens``."""
     ranked, budget = _ranked(example, cfg), cfg.profile_tokens
+    if not ranked:
+        return ""
     rendered = {i: render_profile_item(example.profile[i], example.task) for i in ranked}
+    # item costs add up (plus "[n] " and the blank line between items); the joined block is
+    # counted at the end, since tokens may merge across the joins
+    sep = n_tokens("\n\n", tokenizer)
+    overhead = n_tokens(f"[{len(ranked)}] ", tokenizer) + sep
     kept: dict[int, str] = {}
-    used = 0
+    used = -sep  # the first item has no blank line before it
     for i in ranked:  # most useful first; an item that no longer fits is skipped
-        if used + n_tokens(rendered[i], tokenizer) > budget:
-            continue
-        trial = {**kept, i: rendered[i]}
-        cost = n_tokens(_profile_block(example, trial, cfg), tokenizer)
-        if cost <= budget:
-            kept, used = trial, cost
-    if kept or not ranked:
-        return _profile_block(example, kept, cfg)
+        cost = n_tokens(rendered[i], tokenizer) + overhead
+        if used + cost <= budget:
+            kept[i], used = rendered[i], used + cost
+    while kept:
+        block = _profile_block(example, kept, cfg)
+        if n_tokens(block, tokenizer) <= budget:
+            return block
+        kept.pop(next(reversed(kept)))  # over after all: drop the least useful one
     # no item fits whole: cut the best one, shrinking until its numbered block fits
     best, room = ranked[0], budget
     while room >= 1:
