@@ -51,8 +51,7 @@ _LEX_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("FLYTHINKER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "flythinker"
-    return Path(base).expanduser() / "nltk_data"
+    return Path(os.environ.get("FLYTHINKER_CACHE") or "~/.cache/flythinker").expanduser() / "nltk_data"
 
 
 def _find_wordnet_source() -> Path:
@@ -167,7 +166,6 @@ def score_examples(predictions: list[str], references: list[str], *, bertscore: 
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     from nltk.translate.meteor_score import meteor_score
     from rouge_score import rouge_scorer
-    from sacrebleu.metrics import BLEU
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
     rouge = [scorer.score(r, p) for p, r in zip(predictions, references)]  # score(target, prediction)
@@ -175,7 +173,7 @@ def score_examples(predictions: list[str], references: list[str], *, bertscore: 
     meteor = [meteor_score([_meteor_tokens(r)], _meteor_tokens(p), wordnet=wn) for p, r in zip(predictions, references)]
     # sacrebleu's per-sentence sufficient statistics (private but stable in 2.x; the tests check
     # that summing them reproduces corpus_bleu).
-    stats = BLEU()._extract_corpus_statistics(predictions, [references]) if predictions else []
+    stats = _bleu()._extract_corpus_statistics(predictions, [references]) if predictions else []
     bs = _bertscore_f1(predictions, references, bertscore_model) if bertscore else None
     return ExampleScores(
         rouge1=np.array([r["rouge1"].fmeasure for r in rouge], dtype=float),
