@@ -315,6 +315,9 @@ class FlyThinker(nn.Module):
             lam, mode = cfg["lam"], cfg["fusion"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise UserError(f"{cfg_file}: unreadable FlyThinker config ({e})") from None
+        variant = cfg.get("variant", "flythinker")
+        if variant != getattr(cls, "variant", "flythinker"):  # e.g. a static-reasoning baseline
+            cls = _variant_class(variant, cfg_file)
         kw = dict(local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, **model_kwargs)
         if dtype is not None:
             kw["dtype"] = dtype
@@ -343,6 +346,17 @@ class FlyThinker(nn.Module):
         if device is not None:
             model.to(device)
         return model.eval()
+
+
+def _variant_class(variant: str, cfg_file: Path) -> type:
+    """The class a saved ``"variant"`` names (baselines live above this module: imported lazily)."""
+    if variant == "flythinker":
+        return FlyThinker
+    if variant == "static":
+        from flythinker.baselines import StaticThinker
+
+        return StaticThinker
+    raise UserError(f"{cfg_file}: unknown FlyThinker variant {variant!r}")
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
