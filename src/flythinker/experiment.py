@@ -1,0 +1,436 @@
+"""``flythinker experiment CONFIG``: the paper's comparison as one resumable matrix.
+
+A run (1) pre-trains the base LMs on the corpus (:mod:`flythinker.pretrain`), (2) fine-tunes
+every cell — a method (:mod:`flythinker.baselines`) on a split with a seed — with the one trainer
+(:func:`flythinker.train.trainer.train`), (3) generates the test split (paper sampling: T 0.8,
+top-p 0.95), (4) scores it (ROUGE-1/L, METEOR, BLEU, BERTScore, by position, teacher-forced
+NLL on dev and test) and (5) writes ``OUT/results.md``, ``OUT/results.json`` and
+``OUT/results.png``: methods × metrics × splits, seed-averaged, with bootstrap CIs and paired
+comparisons (e.g. FlyThinker − SFT).
+
+Every cell lives in ``OUT/cells/SPLIT/NAME/seedS/``; a cell with ``metrics.json`` is finished
+and skipped, an interrupted one resumes (trainer checkpoints, appended predictions).
+
+    flythinker experiment src/flythinker/configs/experiment_gitcommits.yaml
+    flythinker experiment src/flythinker/configs/experiment_tiny.yaml --only sft,flythinker
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import typer
+
+from flythinker.errors import UserError
+
+
+@dataclass
+class CellGroup:
+    """A row of the results: a method with optional config overrides, on some splits and seeds."""
+
+    name: str
+    """Row label (unique), e.g. "flythinker" or "flythinker_lam1"."""
+    method: str
+    """A registry name of flythinker.baselines.BASELINES."""
+    set: list[str] = field(default_factory=list)
+    """Dotted overrides of the training config, e.g. ["model.lam=1.0"]."""
+    reasoner: str | None = None
+    """Base model (a key of ``bases``) for R instead of the experiment's reasoner."""
+    splits: list[str] | None = None
+    """Splits to run (None: all of the experiment's)."""
+    seeds: list[int] | None = None
+    """Seeds to run (None: all of the experiment's)."""
+
+
+@dataclass
+class ExperimentConfig:
+    """The whole matrix: data, base models, methods, ablations, the shared recipe."""
+
+    out: str = "runs/experiment"
+    """Output folder (relative to the current directory)."""
+    data: str = "../shared/data/gitcommits"
+    """Folder with one LongLaMP-format folder per split (and corpus.jsonl.gz for pretraining)."""
+    corpus: str = "../shared/data/gitcommits"
+    """Folder with corpus.jsonl.gz and the full splits (what pretraining must exclude)."""
+    splits: list[str] = field(default_factory=lambda: ["user_based", "temporal"])
+    """Split folders under ``data``."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Fine-tuning seeds (data order) and sampling seeds."""
+    bases: dict = field(default_factory=dict)
+    """Base LMs to pre-train: name -> flythinker.pretrain.PretrainConfig fields."""
+    generator: str = "g"
+    """Base of G (a key of ``bases``)."""
+    reasoner: str = "r"
+    """Base of R (a key of ``bases``)."""
+    methods: list[str] = field(default_factory=lambda: ["nonpers", "rag", "sft", "static", "flythinker"])
+    """Main rows: registry names, each on every split and seed."""
+    ablations: list[CellGroup] = field(default_factory=list)
+    """Extra rows (λ sweep, Reasoner size, frozen R, fusion): usually one split, one seed."""
+    train: dict = field(default_factory=dict)
+    """The shared training config (model/data/train sections of ``flythinker train``)."""
+    decode: dict = field(default_factory=dict)
+    """flythinker.predict.DecodeSettings fields (paper: temperature 0.8, top_p 0.95)."""
+    think_extra_tokens: int = 48
+    """Extra target and generation budget for the <think> block."""
+    limit_train: int | None = None
+    """Use only the first N training examples of each split."""
+    limit_eval: int | None = None
+    """Use only the first N dev and test examples (for quick runs)."""
+    bertscore: bool = True
+    """Score BERTScore (all-MiniLM-L6-v2, local)."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for CIs and paired comparisons."""
+    compare: list[list[str]] = field(default_factory=lambda: [["flythinker", "sft"], ["static", "sft"]])
+    """Paired comparisons [A, B] written to the report (A − B)."""
+
+    def groups(self) -> list[CellGroup]:
+        from flythinker.baselines import get_baseline
+
+        rows = [CellGroup(name=m, method=m) for m in self.methods] + list(self.ablations)
+        names = [g.name for g in rows]
+        if len(set(names)) != len(names):
+            raise UserError(f"experiment: duplicate row names {sorted(n for n in set(names) if names.count(n) > 1)}")
+        for g in rows:
+            get_baseline(g.method)
+            if g.reasoner is not None and g.reasoner not in self.bases:
+                raise UserError(f"ablations.{g.name}.reasoner: {g.reasoner!r} is not one of bases ({', '.join(self.bases)})")
+        return rows
+
+    def cells(self, only: list[str] | None = None) -> list[tuple[CellGroup, str, int]]:
+        """Every (row, split, seed) to run, main rows first (seed-major so a cut run has all methods)."""
+        out = []
+        groups = [g for g in self.groups() if not only or g.name in only]
+        seeds = sorted({s for g in groups for s in (g.seeds or self.seeds)})
+        for seed in seeds:
+            for split in self.splits:
+                for g in groups:
+                    if split in (g.splits or self.splits) and seed in (g.seeds or self.seeds):
+                        out.append((g, split, seed))
+        return out
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read an experiment YAML (``KEY=VALUE`` overrides as for ``flythinker train``).
+
+    >>> exp = load_experiment("src/flythinker/configs/experiment_tiny.yaml", ["seeds=[0]"])  # doctest: +SKIP
+    """
+    import yaml
+
+    from flythinker.pretrain import PretrainConfig
+    from flythinker.train.config import apply_overrides, build
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: experiment config not found")
+    raw = apply_overrides(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, list(overrides))
+    try:
+        exp = build(ExperimentConfig, raw)
+        for name, spec in exp.bases.items():
+            build(PretrainConfig, spec, f"bases.{name}.")
+        for key in ("generator", "reasoner"):
+            if getattr(exp, key) not in exp.bases:
+                raise UserError(f"{key}: {getattr(exp, key)!r} is not one of bases ({', '.join(exp.bases) or 'none'})")
+        exp.groups()
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    return exp
+
+
+# --- one cell -----------------------------------------------------------------------------------
+
+
+def cell_dir(exp: ExperimentConfig, group: CellGroup, split: str, seed: int) -> Path:
+    return Path(exp.out) / "cells" / split / group.name / f"seed{seed}"
+
+
+def cell_train_config(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bases: dict[str, Path]):
+    """The TrainConfig of one cell: the shared recipe + the method's settings + the row's overrides."""
+    from flythinker.baselines import get_baseline
+    from flythinker.train.config import TrainConfig, apply_overrides, build
+
+    b = get_baseline(group.method)
+    raw = copy.deepcopy(exp.train)
+    model = raw.setdefault("model", {})
+    model["mode"] = "sft" if b.model == "sft" else "flythinker"
+    model["generator"] = {**model.get("generator", {}), "path": str(bases[exp.generator])}
+    model["reasoner"] = {**model.get("reasoner", {}), "path": str(bases[group.reasoner or exp.reasoner])}
+    model["tokenizer"] = str(bases[exp.generator])
+    data = raw.setdefault("data", {})
+    data["path"] = str(Path(exp.data) / split)
+    prompt = data.setdefault("prompt", {})
+    if b.retrieval is not None:
+        prompt["retrieval"] = b.retrieval
+    if b.think:
+        prompt["target_tokens"] = prompt.get("target_tokens", 1000) + exp.think_extra_tokens
+    t = raw.setdefault("train", {})
+    t.update(seed=seed, eval=False, resume=True, overwrite=False)
+    raw = apply_overrides(raw, list(group.set))
+    return build(TrainConfig, raw)
+
+
+def build_cell_model(cfg, method: str, tokenizer):
+    """G alone (sft-style methods), a FlyThinker or a StaticThinker, from the base folders."""
+    from flythinker.baselines import StaticThinker, get_baseline
+    from flythinker.model import FlyThinker
+    from flythinker.train.build import load_causal_lm
+
+    g = load_causal_lm(cfg.model.generator, "model.generator")
+    kind = get_baseline(method).model
+    if kind == "sft":
+        return g
+    r = load_causal_lm(cfg.model.reasoner, "model.reasoner")
+    cls = StaticThinker if kind == "static" else FlyThinker
+    return cls(g, r, lam=cfg.model.lam, fusion=cfg.model.fusion, generator_tokenizer=tokenizer,
+               reasoner_tokenizer=tokenizer)
+
+
+def teacher_forced_nll(model, tokenizer, examples, prompt_cfg, batch_size: int = 16) -> float:
+    """Mean cross-entropy (nats per response token) of the references under the model."""
+    import torch
+
+    from flythinker.data.prompts import collate, encode_for_training
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            feats = [encode_for_training(e, tokenizer, prompt_cfg) for e in examples[i: i + batch_size]]
+            batch = collate(feats, pad_token_id=tokenizer.pad_token_id, padding_side="left")
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           labels=batch["labels"]).logits  # (B, T, V)
+            labels = batch["labels"][:, 1:]  # (B, T-1)
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
+                                                   ignore_index=-100, reduction="sum")
+            total, count = total + ce.item(), count + int((labels != -100).sum())
+    return total / max(count, 1)
+
+
+def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bases: dict[str, Path], log=print) -> Path:
+    """Train, predict, score one cell; returns its folder (skips a finished one)."""
+    import numpy as np
+
+    from flythinker.baselines import get_baseline, strip_think, with_reasoning
+    from flythinker.data.longlamp import load_examples
+    from flythinker.evaluate.metrics import metrics_from_scores, score_examples
+    from flythinker.predict import DecodeSettings, generate_predictions, load_for_inference
+    from flythinker.train.build import build_tokenizer
+    from flythinker.train.trainer import train
+
+    out = cell_dir(exp, group, split, seed)
+    if (out / "metrics.json").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    b = get_baseline(group.method)
+    cfg = cell_train_config(exp, group, split, seed, bases)
+    prompt_cfg = cfg.data.prompt_config()
+    folder = Path(exp.data) / split
+    train_exs = load_examples(folder, split="train", limit=exp.limit_train)
+    dev_exs = load_examples(folder, split="dev", limit=exp.limit_eval)
+    test_exs = load_examples(folder, split="test", limit=exp.limit_eval)
+    if b.think:
+        train_exs = [with_reasoning(e) for e in train_exs]
+    t0 = time.perf_counter()
+    if not (out / "train" / "final").is_dir():
+        tok = build_tokenizer(cfg.model, train_exs)
+        train(cfg, out / "train", model=build_cell_model(cfg, group.method, tok), tokenizer=tok,
+              train_examples=train_exs)
+    train_s = time.perf_counter() - t0
+    model, tok = load_for_inference(out / "train" / "final")
+    # NLL of the references (response tokens only): a think model is scored on the plan too,
+    # so its NLL is not comparable and left out
+    nll = {} if b.think else {f"{name}_nll": teacher_forced_nll(model, tok, exs, prompt_cfg)
+                              for name, exs in (("dev", dev_exs), ("test", test_exs))}
+    settings = DecodeSettings(**{**exp.decode, "seed": 1000 * seed})
+    if b.think:
+        settings.max_new_tokens += exp.think_extra_tokens
+    stats = generate_predictions(model, tok, test_exs, out / "predictions.jsonl", prompt_cfg=prompt_cfg,
+                                 settings=settings, progress=False)
+    by_id = {json.loads(line)["id"]: json.loads(line)["prediction"]
+             for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()}
+    raw_preds = [by_id[e.id] for e in test_exs]
+    preds = [strip_think(p) for p in raw_preds] if b.think else raw_preds
+    refs = [e.output for e in test_exs]
+    scores = score_examples(preds, refs, bertscore=exp.bertscore)
+    np.savez(out / "scores.npz", ids=np.array([e.id for e in test_exs]), rouge1=scores.rouge1, rougeL=scores.rougeL,
+             meteor=scores.meteor, bleu_stats=scores.bleu_stats,
+             **({"bertscore": scores.bertscore} if scores.bertscore is not None else {}))
+    metrics = metrics_from_scores(scores, preds, refs, user_ids=[e.user_id for e in test_exs],
+                                  bootstrap=exp.bootstrap, seed=seed)
+    metrics.pop("by_user", None)
+    metrics.update(nll, name=group.name, method=group.method, split=split, seed=seed, train_s=train_s,
+                   decode_ms_per_step=stats.ms_per_step or None,
+                   mean_words=float(np.mean([len(p.split()) for p in preds])),
+                   think_closed=(float(np.mean(["</think>" in p for p in raw_preds])) if b.think else None))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log(f"[{split}/{group.name}/seed{seed}] " + " ".join(
+        f"{k}={metrics[k]:.4g}" for k in ("rougeL", "meteor", "bleu", "test_nll") if metrics.get(k) is not None))
+    return out
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+METRIC_LABELS = {"rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "meteor": "METEOR", "bleu": "BLEU", "bertscore": "BERTScore"}
+
+
+def pooled_scores(folders: list[Path]):
+    """One ExampleScores over seeds: per-example means (ROUGE, METEOR, BERTScore) and summed BLEU
+    statistics (corpus BLEU of all seeds' outputs); the bootstrap then resamples test examples."""
+    import numpy as np
+
+    from flythinker.evaluate.metrics import ExampleScores
+
+    runs = [np.load(f / "scores.npz") for f in folders]
+    ids = runs[0]["ids"]
+    if any(not np.array_equal(r["ids"], ids) for r in runs):
+        raise UserError(f"cells {folders} scored different test examples; rerun them with the same limit_eval")
+    mean = lambda k: np.mean([r[k] for r in runs], axis=0) if all(k in r for r in runs) else None  # noqa: E731
+    return ExampleScores(mean("rouge1"), mean("rougeL"), mean("meteor"), np.sum([r["bleu_stats"] for r in runs], axis=0),
+                         mean("bertscore"))
+
+
+def collect(exp: ExperimentConfig) -> dict:
+    """Finished cells grouped by split and row: folders, per-seed metrics, pooled scores."""
+    table: dict = {}
+    for g in exp.groups():
+        for split in g.splits or exp.splits:
+            folders = [cell_dir(exp, g, split, s) for s in (g.seeds or exp.seeds)]
+            folders = [f for f in folders if (f / "metrics.json").is_file()]
+            if folders:
+                table.setdefault(split, {})[g.name] = {
+                    "folders": folders, "metrics": [json.loads((f / "metrics.json").read_text()) for f in folders],
+                    "scores": pooled_scores(folders)}
+    return table
+
+
+def _fmt(metric: str, x: float | None) -> str:
+    return "–" if x is None else (f"{x:.2f}" if metric == "bleu" else f"{x:.4f}")
+
+
+def write_report(exp: ExperimentConfig) -> Path:
+    """``OUT/results.md`` (tables), ``OUT/results.json`` and ``OUT/results.png`` from finished cells."""
+    import numpy as np
+
+    from flythinker.evaluate.metrics import METRICS, compare_scores, summarize
+
+    out, table, summary = Path(exp.out), collect(exp), {}
+    lines = ["# Results", "", f"Config: `{exp.out}/experiment.json`. Point estimates pool the seeds (per-example means; "
+             "BLEU is corpus BLEU over all seeds' outputs); [95% CI] from a bootstrap over test examples; "
+             "NLL = teacher-forced nats per reference token, mean ± sd over seeds.", ""]
+    for split, rows in table.items():
+        summary[split] = {}
+        lines += [f"## {split}", "", "| method | seeds | " + " | ".join(METRIC_LABELS[m] for m in METRICS)
+                  + " | test NLL | dev NLL | words |", "|---|---|" + "---|" * (len(METRICS) + 3)]
+        for name, row in rows.items():
+            s = summarize(row["scores"], bootstrap=exp.bootstrap, seed=0)
+            nll = {k: [m[k] for m in row["metrics"] if m.get(k) is not None] for k in ("test_nll", "dev_nll")}
+            summary[split][name] = {**{m: s[m] for m in METRICS}, "ci": s["ci"], "seeds": len(row["folders"]),
+                                    **{k: (float(np.mean(v)) if v else None) for k, v in nll.items()},
+                                    "per_seed": [{m: r.get(m) for m in (*METRICS, "test_nll", "dev_nll")} for r in row["metrics"]],
+                                    "by_position": {p: float(np.mean([r["by_position"][p]["rougeL"] for r in row["metrics"]
+                                                                      if r["by_position"].get(p, {}).get("rougeL") is not None] or [np.nan]))
+                                                    for p in row["metrics"][0].get("by_position", {})}}
+            cells = [_fmt(m, s[m]) + (f" [{_fmt(m, s['ci'][m]['low'])}, {_fmt(m, s['ci'][m]['high'])}]" if m in s["ci"] else "")
+                     for m in METRICS]
+            nll_txt = [f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "–" for v in nll.values()]
+            words = np.mean([r["mean_words"] for r in row["metrics"]])
+            lines.append(f"| {name} | {len(row['folders'])} | " + " | ".join(cells + nll_txt) + f" | {words:.0f} |")
+        lines.append("")
+        for a, b in exp.compare:
+            if a not in rows or b not in rows:
+                continue
+            c = compare_scores(rows[a]["scores"], rows[b]["scores"], bootstrap=exp.bootstrap, seed=0)
+            summary[split][f"{a}-vs-{b}"] = c
+            lines += [f"Paired bootstrap, {a} − {b} ({split}, {c['n']} test examples, seeds pooled):", "",
+                      "| metric | " + a + " | " + b + " | diff [95% CI] | P(" + a + " > " + b + ") |", "|---|---|---|---|---|"]
+            for m, r in c["metrics"].items():
+                ci = f" [{_fmt(m, r['ci']['low'])}, {_fmt(m, r['ci']['high'])}]" if r["ci"] else ""
+                p = "–" if r["p_a_better"] is None else f"{r['p_a_better']:.3f}"
+                lines.append(f"| {METRIC_LABELS[m]} | {_fmt(m, r['a'])} | {_fmt(m, r['b'])} | {r['diff']:+.4f}{ci} | {p} |")
+            lines.append("")
+        pos = {n: summary[split][n]["by_position"] for n in rows}
+        segs = sorted({p for v in pos.values() for p in v}, key=lambda p: int(p.split("-")[0].rstrip("+")))
+        if segs:
+            lines += [f"ROUGE-L by position in the response ({split}; words of the reference, seed mean):", "",
+                      "| method | " + " | ".join(segs) + " |", "|---|" + "---|" * len(segs)]
+            lines += [f"| {n} | " + " | ".join(_fmt("rougeL", pos[n].get(p)) for p in segs) + " |" for n in rows]
+            lines.append("")
+    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    if summary:
+        plot_results(summary, out / "results.png")
+    return out / "results.md"
+
+
+def plot_results(summary: dict, path: Path) -> None:
+    """Bars per method (with bootstrap CIs), one panel per split × metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(summary)
+    fig, axes = plt.subplots(len(splits), len(METRIC_LABELS), figsize=(3.2 * len(METRIC_LABELS), 2.8 * len(splits)),
+                             squeeze=False)
+    for i, split in enumerate(splits):
+        rows = {n: r for n, r in summary[split].items() if "ci" in r and "metrics" not in r}
+        for j, (m, label) in enumerate(METRIC_LABELS.items()):
+            ax, names = axes[i][j], [n for n in rows if rows[n].get(m) is not None]
+            vals = [rows[n][m] for n in names]
+            err = [[v - rows[n]["ci"].get(m, {}).get("low", v) for n, v in zip(names, vals)],
+                   [rows[n]["ci"].get(m, {}).get("high", v) - v for n, v in zip(names, vals)]]
+            ax.bar(range(len(names)), vals, yerr=err, capsize=2,
+                   color=["tab:red" if n == "flythinker" else "tab:blue" if n == "sft" else "tab:gray" for n in names])
+            ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+            ax.set_title(f"{split}: {label}", fontsize=9)
+            if vals:
+                lo = min(v - e for v, e in zip(vals, err[0]))
+                ax.set_ylim(max(0.0, lo - 0.1 * abs(lo)), None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the whole matrix ---------------------------------------------------------------------------
+
+
+def run_experiment(exp: ExperimentConfig, only: list[str] | None = None, log=print) -> Path:
+    """Pre-train the bases, run every unfinished cell, write the report; returns OUT/results.md.
+
+    >>> run_experiment(load_experiment("src/flythinker/configs/experiment_tiny.yaml"))  # doctest: +SKIP
+    """
+    from flythinker.pretrain import PretrainConfig, pretrain_bases
+
+    out = Path(exp.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "experiment.json").write_text(json.dumps(asdict(exp), indent=2) + "\n")
+    bases = pretrain_bases({k: PretrainConfig(**v) for k, v in exp.bases.items()}, exp.corpus, out / "bases", log=log)
+    cells = exp.cells(only)
+    for i, (group, split, seed) in enumerate(cells, 1):
+        done = (cell_dir(exp, group, split, seed) / "metrics.json").is_file()
+        log(f"cell {i}/{len(cells)}: {split}/{group.name}/seed{seed}" + (" (done, skipped)" if done else ""))
+        run_cell(exp, group, split, seed, bases, log=log)
+    return write_report(exp)
+
+
+def experiment_command(
+    config: Path = typer.Argument(..., help="Experiment YAML (e.g. src/flythinker/configs/experiment_gitcommits.yaml)."),
+    overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE override, e.g. --set seeds=[0]."),
+    only: str = typer.Option("", "--only", help="Comma-separated row names to run (default: all)."),
+    report_only: bool = typer.Option(False, "--report-only", help="Only rewrite the report from finished cells."),
+) -> None:
+    """Run the baselines × splits × seeds matrix (resumable) and write BENCHMARKS-ready tables."""
+    exp = load_experiment(config, overrides)
+    names = [n.strip() for n in only.split(",") if n.strip()] or None
+    if names:
+        unknown = set(names) - {g.name for g in exp.groups()}
+        if unknown:
+            raise UserError(f"--only: unknown row(s) {sorted(unknown)}")
+    if report_only:
+        path = write_report(exp)
+    else:
+        path = run_experiment(exp, names)
+    print(f"report: {path}")

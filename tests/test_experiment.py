@@ -1,0 +1,79 @@
+"""`flythinker experiment`: every method runs end to end on tiny data; finished cells are skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from flythinker.baselines import BASELINES
+from flythinker.errors import UserError
+from flythinker.experiment import cell_dir, cell_train_config, load_experiment, run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "src" / "flythinker" / "configs" / "experiment_tiny.yaml"
+
+
+@pytest.fixture
+def tiny_experiment(tmp_path, gitcommits, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the config's data paths are relative to the repository root
+    return load_experiment(TINY, [f"out={tmp_path / 'exp'}", "splits=[user_based]", "ablations=[]"])
+
+
+def test_every_method_trains_generates_and_scores_then_resumes(tiny_experiment, monkeypatch):
+    exp = tiny_experiment
+    assert set(exp.methods) == set(BASELINES)
+    report = run_experiment(exp)
+    text = report.read_text()
+    for name in BASELINES:
+        folder = cell_dir(exp, next(g for g in exp.groups() if g.name == name), "user_based", 0)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["n"] == 3 and metrics["method"] == name
+        preds = (folder / "predictions.jsonl").read_text().splitlines()
+        assert len(preds) == 3
+        assert f"| {name} |" in text
+    saved = json.loads((Path(exp.out) / "cells/user_based/static/seed0/train/final/flythinker.json").read_text())
+    assert saved["variant"] == "static"
+    assert "flythinker − sft" in text and (Path(exp.out) / "results.png").is_file()
+
+    # resume: finished cells are skipped (no training, files untouched); a cell without its
+    # metrics is re-scored from its trained model without training again
+    mtimes = {p: p.stat().st_mtime_ns for p in Path(exp.out).glob("cells/*/*/*/metrics.json")}
+    redo = Path(exp.out) / "cells/user_based/flythinker/seed0/metrics.json"
+    redo.unlink()
+    import flythinker.train.trainer as trainer
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(trainer, "train", no_training)
+    run_experiment(exp)
+    assert redo.is_file()
+    for p, t in mtimes.items():
+        if p != redo:
+            assert p.stat().st_mtime_ns == t, p
+
+
+def test_cell_configs_follow_the_registry(tiny_experiment):
+    exp = tiny_experiment
+    bases = {k: Path("/b") / k for k in exp.bases}
+    groups = {g.name: g for g in exp.groups()}
+    cfg = lambda name: cell_train_config(exp, groups[name], "user_based", 2, bases)  # noqa: E731
+    assert cfg("nonpers").data.prompt["retrieval"] == "none" and cfg("nonpers").model.mode == "sft"
+    assert cfg("rag").data.prompt["retrieval"] == "bm25"
+    assert cfg("sft").data.prompt["retrieval"] == "recent"
+    assert cfg("flythinker").model.mode == "flythinker" and cfg("flythinker").train.seed == 2
+    assert cfg("think_then_generate").data.prompt["target_tokens"] == 32 + exp.think_extra_tokens
+    assert cfg("flythinker").model.reasoner.path == str(Path("/b/r"))
+
+
+def test_bad_experiment_configs_name_the_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(UserError, match="unknown method 'cot'"):
+        load_experiment(TINY, ["methods=[cot]"])
+    with pytest.raises(UserError, match="reasoner"):
+        load_experiment(TINY, ["reasoner=nope"])
+    with pytest.raises(UserError, match="duplicate"):
+        load_experiment(TINY, ["methods=[sft, sft]"])
