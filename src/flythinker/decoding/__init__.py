@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from flythinker.decoding.streaming import stream
 from flythinker.errors import UserError
 
 MODES = ("sequential", "concurrent")
+__all__ = ["MODES", "decode", "stream"]
 
 
 def decode(

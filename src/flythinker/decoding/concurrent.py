@@ -1,0 +1,326 @@
+"""Think while generating: the Reasoner's step runs while the Generator's runs (DESIGN.md §2).
+
+    step k:   G( E_G(s_n) + λρ·ẑ_{n-1} ) -> s_{n+1}    ‖    R( s_n ) -> z_n
+
+The Generator side below is the reference loop of sequential.py with R's step split in two:
+``launch`` (start R on s_n and return at once) before G's step, and ``latent`` (wait for z_n)
+after it. Both halves compute exactly what the reference computes, so the tokens are the same;
+only where R runs changes, and that is the backend:
+
+  threads  R's step on a worker thread of this process (torch releases the GIL inside ops)
+  streams  the same, with R's kernels on a side CUDA stream of G's GPU
+  devices  the same, R and G on two devices (launches are asynchronous, they overlap)
+  shm      R in a worker process; token and latent through shared memory (CPU fast path)
+  gloo     R in a worker process; token and latent through torch.distributed (gloo)
+  nccl     one model per process under torchrun: flythinker.decoding.distributed.launch
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from flythinker.decoding.sampling import TokenSampler
+from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner, RowState
+from flythinker.errors import UserError
+
+BACKENDS = ("auto", "threads", "streams", "devices", "shm", "gloo", "nccl")
+
+
+@torch.no_grad()
+def run_generator(
+    model,
+    reasoner,  # a handle: ThreadedReasoner, worker.RemoteReasoner, ...
+    input_ids: torch.Tensor,  # (B, T) left-padded prompts
+    attention_mask: torch.Tensor,  # (B, T)
+    max_new_tokens: int,
+    sampling,
+    eos_token_id: list[int],
+    pad_token_id: int,
+    streamer=None,
+) -> torch.Tensor:  # (B, T_new)
+    """G's side of a concurrent decode; ``reasoner`` computes z_n while G's step runs."""
+    rows = RowState(input_ids, attention_mask, eos_token_id, pad_token_id, streamer)
+    generator = GeneratorRunner(model)
+    sampler = TokenSampler(sampling, device=generator.device)
+    try:
+        # G's prefill needs every prompt latent, so the two prefills cannot overlap
+        latents = reasoner.prefill(input_ids, rows.attention_mask, rows.position_ids)  # (B, T, d_R)
+        logits = generator.prefill(input_ids, rows.attention_mask, rows.position_ids, latents)  # (B, V)
+        latent = latents[:, -1:]  # z of the last prompt token: G's input at the next step
+        for step in range(max_new_tokens):
+            tokens = rows.push(sampler(logits, rows.sequences.to(logits.device)).to(input_ids.device))
+            if rows.all_finished or step == max_new_tokens - 1:
+                break
+            position = rows.last_position()
+            reasoner.launch(tokens, rows.attention_mask, position)  # R reads s_n -> z_n, meanwhile:
+            logits = generator.step(tokens, latent, rows.attention_mask, position)  # G reads s_n + z_{n-1}
+            latent = reasoner.latent()  # (B, 1, d_R) z_n, for the next step
+    finally:
+        reasoner.finish()  # R drops its cache; a worker goes back to waiting for the next job
+    return rows.result()
+
+
+def default_threads() -> int:
+    """Intra-op threads per model when two models share this machine's cores."""
+    return max(1, torch.get_num_threads() // 2)
+
+
+class ThreadedReasoner:
+    """R's runner on one worker thread; with ``side_stream`` its kernels go to a CUDA side stream.
+
+    On CUDA the inputs are made on G's stream and the latent on R's: events order the two
+    streams and ``record_stream`` keeps the caching allocator from reusing a tensor too early.
+    """
+
+    def __init__(self, side_stream: bool = False, threads: int | None = None):
+        self.side_stream, self.threads = side_stream, threads
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="flythinker-reasoner")
+        self.model = self.stream = self.runner = self.pending = None
+
+    def bind(self, model) -> None:
+        self.model = weakref.ref(model)  # the shared decoder must not keep a model alive
+        if self.side_stream:
+            self.stream = torch.cuda.Stream(device=_device(model.reasoner))
+
+    def _run(self, fn, args, ready):  # on the worker thread
+        if self.stream is None:
+            with torch.no_grad():
+                return fn(*args), None
+        with torch.no_grad(), torch.cuda.stream(self.stream):
+            self.stream.wait_event(ready)
+            for a in args:
+                if a.is_cuda:
+                    a.record_stream(self.stream)
+            out = fn(*args)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        return out, done
+
+    def _submit(self, fn, *args):
+        ready = None
+        if self.stream is not None:
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.stream.device))
+        self.pending = self.pool.submit(self._run, fn, args, ready)
+
+    def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:  # (B, T, d_R)
+        self.runner = ReasonerRunner(self.model())
+        if self.threads:  # OpenMP's thread count is per calling thread: set the worker's too
+            self.pool.submit(torch.set_num_threads, self.threads).result()
+        self._submit(self.runner.prefill, input_ids, attention_mask, position_ids)
+        return self.latent()
+
+    def launch(self, tokens, attention_mask, position_ids) -> None:
+        self._submit(self.runner.step, tokens, attention_mask, position_ids)
+
+    def latent(self) -> torch.Tensor:  # (B, 1, d_R), or (B, T, d_R) after prefill
+        pending, self.pending = self.pending, None
+        out, done = pending.result()
+        if done is not None:
+            main = torch.cuda.current_stream(self.stream.device)
+            main.wait_event(done)
+            out.record_stream(main)
+        return out
+
+    def finish(self) -> None:
+        if self.pending is not None:  # an error or Ctrl-C between launch and latent
+            self.pending.exception()  # wait; its result no longer matters
+            self.pending = None
+        self.runner = None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _device(module) -> torch.device:
+    return module.get_input_embeddings().weight.device
+
+
+def resolve_backend(model, backend: str | None) -> str:
+    """The backend name to use for this model's devices; ``auto`` picks the fastest measured.
+
+    >>> resolve_backend(model, "auto")  # CPU model  # doctest: +SKIP
+    'shm'
+    """
+    g, r = _device(model.generator), _device(model.reasoner)
+    name = "auto" if backend is None else backend
+    if name not in BACKENDS:
+        raise UserError(f"unknown concurrent backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        if g != r:
+            return "devices"
+        return {"cuda": "streams", "cpu": "shm"}.get(g.type, "threads")
+    where = f"(generator on {g}, reasoner on {r})"
+    if name == "streams" and not (g.type == "cuda" and g == r):
+        raise UserError(f"backend 'streams' needs both models on one CUDA device {where}; try 'auto'")
+    if name == "devices" and g == r:
+        raise UserError(f"backend 'devices' needs the models on two devices {where}; try 'auto'")
+    if name in ("shm", "gloo") and not (g.type == "cpu" and r.type == "cpu"):
+        raise UserError(f"backend {name!r} runs the reasoner in a CPU worker process {where}; try 'auto'")
+    if name == "nccl":
+        raise UserError(
+            "backend 'nccl' runs one model per process: start 2 ranks with torchrun and use "
+            "flythinker.decoding.distributed.launch(model) (see the README)"
+        )
+    return name
+
+
+def weights_key(module) -> tuple:
+    """Changes when a tensor of ``module`` is replaced (not when it is updated in place)."""
+    return (module.training,) + tuple(
+        (t.data_ptr(), t.dtype, t.device, tuple(t.shape)) for t in module.state_dict().values()
+    )
+
+
+class ConcurrentDecoder:
+    """A concurrent decoder bound to a model; its worker (thread or process) lives until ``close``.
+
+    ``model.generate(..., mode="concurrent")`` keeps one per backend for you; make your own to
+    control its lifetime. Process backends keep the weights shared: in-place updates of R's
+    weights are seen by the worker, a replaced tensor makes the next call reload R.
+
+    >>> with ConcurrentDecoder(model, backend="shm") as dec:             # doctest: +SKIP
+    ...     new = dec.generate(ids, attention_mask=mask, max_new_tokens=64)
+    ...     same = model.generate(ids, attention_mask=mask, max_new_tokens=64,
+    ...                           mode="concurrent", backend=dec)
+    """
+
+    def __init__(
+        self,
+        model,
+        backend: str | None = "auto",
+        threads_per_model: int | None = None,
+        spin_s: float = 0.05,
+        start_method: str = "forkserver",
+    ):
+        self.backend = resolve_backend(model, backend)
+        on_cpu = _device(model.generator).type == "cpu"
+        self.threads = (threads_per_model or default_threads()) if on_cpu else None
+        self.lock = threading.Lock()  # one decode at a time: the worker holds one R cache
+        self.closed = False
+        if self.backend in ("threads", "streams", "devices"):
+            self.reasoner = ThreadedReasoner(side_stream=self.backend == "streams", threads=self.threads)
+        elif self.backend == "shm":
+            from flythinker.decoding.shm import start_shm_reasoner
+
+            self.reasoner = start_shm_reasoner(spin_s, start_method, self.threads, [type(model.reasoner).__module__])
+        else:
+            from flythinker.decoding.distributed import start_gloo_reasoner
+
+            self.reasoner = start_gloo_reasoner(start_method, self.threads, [type(model.reasoner).__module__])
+        self._model, self._key, self.rebindable = None, None, True
+        try:
+            self.bind(model)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def around(cls, model, reasoner, backend: str) -> "ConcurrentDecoder":
+        """A decoder over a reasoner handle made elsewhere (``distributed.launch``); not rebindable."""
+        self = cls.__new__(cls)
+        self.backend, self.threads, self.reasoner = backend, None, reasoner
+        self.lock, self.closed, self.rebindable = threading.Lock(), False, False
+        self._model, self._key = weakref.ref(model), None
+        return self
+
+    @property
+    def model(self):
+        return self._model() if self._model is not None else None
+
+    def bind(self, model) -> None:
+        """Decode for ``model`` from now on (a process worker receives R's weights again)."""
+        if self.model is model and (not self.rebindable or weights_key(model.reasoner) == self._key):
+            return
+        if not self.rebindable:
+            raise UserError("this decoder was launched for another model; launch one for this model")
+        if resolve_backend(model, self.backend) != self.backend:  # raises if it cannot run
+            raise UserError(f"this decoder runs backend {self.backend!r}, which does not fit this model")
+        self.reasoner.bind(model)
+        self._model, self._key = weakref.ref(model), weights_key(model.reasoner)
+
+    def decode(self, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer=None):
+        """The arguments of ``flythinker.decoding.decode``; returns the new tokens (B, T_new)."""
+        if self.closed:
+            raise UserError("this ConcurrentDecoder is closed")
+        with self.lock:
+            previous = torch.get_num_threads()
+            try:
+                if self.threads:
+                    torch.set_num_threads(self.threads)
+                return run_generator(
+                    self.model, self.reasoner, input_ids, attention_mask, max_new_tokens, sampling,
+                    eos_token_id, pad_token_id, streamer,
+                )
+            except BaseException:
+                if getattr(self.reasoner, "broken", False):  # the worker died: nothing to reuse
+                    self.close()
+                raise
+            finally:
+                torch.set_num_threads(previous)
+
+    def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:  # (B, T_new)
+        """``model.generate`` with this decoder; same keyword arguments."""
+        return self.model.generate(input_ids, attention_mask, mode="concurrent", backend=self, **kwargs)
+
+    def close(self) -> None:
+        """Stop the worker (idempotent); a process worker is joined, killed if it does not exit."""
+        if not self.closed:
+            self.closed = True
+            self.reasoner.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_SHARED: dict[str, ConcurrentDecoder] = {}  # backend -> the decoder model.generate reuses
+
+
+def shared_decoder(model, backend: str | None) -> ConcurrentDecoder:
+    """The decoder ``model.generate(mode="concurrent")`` uses: one per backend, rebound as needed."""
+    name = resolve_backend(model, backend)
+    decoder = _SHARED.get(name)
+    if decoder is None or decoder.closed:
+        decoder = _SHARED[name] = ConcurrentDecoder(model, name)
+    decoder.bind(model)
+    return decoder
+
+
+def close_shared_decoders() -> None:
+    """Stop the workers that ``model.generate(mode="concurrent")`` keeps (also run at exit)."""
+    while _SHARED:
+        _SHARED.popitem()[1].close()
+
+
+def generate_concurrent(
+    model,
+    input_ids: torch.Tensor,  # (B, T)
+    attention_mask: torch.Tensor,  # (B, T)
+    max_new_tokens: int,
+    sampling,
+    eos_token_id: list[int],
+    pad_token_id: int,
+    streamer=None,
+    backend: str | ConcurrentDecoder | None = None,
+) -> torch.Tensor:  # (B, T_new)
+    """Entry point of ``decode(mode="concurrent")``; ``backend`` is a name or a ConcurrentDecoder."""
+    if model.lam == 0.0:  # SFT: there is no Reasoner to overlap with
+        from flythinker.decoding.sequential import generate_sequential
+
+        resolve_backend(model, backend if isinstance(backend, str) else None)  # still refuse a bad name
+        return generate_sequential(
+            model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer
+        )
+    if isinstance(backend, ConcurrentDecoder):
+        decoder = backend
+        decoder.bind(model)
+    else:
+        decoder = shared_decoder(model, backend)
+    return decoder.decode(input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer)
