@@ -77,3 +77,21 @@ def test_bad_experiment_configs_name_the_key(tmp_path, monkeypatch):
         load_experiment(TINY, ["reasoner=nope"])
     with pytest.raises(UserError, match="duplicate"):
         load_experiment(TINY, ["methods=[sft, sft]"])
+
+
+def test_latent_diagnostics_agree_with_the_model(saved_tiny_model, gitcommits):
+    from flythinker import FlyThinker
+    from flythinker.data.longlamp import load_examples
+    from flythinker.data.prompts import PromptConfig
+    from flythinker.experiment import latent_diagnostics, teacher_forced_nll
+
+    model = FlyThinker.from_pretrained(saved_tiny_model)
+    tok = model.tokenizer
+    exs = load_examples(gitcommits / "sample" / "user_based", split="test", limit=5)
+    cfg = PromptConfig(retrieval="recent", k=1, profile_tokens=48, query_tokens=32, target_tokens=24)
+    d = latent_diagnostics(model, tok, exs, cfg, batch_size=3)
+    assert d["nll_own"] == pytest.approx(teacher_forced_nll(model, tok, exs, cfg), rel=1e-4)
+    model.fusion.lam = 0.0
+    assert d["nll_no_latent"] == pytest.approx(teacher_forced_nll(model, tok, exs, cfg), rel=1e-4)
+    assert d["nll_other_latent"] != pytest.approx(d["nll_own"], rel=1e-6)
+    assert d["offset_norm"] == pytest.approx(0.5 * d["rho"]) and -1 <= d["consecutive_cos"] <= 1

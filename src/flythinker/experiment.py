@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import typer
@@ -67,9 +67,11 @@ class ExperimentConfig:
     reasoner: str = "r"
     """Base of R (a key of ``bases``)."""
     methods: list[str] = field(default_factory=lambda: ["nonpers", "rag", "sft", "static", "flythinker"])
-    """Main rows: registry names, each on every split and seed."""
+    """Main rows: registry names, each on every split (and every seed unless seeds_by_method says)."""
+    seeds_by_method: dict = field(default_factory=dict)
+    """Fewer seeds for some main rows when compute is short, e.g. {nonpers: [0]}."""
     ablations: list[CellGroup] = field(default_factory=list)
-    """Extra rows (λ sweep, Reasoner size, frozen R, fusion): usually one split, one seed."""
+    """Extra rows (λ sweep, Reasoner size, frozen R, fusion), run after every main cell."""
     train: dict = field(default_factory=dict)
     """The shared training config (model/data/train sections of ``flythinker train``)."""
     decode: dict = field(default_factory=dict)
@@ -90,7 +92,8 @@ class ExperimentConfig:
     def groups(self) -> list[CellGroup]:
         from flythinker.baselines import get_baseline
 
-        rows = [CellGroup(name=m, method=m) for m in self.methods] + list(self.ablations)
+        rows = [CellGroup(name=m, method=m, seeds=self.seeds_by_method.get(m)) for m in self.methods]
+        rows += list(self.ablations)
         names = [g.name for g in rows]
         if len(set(names)) != len(names):
             raise UserError(f"experiment: duplicate row names {sorted(n for n in set(names) if names.count(n) > 1)}")
@@ -101,15 +104,16 @@ class ExperimentConfig:
         return rows
 
     def cells(self, only: list[str] | None = None) -> list[tuple[CellGroup, str, int]]:
-        """Every (row, split, seed) to run, main rows first (seed-major so a cut run has all methods)."""
+        """Every (row, split, seed) to run: main rows seed-major (a run cut short still has every
+        method), then the ablations."""
         out = []
         groups = [g for g in self.groups() if not only or g.name in only]
-        seeds = sorted({s for g in groups for s in (g.seeds or self.seeds)})
-        for seed in seeds:
-            for split in self.splits:
-                for g in groups:
-                    if split in (g.splits or self.splits) and seed in (g.seeds or self.seeds):
-                        out.append((g, split, seed))
+        main = [g for g in groups if g.name in self.methods]
+        for part in (main, [g for g in groups if g not in main]):
+            for seed in sorted({s for g in part for s in (g.seeds or self.seeds)}):
+                for split in self.splits:
+                    out += [(g, split, seed) for g in part
+                            if split in (g.splits or self.splits) and seed in (g.seeds or self.seeds)]
         return out
 
 
@@ -209,13 +213,83 @@ def teacher_forced_nll(model, tokenizer, examples, prompt_cfg, batch_size: int =
     return total / max(count, 1)
 
 
+def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int = 16) -> dict:
+    """Does G use R's latents, and how big are they? Measured on reference texts (teacher forcing).
+
+    * ``nll_own`` / ``nll_no_latent`` (λ = 0 at inference) / ``nll_other_latent`` (each row gets
+      the latents of the next example in the batch, where both rows have tokens): if the last two
+      are close to the first, G has learnt to ignore what R says about *this* user;
+    * ``rho`` (ρ), ``offset_norm`` (λρ), ``token_embedding_norm`` (mean ‖E_G(s)‖ over response
+      tokens) — the latent's size relative to the token it is added to;
+    * ``consecutive_cos``: mean cosine of z_{i-1} and z_i over response positions (≈ 1: the
+      latent barely changes while generating, i.e. it acts like a static latent).
+    """
+    import torch
+
+    from flythinker.data.prompts import collate, encode_for_training
+    from flythinker.fusion import shift_latents
+    from flythinker.model import positions_from_mask
+
+    sums = dict(own=0.0, none=0.0, other=0.0, tokens=0, emb=0.0, cos=0.0, pairs=0)
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            feats = [encode_for_training(e, tokenizer, prompt_cfg) for e in examples[i: i + batch_size]]
+            b = collate(feats, pad_token_id=tokenizer.pad_token_id, padding_side="left")
+            ids, mask, labels = b["input_ids"], b["attention_mask"], b["labels"]  # (B, T)
+            pos = positions_from_mask(mask)
+            embeds = model.generator.get_input_embeddings()(ids)  # (B, T, d_G)
+            z, zmask = shift_latents(model.reason(ids, mask, pos), mask)  # (B, T, d_R), (B, T)
+            other_mask = zmask * zmask.roll(1, dims=0)
+
+            def nll(e):
+                logits = model.generator(inputs_embeds=e, attention_mask=mask, position_ids=pos).logits
+                return torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:],
+                                                         ignore_index=-100, reduction="sum").item()
+
+            rho = model.rho()
+            sums["own"] += nll(model.fusion(embeds, z, rho, zmask))
+            sums["none"] += nll(embeds)
+            sums["other"] += nll(model.fusion(embeds, z.roll(1, dims=0), rho, other_mask))
+            resp = labels != -100  # (B, T) response tokens (and EOS)
+            sums["tokens"] += int(resp.sum())
+            sums["emb"] += embeds[resp].norm(dim=-1).sum().item()
+            both = resp[:, 1:] & resp[:, :-1]
+            cos = torch.nn.functional.cosine_similarity(z[:, 1:], z[:, :-1], dim=-1)  # (B, T-1)
+            sums["cos"] += cos[both].sum().item()
+            sums["pairs"] += int(both.sum())
+    n = max(sums["tokens"], 1)
+    return {"nll_own": sums["own"] / n, "nll_no_latent": sums["none"] / n, "nll_other_latent": sums["other"] / n,
+            "rho": float(model.rho()), "lam": model.lam, "offset_norm": model.lam * float(model.rho()),
+            "token_embedding_norm": sums["emb"] / n, "consecutive_cos": sums["cos"] / max(sums["pairs"], 1)}
+
+
+def cell_latents(exp: ExperimentConfig, group: CellGroup, split: str, seed: int) -> dict | None:
+    """:func:`latent_diagnostics` of a finished FlyThinker cell on its test split (cached in
+    ``latents.json``); None for other methods or unfinished cells."""
+    from flythinker.baselines import get_baseline
+
+    out = cell_dir(exp, group, split, seed)
+    if get_baseline(group.method).model != "flythinker" or not (out / "train" / "final").is_dir():
+        return None
+    if not (out / "latents.json").is_file():
+        from flythinker.data.longlamp import load_examples
+        from flythinker.predict import load_for_inference
+
+        model, tok = load_for_inference(out / "train" / "final")
+        exs = load_examples(Path(exp.data) / split, split="test", limit=exp.limit_eval)
+        prompt_cfg = cell_train_config(exp, group, split, seed, {k: Path(k) for k in exp.bases}).data.prompt_config()
+        (out / "latents.json").write_text(json.dumps(latent_diagnostics(model, tok, exs, prompt_cfg), indent=2) + "\n")
+    return json.loads((out / "latents.json").read_text())
+
+
 def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bases: dict[str, Path], log=print) -> Path:
     """Train, predict, score one cell; returns its folder (skips a finished one)."""
     import numpy as np
 
     from flythinker.baselines import get_baseline, strip_think, with_reasoning
     from flythinker.data.longlamp import load_examples
-    from flythinker.evaluate.metrics import metrics_from_scores, score_examples
+    from flythinker.evaluate.metrics import metrics_from_scores, score_examples, summarize
     from flythinker.predict import DecodeSettings, generate_predictions, load_for_inference
     from flythinker.train.build import build_tokenizer
     from flythinker.train.trainer import train
@@ -258,14 +332,16 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
     np.savez(out / "scores.npz", ids=np.array([e.id for e in test_exs]), rouge1=scores.rouge1, rougeL=scores.rougeL,
              meteor=scores.meteor, bleu_stats=scores.bleu_stats,
              **({"bertscore": scores.bertscore} if scores.bertscore is not None else {}))
-    metrics = metrics_from_scores(scores, preds, refs, user_ids=[e.user_id for e in test_exs],
-                                  bootstrap=exp.bootstrap, seed=seed)
+    # by position without BERTScore (re-encoding every segment costs more than the whole cell's scoring)
+    metrics = metrics_from_scores(replace(scores, bertscore=None), preds, refs, bootstrap=0)
+    metrics.update(summarize(scores, bootstrap=exp.bootstrap, seed=seed))
     metrics.pop("by_user", None)
     metrics.update(nll, name=group.name, method=group.method, split=split, seed=seed, train_s=train_s,
                    decode_ms_per_step=stats.ms_per_step or None,
                    mean_words=float(np.mean([len(p.split()) for p in preds])),
                    think_closed=(float(np.mean(["</think>" in p for p in raw_preds])) if b.think else None))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    cell_latents(exp, group, split, seed)
     log(f"[{split}/{group.name}/seed{seed}] " + " ".join(
         f"{k}={metrics[k]:.4g}" for k in ("rougeL", "meteor", "bleu", "test_nll") if metrics.get(k) is not None))
     return out
@@ -358,11 +434,33 @@ def write_report(exp: ExperimentConfig) -> Path:
                       "| method | " + " | ".join(segs) + " |", "|---|" + "---|" * len(segs)]
             lines += [f"| {n} | " + " | ".join(_fmt("rougeL", pos[n].get(p)) for p in segs) + " |" for n in rows]
             lines.append("")
+    lines += latent_table(exp)
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     if summary:
         plot_results(summary, out / "results.png")
     return out / "results.md"
+
+
+def latent_table(exp: ExperimentConfig) -> list[str]:
+    """Markdown rows of :func:`latent_diagnostics` for every finished FlyThinker cell (seed means)."""
+    import numpy as np
+
+    keys = ("lam", "rho", "offset_norm", "token_embedding_norm", "consecutive_cos", "nll_own", "nll_no_latent",
+            "nll_other_latent")
+    rows = []
+    for split in exp.splits:
+        for g in exp.groups():
+            found = [d for s in (g.seeds or exp.seeds) if split in (g.splits or exp.splits)
+                     and (d := cell_latents(exp, g, split, s)) is not None]
+            if found:
+                rows.append(f"| {split} | {g.name} | {len(found)} | "
+                            + " | ".join(f"{np.mean([d[k] for d in found]):.3f}" for k in keys) + " |")
+    if not rows:
+        return []
+    return ["## Do the latents matter? (test split, teacher forcing, seed means)", "",
+            "| split | row | seeds | λ | ρ | λρ (offset norm) | mean ‖E_G(s)‖ | cos(z_i-1, z_i) | NLL own latents "
+            "| NLL no latent (λ=0) | NLL other example's latents |", "|---|---|---|" + "---|" * len(keys), *rows, ""]
 
 
 def plot_results(summary: dict, path: Path) -> None:
@@ -404,6 +502,9 @@ def run_experiment(exp: ExperimentConfig, only: list[str] | None = None, log=pri
     """
     from flythinker.pretrain import PretrainConfig, pretrain_bases
 
+    import logging
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # one DEBUG line per query otherwise
     out = Path(exp.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(asdict(exp), indent=2) + "\n")
