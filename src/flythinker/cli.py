@@ -28,11 +28,14 @@ from flythinker.demo import demo_command  # noqa: E402
 from flythinker.evaluate.command import evaluate_command  # noqa: E402
 from flythinker.experiment import experiment_command  # noqa: E402
 from flythinker.predict import generate_command  # noqa: E402
+from flythinker.train.command import bench_train_command, train_command  # noqa: E402
 
 app.command("demo")(demo_command)
 app.command("evaluate")(evaluate_command)
 app.command("experiment")(experiment_command)
 app.command("generate")(generate_command)
+app.command("train")(train_command)
+bench_app.command("train")(bench_train_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,218 @@
+"""Checkpoints: resumable training state, and model folders for use after training.
+
+A run folder holds two kinds of output::
+
+    RUN/checkpoints/step-00000120/   resumable: accelerate's save_state (model.safetensors,
+                                     optimizer, RNG states of every process) + trainer_state.json
+                                     (step, epoch, data position, scheduler, best dev loss)
+    RUN/best/, RUN/final/            the model: a FlyThinker folder (generator/ reasoner/
+                                     flythinker.json, loadable with FlyThinker.from_pretrained)
+                                     or, for SFT, a plain transformers folder; LoRA merged in
+
+Everything is written into a hidden temporary folder and renamed into place (``os.replace``),
+so a crash at any moment leaves either the previous complete folder or the new complete one —
+never a half-written folder that a later ``--resume`` could pick up. Files are read back with
+safetensors, JSON, and ``torch.load(weights_only=True)`` (accelerate's loader) only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary and foreign folders are ignored).
+
+    >>> list_checkpoints("runs/tiny")  # doctest: +SKIP
+    [PosixPath('runs/tiny/checkpoints/step-00000010'), PosixPath('runs/tiny/checkpoints/step-00000020')]
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name))
+             and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished folder into place; an old ``dst`` is deleted only after the rename."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def _write_json(path: Path, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep_last: int) -> Path:
+    """Write a resumable checkpoint for optimizer step ``step``; keep the newest ``keep_last``.
+
+    Collective: every process calls it (each saves its RNG state; ZeRO/FSDP save shards).
+    ``state`` is the trainer's JSON-able bookkeeping, written last, into the temporary folder.
+    """
+    root = run_dir / CHECKPOINTS
+    final = root / checkpoint_name(step)
+    tmp = root / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # debris of a crash during an earlier save
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_json(tmp / STATE_FILE, state)
+        replace_dir(tmp, final)
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path) -> dict:
+    """Restore model, optimizer and RNG states saved by :func:`save_checkpoint`; returns the
+    trainer state (step, epoch, data position, scheduler, ...)."""
+    accelerator.load_state(str(path))  # accelerate loads with torch.load(weights_only=True)
+    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+
+
+# --- model folders ----------------------------------------------------------------------------
+
+
+def _merge_lora(state: dict, peft_model) -> dict:
+    """Fold LoRA updates into the base weights of a peft model's state dict: W + s · B A.
+
+    Computed out of place from the state dict, so the live (training) weights are untouched
+    and the same code serves a ZeRO-3/FSDP state dict gathered on the main process.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    out = dict(state)
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        base = f"{name}.base_layer.weight"
+        for adapter in module.active_adapters:
+            a, b = f"{name}.lora_A.{adapter}.weight", f"{name}.lora_B.{adapter}.weight"
+            if a in state and b in state and base in out:
+                delta = (state[b].float() @ state[a].float()) * module.scaling[adapter]
+                if getattr(module, "fan_in_fan_out", False):
+                    delta = delta.T
+                out[base] = (out[base].float() + delta.to(out[base].device)).to(out[base].dtype)
+    clean = {}
+    for key, value in out.items():
+        if "lora_" in key:
+            continue
+        key = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        clean[key] = value
+    return clean
+
+
+def _submodule_state(state: dict, prefix: str) -> dict:
+    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+
+
+def export_model(accelerator, model, path: Path, tokenizer=None) -> Path | None:
+    """Write the trained model as a folder others can load (collective; the main process writes).
+
+    FlyThinker runs give a FlyThinker folder (``FlyThinker.from_pretrained``); SFT runs a plain
+    transformers folder of the Generator (``AutoModelForCausalLM.from_pretrained``). LoRA
+    adapters are merged. Works for DDP, FSDP and DeepSpeed (the full state dict is gathered).
+
+    >>> export_model(accelerator, model, Path("runs/tiny/final"), tokenizer)  # doctest: +SKIP
+    """
+    state = accelerator.get_state_dict(model)  # gathers shards; must run on every process
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return None
+    from transformers.utils import logging as hf_logging
+
+    unwrapped = accelerator.unwrap_model(model)
+    state = {k: v.detach().cpu() for k, v in state.items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar inside the training bar
+    try:
+        _write_model(unwrapped, state, tmp, tokenizer)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    replace_dir(tmp, path)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _write_model(unwrapped, state: dict, tmp: Path, tokenizer) -> None:
+    from safetensors.torch import save_file
+
+    from flythinker.model import CONFIG_NAME, FUSION_WEIGHTS, FlyThinker
+
+    is_flythinker = isinstance(unwrapped, FlyThinker)
+    for name in ("generator", "reasoner") if is_flythinker else ("generator",):
+        lm, sub = getattr(unwrapped, name), _submodule_state(state, name)
+        if hasattr(lm, "peft_config"):
+            sub, lm = _merge_lora(sub, lm), lm.get_base_model()
+        folder = tmp / name if is_flythinker else tmp
+        lm.save_pretrained(folder, state_dict=sub, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+    if is_flythinker:
+        (tmp / CONFIG_NAME).write_text(json.dumps(unwrapped.fusion_config(), indent=2) + "\n")
+        fusion = _submodule_state(state, "fusion")
+        if fusion:
+            save_file({k: v.contiguous() for k, v in fusion.items()}, str(tmp / FUSION_WEIGHTS))
+
+
+def load_trained(path: str | os.PathLike, **kwargs):
+    """Load a folder written by :func:`export_model`: a FlyThinker, or the SFT Generator.
+
+    >>> model = load_trained("runs/tiny/final")  # doctest: +SKIP
+    """
+    from flythinker.model import CONFIG_NAME, FlyThinker
+
+    path = Path(path)
+    if (path / CONFIG_NAME).is_file():
+        return FlyThinker.from_pretrained(path, **kwargs)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True, **kwargs).eval()
+
+
+def state_fingerprint(model: torch.nn.Module) -> float:
+    """A cheap checksum of the trainable weights (sum of per-tensor sums, in float64): equal on
+    every DDP replica when they are in sync."""
+    total = torch.zeros((), dtype=torch.float64)
+    for p in model.parameters():
+        if p.requires_grad and p.numel():
+            total += p.detach().double().sum().cpu()
+    return float(total)

@@ -1,0 +1,470 @@
+"""Training configuration: dataclasses, YAML loading, dotted overrides, validation.
+
+A config has three sections. ``model`` declares the Generator and the Reasoner side by side
+(torchtune's student/teacher layout), ``data`` where the examples come from and how prompts
+are built, ``train`` the optimisation recipe and the run's bookkeeping::
+
+    model:
+      mode: flythinker            # or sft: the Generator alone, the paper's main baseline
+      lam: 0.5
+      generator: {path: /models/Qwen2.5-7B-Instruct, dtype: float32}
+      reasoner:  {path: /models/Qwen2.5-1.5B-Instruct, dtype: float32, lora: {r: 16}}
+    data: {path: ../shared/data/gitcommits/sample/user_based}
+    train: {lr: 5.0e-6, epochs: 5, effective_batch_size: 64, precision: bf16}
+
+Relative paths are read from the current directory (commands run from the repository
+root). Every bad key or value is a :class:`UserError` that names it (``train.lr``).
+
+    >>> cfg = load_config("src/flythinker/configs/tiny_flythinker.yaml", ["train.lr=1e-3"])  # doctest: +SKIP
+    >>> cfg.train.lr                                                                         # doctest: +SKIP
+    0.001
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flythinker.errors import UserError
+
+MODES = ("flythinker", "sft")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("cosine", "linear", "constant")
+FUSIONS = ("prefix", "linear")
+
+
+class ConfigError(UserError):
+    """A bad value; ``key`` is the field name, prefixed with its section path by the loader."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+def _number(obj, name: str, *, low: float = 0.0, strict: bool = False, integer: bool = False,
+            optional: bool = False) -> None:
+    """Check ``obj.name`` is a finite number ≥ low (> low when strict); raise naming it."""
+    value = getattr(obj, name)
+    if value is None and optional:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if strict else value >= low) and (not integer or float(value).is_integer())
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        raise ConfigError(name, f"must be {kind} {'>' if strict else '>='} {low:g}, got {value!r}")
+
+
+def _choice(obj, name: str, choices) -> None:
+    if getattr(obj, name) not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(map(str, choices))}, got {getattr(obj, name)!r}")
+
+
+@dataclass
+class TinyModel:
+    """A randomly initialised Qwen2 built from numbers: runs anywhere, nothing downloaded."""
+
+    hidden_size: int = 64
+    """Width d of the model."""
+    num_layers: int = 2
+    """Number of decoder layers."""
+    num_heads: int = 4
+    """Attention heads (must divide hidden_size)."""
+    num_kv_heads: int = 2
+    """Key/value heads (must divide num_heads)."""
+    intermediate_size: int | None = None
+    """MLP width; None: 4 × hidden_size."""
+    max_positions: int = 4096
+    """Longest sequence (RoPE table size)."""
+    tie_embeddings: bool = False
+    """Share the input embedding and the LM head."""
+
+    def __post_init__(self):
+        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "max_positions"):
+            _number(self, name, low=1, integer=True)
+        _number(self, "intermediate_size", low=1, integer=True, optional=True)
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ConfigError("num_heads", "num_heads must divide hidden_size and num_kv_heads must divide "
+                              f"num_heads (got {self.hidden_size}/{self.num_heads}/{self.num_kv_heads})")
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapters (peft) for one model; only the adapters are trained."""
+
+    r: int = 16
+    """Rank of the update."""
+    alpha: float = 32.0
+    """Scale numerator: the update is (alpha / r) · B A."""
+    dropout: float = 0.05
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Names of the Linear layers that get adapters."""
+
+    def __post_init__(self):
+        _number(self, "r", low=1, integer=True)
+        _number(self, "alpha", strict=True)
+        _number(self, "dropout")
+        if self.dropout >= 1:
+            raise ConfigError("dropout", f"must be < 1, got {self.dropout}")
+        if not self.target_modules:
+            raise ConfigError("target_modules", "must name at least one module")
+
+
+@dataclass
+class ModelSpec:
+    """One causal LM: a local folder (``path``) or a ``tiny`` random model; dtype; LoRA."""
+
+    path: str | None = None
+    """Local model folder (AutoModelForCausalLM, safetensors, no download)."""
+    tiny: TinyModel | None = None
+    """Build a random Qwen2 instead of loading one."""
+    dtype: str = "float32"
+    """Weights dtype: float32 (with train.precision=bf16: fp32 master weights), bfloat16, float16, auto."""
+    lora: LoraSpec | None = None
+    """Train LoRA adapters instead of all weights."""
+    trust_remote_code: bool = False
+    """Allow custom modeling code shipped in the folder (only if you trust it)."""
+    attn_implementation: str | None = None
+    """e.g. sdpa, flash_attention_2, eager; None: transformers' default."""
+
+    def __post_init__(self):
+        if (self.path is None) == (self.tiny is None):
+            raise ConfigError("path", "give exactly one of 'path' (a local model folder) or 'tiny'")
+        _choice(self, "dtype", DTYPES)
+
+
+@dataclass
+class ModelConfig:
+    """What is trained: the Generator, the Reasoner, the fusion, the tokenizer."""
+
+    generator: ModelSpec | None = None
+    """The Generator G (writes the response); may be left out when train() is given a model."""
+    reasoner: ModelSpec | None = None
+    """The Reasoner R (one latent per token); needed for mode=flythinker."""
+    mode: str = "flythinker"
+    """flythinker: G + R jointly; sft: G alone (the baseline; R is not loaded)."""
+    lam: float = 0.5
+    """λ, the weight of the latent (0 is exactly SFT of G)."""
+    fusion: str = "prefix"
+    """prefix: add the latent into G's first d_R dims (paper); linear: learned d_R→d_G map."""
+    freeze_reasoner: bool = False
+    """Keep R's weights fixed (an ablation of the paper)."""
+    tokenizer: str | None = None
+    """Tokenizer folder; 'train': BPE trained on the training data; None: the generator's folder
+    (or 'train' for tiny models)."""
+    tokenizer_vocab_size: int = 2000
+    """Vocabulary size of a trained tokenizer."""
+
+    def __post_init__(self):
+        _choice(self, "mode", MODES)
+        _choice(self, "fusion", FUSIONS)
+        _number(self, "lam")
+        _number(self, "tokenizer_vocab_size", low=258, integer=True)
+        if self.freeze_reasoner and self.reasoner is not None and self.reasoner.lora is not None:
+            raise ConfigError("freeze_reasoner", "a frozen reasoner cannot also train LoRA adapters")
+        if self.tokenizer is None and (self.generator is None or self.generator.path is None):
+            self.tokenizer = "train"
+
+
+@dataclass
+class DataConfig:
+    """Where the LongLaMP-format examples are and how prompts are built."""
+
+    path: str | None = None
+    """A LongLaMP folder or file (see flythinker.data.longlamp.load_examples)."""
+    train_split: str = "train"
+    """Split trained on."""
+    dev_split: str | None = "dev"
+    """Split evaluated each epoch (dev loss); None: no evaluation."""
+    task: str | None = None
+    """LongLaMP task name; None: detected from the data."""
+    limit_train: int | None = None
+    """Use only the first N training examples."""
+    limit_dev: int | None = None
+    """Use only the first N dev examples."""
+    prompt: dict = field(default_factory=dict)
+    """Fields of flythinker.data.prompts.PromptConfig (budgets, retrieval, k, ...)."""
+    num_workers: int = 0
+    """DataLoader worker processes (prompts are built lazily, in the workers)."""
+
+    def __post_init__(self):
+        _number(self, "limit_train", low=1, integer=True, optional=True)
+        _number(self, "limit_dev", low=1, integer=True, optional=True)
+        _number(self, "num_workers", integer=True)
+        self.prompt_config()  # validate now, not at the first batch
+
+    def prompt_config(self):
+        from flythinker.data.prompts import PromptConfig
+
+        names = {f.name for f in dataclasses.fields(PromptConfig)}
+        for key in self.prompt:
+            if key not in names:
+                raise ConfigError(f"prompt.{key}", f"unknown key{_suggest(key, names)}")
+        try:
+            return PromptConfig(**self.prompt)
+        except UserError as e:
+            raise ConfigError("prompt", str(e).replace("PromptConfig.", "")) from None
+
+
+@dataclass
+class OptimConfig:
+    """The recipe (AdamW, warmup + decay, accumulation, clipping, precision) and the run's
+    bookkeeping (checkpoints, evaluation, logging)."""
+
+    epochs: int = 1
+    """Passes over the training data."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (schedule length too); None: epochs decide."""
+    batch_size: int = 1
+    """Examples per device per forward (micro-batch)."""
+    grad_accum: int | None = None
+    """Micro-batches per optimizer step; None: from effective_batch_size, else 1."""
+    effective_batch_size: int | None = None
+    """Examples per optimizer step over all devices (= batch_size × devices × grad_accum)."""
+    lr: float = 5e-6
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (not applied to biases and norms)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_ratio: float = 0.0
+    """Fraction of the steps spent in linear warmup (ignored when warmup_steps is set)."""
+    warmup_steps: int | None = None
+    """Linear warmup steps."""
+    schedule: str = "cosine"
+    """Decay after warmup: cosine, linear or constant."""
+    min_lr_ratio: float = 0.0
+    """The decay ends at lr × min_lr_ratio."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm; None: no clipping."""
+    precision: str = "fp32"
+    """fp32, or bf16 (autocast; weights stay in their dtype)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (both models): less memory, ~30% slower."""
+    seed: int = 0
+    """Seeds weights of tiny models, data order, dropout."""
+    save_every: int = 0
+    """Checkpoint every N optimizer steps (0: only at each epoch's end)."""
+    keep_last: int = 2
+    """Resumable checkpoints kept (older ones are deleted)."""
+    eval: bool = True
+    """Dev loss after each epoch; the best model is kept in run/best."""
+    eval_generate: int = 0
+    """Also decode this many dev examples each epoch and score them (BLEU, ROUGE, METEOR)."""
+    eval_max_new_tokens: int = 128
+    """Token budget of those generations."""
+    log_every: int = 1
+    """Write a log line every N optimizer steps."""
+    resume: bool = False
+    """Continue from the run folder's last complete checkpoint."""
+    overwrite: bool = False
+    """Delete a previous run in the run folder."""
+
+    def __post_init__(self):
+        _number(self, "epochs", low=1, integer=True)
+        _number(self, "max_steps", low=1, integer=True, optional=True)
+        _number(self, "batch_size", low=1, integer=True)
+        _number(self, "grad_accum", low=1, integer=True, optional=True)
+        _number(self, "effective_batch_size", low=1, integer=True, optional=True)
+        _number(self, "lr", strict=True)
+        _number(self, "weight_decay")
+        _number(self, "eps", strict=True)
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise ConfigError("betas", f"must be two numbers in [0, 1), got {self.betas!r}")
+        _number(self, "warmup_ratio")
+        if self.warmup_ratio >= 1:
+            raise ConfigError("warmup_ratio", f"must be < 1, got {self.warmup_ratio}")
+        _number(self, "warmup_steps", integer=True, optional=True)
+        _choice(self, "schedule", SCHEDULES)
+        _number(self, "min_lr_ratio")
+        if self.min_lr_ratio > 1:
+            raise ConfigError("min_lr_ratio", f"must be <= 1, got {self.min_lr_ratio}")
+        _number(self, "max_grad_norm", strict=True, optional=True)
+        _choice(self, "precision", PRECISIONS)
+        for name in ("seed", "save_every", "eval_generate"):
+            _number(self, name, integer=True)
+        for name in ("keep_last", "eval_max_new_tokens", "log_every"):
+            _number(self, name, low=1, integer=True)
+        if self.resume and self.overwrite:
+            raise ConfigError("resume", "resume and overwrite exclude each other")
+
+    def accumulation(self, num_processes: int) -> int:
+        """Micro-batches per optimizer step on ``num_processes`` devices."""
+        if self.effective_batch_size is None:
+            return self.grad_accum or 1
+        per_pass = self.batch_size * num_processes
+        ga, rest = divmod(self.effective_batch_size, per_pass)
+        if rest or ga < 1 or (self.grad_accum is not None and self.grad_accum != ga):
+            raise ConfigError(
+                "train.effective_batch_size",
+                f"{self.effective_batch_size} is not batch_size ({self.batch_size}) × devices "
+                f"({num_processes}) × grad_accum ({self.grad_accum or 'any integer'})")
+        return ga
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run: ``model``, ``data``, ``train`` (see the module doc)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --- building dataclasses from plain dicts, with typed coercion and key-naming errors ---------
+
+
+def _suggest(key: str, names) -> str:
+    close = difflib.get_close_matches(key, list(names), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(sorted(names))})"
+
+
+def _coerce(value, tp, key: str):
+    """Convert a YAML value to the annotated type ``tp`` (YAML 1.1 reads 5e-6 as a string)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        return _coerce(value, tp, key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a mapping, got {value!r}")
+        return build(tp, value, key + ".")
+    if value is None:
+        raise UserError(f"{key}: must not be null")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, str):
+            try:
+                value = float(value) if tp is float else int(value)
+            except ValueError:
+                raise UserError(f"{key}: must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key}: must be a number, got {value!r}")
+        if tp is int and not float(value).is_integer():
+            raise UserError(f"{key}: must be an integer, got {value!r}")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"{key}: must be a string, got {value!r}")
+        return str(value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key}: must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: must be a mapping, got {value!r}")
+        return dict(value)
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def build(cls, raw: dict, prefix: str = ""):
+    """A ``cls`` dataclass from a plain dict; unknown keys and bad values name their key.
+
+    >>> build(LoraSpec, {"r": "8"}).r
+    8
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise UserError(f"{prefix}{key}: unknown key{_suggest(str(key), fields)}")
+    missing = [n for n, f in fields.items() if n not in raw and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{prefix}{missing[0]}: required key is missing")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(prefix + e.key, e.message) from None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set dotted keys in a raw config dict: ``["train.lr=1e-4", "model.lam=0.3"]``.
+
+    Values are parsed as YAML (``null``, ``true``, ``[1, 2]``, numbers); a missing section is
+    created, so ``model.generator.lora.r=8`` turns LoRA on.
+
+    >>> apply_overrides({"train": {"lr": 1.0}}, ["train.lr=0.5", "data.path=x"])
+    {'train': {'lr': 0.5}, 'data': {'path': 'x'}}
+    """
+    import yaml
+
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+        value = yaml.safe_load(text) if text.strip() else None
+        node, parts = raw, key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                if part in node and node[part] is not None:
+                    raise UserError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> TrainConfig:
+    """Read a YAML config, apply ``KEY=VALUE`` overrides and validate it.
+
+    >>> cfg = load_config("src/flythinker/configs/tiny_sft.yaml", ["train.epochs=1"])  # doctest: +SKIP
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping with model/data/train sections")
+    raw = apply_overrides(raw, list(overrides))
+    try:
+        return build(TrainConfig, raw)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def check_paths(cfg: TrainConfig, *, model: bool = True, data: bool = True) -> None:
+    """Fail early, naming the key, when a local folder or file the run needs is missing."""
+    needed = []
+    if model:
+        specs = [("model.generator", cfg.model.generator)]
+        if cfg.model.mode == "flythinker":
+            specs.append(("model.reasoner", cfg.model.reasoner))
+        for key, spec in specs:
+            if spec is None:
+                raise UserError(f"{key}: required for model.mode={cfg.model.mode} (a local 'path' or 'tiny')")
+            if spec.path is not None:
+                needed.append((key + ".path", spec.path))
+        if cfg.model.tokenizer not in (None, "train"):
+            needed.append(("model.tokenizer", cfg.model.tokenizer))
+    if data:
+        if cfg.data.path is None:
+            raise UserError("data.path: required (a LongLaMP folder or file) unless examples are passed in")
+        needed.append(("data.path", cfg.data.path))
+    for key, p in needed:
+        if not Path(p).expanduser().exists():
+            raise UserError(f"{key}: {p} does not exist (relative paths are read from {Path.cwd()})")

@@ -1,0 +1,46 @@
+"""Optional generation metrics during training: decode a few dev examples greedily and score them.
+
+Dev loss is the selection criterion; this is a cheap look at what the model writes (BLEU,
+ROUGE, METEOR from flythinker.evaluate.metrics; BERTScore is left to `flythinker evaluate`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from flythinker.model import FlyThinker
+
+
+@torch.no_grad()
+def generation_metrics(model, tokenizer, examples, prompt_cfg, max_new_tokens: int) -> dict:
+    """``{"gen_bleu", "gen_rouge1", "gen_rougeL", "gen_meteor", "gen_sample"}`` for ``examples``.
+
+    ``model`` is the unwrapped training module (a FlyThinker, or the SFT wrapper with a
+    ``generator``); it is put back in training mode afterwards.
+
+    >>> generation_metrics(model, tok, dev[:4], PromptConfig(), max_new_tokens=64)  # doctest: +SKIP
+    """
+    from flythinker.data.prompts import collate, encode_for_generation
+    from flythinker.evaluate.metrics import compute_metrics
+
+    was_training = model.training
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    predictions = []
+    for ex in examples:
+        batch = collate([encode_for_generation(ex, tokenizer, prompt_cfg)], pad_token_id=pad)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (1, T)
+        if isinstance(model, FlyThinker):
+            new = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)  # (1, T_new)
+        else:
+            out = model.generator.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                           do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+            new = out[:, ids.shape[1]:]
+        predictions.append(tokenizer.decode(new[0], skip_special_tokens=True))
+    model.train(was_training)
+    m = compute_metrics(predictions, [ex.output for ex in examples], bertscore=False, bootstrap=0, positions=False)
+    out = {f"gen_{k}": m[k] for k in ("bleu", "rouge1", "rougeL", "meteor") if isinstance(m.get(k), (int, float))}
+    out["gen_sample"] = predictions[0][:200] if predictions else ""
+    return out

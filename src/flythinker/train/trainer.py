@@ -1,0 +1,450 @@
+"""The training recipe: FlyThinker (G + R jointly) or SFT (G alone), on one CPU or many GPUs.
+
+Features (torchtune-style recipe, accelerate as the engine):
+
+* AdamW, linear warmup then cosine/linear decay, gradient accumulation, global-norm clipping,
+  fp32 or bf16 autocast, gradient checkpointing of both models, seeded everything;
+* one process, or ``accelerate launch`` / ``torchrun`` with DDP, FSDP or DeepSpeed ZeRO-2/3
+  (configs in ``configs/accelerate/``); under ZeRO-3/FSDP ρ is computed once from the full
+  embedding table before the model is sharded (the official code can read an empty shard);
+* checkpoints every N steps and at each epoch's end, atomic, keep-last-K, resumable with
+  the same loss curve (model, optimizer, scheduler, RNG states and data position);
+* dev loss each epoch (optionally generation metrics), best model kept in ``RUN/best``;
+* progress bar, ``RUN/log.jsonl``, ``RUN/curves.png``; a NaN/inf loss stops the run and
+  keeps the last good checkpoint.
+
+    >>> from flythinker.train.config import load_config
+    >>> from flythinker.train.trainer import train
+    >>> result = train(load_config("src/flythinker/configs/tiny_flythinker.yaml"), "runs/tiny")  # doctest: +SKIP
+    >>> result.final_checkpoint, result.losses[-1]                                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from flythinker.errors import UserError
+from flythinker.train import build
+from flythinker.train.checkpoint import (export_model, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                         state_fingerprint)
+from flythinker.train.config import TrainConfig, check_paths
+from flythinker.train.curves import RunLog, plot_curves
+
+RUN_FILES = ("config.yaml", "log.jsonl", "curves.png", "result.json", "checkpoints", "best", "final")
+# changing these between an interrupted run and its resumption would change what the
+# checkpoint means (other weights, other data order)
+_RESUME_FIXED = ("model", "data", "train.batch_size", "train.grad_accum", "train.effective_batch_size", "train.seed")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (also written to ``RUN/result.json``)."""
+
+    out_dir: Path
+    final_checkpoint: Path | None
+    """The trained model (FlyThinker folder, or a transformers folder for SFT)."""
+    best_checkpoint: Path | None
+    """The model with the lowest dev loss (None without a dev split)."""
+    last_checkpoint: Path | None
+    """The newest resumable training state."""
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    """Training loss of every logged optimizer step, from step 1 (resumed runs included)."""
+    dev_losses: list[float] = field(default_factory=list)
+    """Dev loss after each epoch."""
+    best_dev_loss: float | None = None
+    train_time_s: float = 0.0
+    """Seconds spent in training steps (evaluation and saving excluded)."""
+    tokens_per_s: float = 0.0
+    """Non-padding tokens per second over all devices."""
+    trainable_parameters: int = 0
+    replica_fingerprints: list[float] | None = None
+    """Per-process weight checksums at the end (equal when DDP replicas are in sync)."""
+
+    def to_json(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak lr before optimizer step ``step`` (0-based): linear warmup, then decay.
+
+    >>> [round(lr_factor(s, 10, 2, "linear", 0.0), 2) for s in (0, 1, 2, 6, 9)]
+    [0.5, 1.0, 1.0, 0.5, 0.12]
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * decay
+
+
+def make_accelerator(cfg: TrainConfig):
+    """accelerate's engine for this process: one process, or one of ``accelerate launch`` /
+    ``torchrun``'s (DDP, FSDP, DeepSpeed from the launch config; gloo on CPU-only machines)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        # accelerate keeps its settings in process-wide singletons; a second run in the same
+        # process (tests, notebooks, the demo) with other settings would be refused
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    # torchrun on a machine without GPUs: accelerate only sets up gloo when told "cpu"
+    cpu = world > 1 and not torch.cuda.is_available()
+    mixed = "bf16" if cfg.train.precision == "bf16" else "no"
+    acc = Accelerator(mixed_precision=mixed, cpu=cpu, step_scheduler_with_optimizer=False)
+    if acc.num_processes != world:
+        raise UserError(f"launched as {world} processes but accelerate set up {acc.num_processes}; "
+                        "check the launch command (CPU runs: ACCELERATE_USE_CPU=1)")
+    # known only now (it depends on the device count); read by prepare() (DeepSpeed "auto")
+    acc.gradient_accumulation_steps = cfg.train.accumulation(acc.num_processes)
+    return acc
+
+
+def _sharded(accelerator) -> bool:
+    """FSDP or ZeRO-3: parameters live in shards outside forward."""
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    if state.distributed_type == DistributedType.FSDP:
+        return True
+    return state.distributed_type == DistributedType.DEEPSPEED and state.deepspeed_plugin.zero_stage == 3
+
+
+def _cache_rho(model) -> None:
+    w = model.generator.get_input_embeddings().weight
+    if hasattr(w, "ds_id"):  # ZeRO-3 with zero3_init: gather the table once
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([w]):
+            model.cache_rho()
+    else:
+        model.cache_rho()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_same_setup(saved: dict, cfg: TrainConfig, ckpt: Path) -> None:
+    old, new = _flat(saved), _flat(cfg.to_dict())
+    for key in sorted(set(old) | set(new)):
+        if any(key == f or key.startswith(f + ".") for f in _RESUME_FIXED) and old.get(key) != new.get(key):
+            raise UserError(f"cannot resume from {ckpt}: {key} was {old.get(key)!r}, now {new.get(key)!r} "
+                            "(use --overwrite to start a new run)")
+
+
+class Trainer:
+    """One run: ``setup()`` builds everything, ``fit()`` trains, returns a :class:`TrainResult`."""
+
+    def __init__(self, cfg: TrainConfig, out_dir, model=None, tokenizer=None, train_examples=None, dev_examples=None):
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.model, self.tokenizer = model, tokenizer
+        self.train_examples, self.dev_examples = train_examples, dev_examples
+        self.log = RunLog(self.out / "log.jsonl")
+        self.step, self.epoch, self.step_in_epoch = 0, 0, 0
+        self.best_dev_loss, self.train_time, self.tokens = None, 0.0, 0
+
+    # --- setup ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        check_paths(cfg, model=self.model is None, data=self.train_examples is None)
+        self.acc = acc = make_accelerator(cfg)
+        self.ga, self.world = acc.gradient_accumulation_steps, acc.num_processes
+        set_seed(cfg.train.seed)
+        self._prepare_run_dir()
+        self._load_data()
+        self._build_model()
+        self._build_loaders()
+        self._build_optimizer()
+        self._resume()
+
+    def _prepare_run_dir(self) -> None:
+        t, acc = self.cfg.train, self.acc
+        existing = [f for f in RUN_FILES if (self.out / f).exists()]
+        if existing and not (t.resume or t.overwrite):
+            raise UserError(f"{self.out} already holds a run ({', '.join(existing)}); pass --resume to "
+                            "continue it or --overwrite to start over")
+        if acc.is_main_process:
+            if t.overwrite:
+                for f in existing:
+                    p = self.out / f
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            self.out.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+
+    def _load_data(self) -> None:
+        d, t = self.cfg.data, self.cfg.train
+        self.prompt_cfg = d.prompt_config()
+        if self.train_examples is None:
+            self.train_examples = build.load_split(d, d.train_split, d.limit_train)
+        self.train_examples = list(self.train_examples)[: d.limit_train]
+        if self.dev_examples is None and t.eval and d.dev_split and d.path is not None:
+            self.dev_examples = build.load_split(d, d.dev_split, d.limit_dev)
+        self.dev_examples = list(self.dev_examples or [])[: d.limit_dev] if t.eval else []
+        if not self.train_examples:
+            raise UserError(f"data: no training examples in {d.path} (split {d.train_split!r})")
+
+    def _build_model(self) -> None:
+        cfg, acc = self.cfg, self.acc
+        tok = self.tokenizer or getattr(self.model, "tokenizer", None)
+        if tok is None and self.model is not None:
+            raise UserError("train(): pass tokenizer= (the model passed in carries none)")
+        self.tokenizer = tok = tok or build.build_tokenizer(cfg.model, self.train_examples)
+        model = self.model if self.model is not None else build.build_model(cfg.model, tok, seed=cfg.train.seed)
+        model = build.as_trainable(model, cfg.model)
+        build.prepare_for_training(model, cfg.model, cfg.train.gradient_checkpointing)
+        if _sharded(acc) and hasattr(model, "cache_rho"):
+            _cache_rho(model)  # before prepare(): the table is still whole
+        self.n_trainable, n_total = build.count_parameters(model)
+        if self.n_trainable == 0:
+            raise UserError("nothing to train: every parameter is frozen")
+        acc.print(f"model: {type(model).__name__}, {self.n_trainable:,} trainable of {n_total:,} parameters; "
+                  f"{len(self.train_examples)} train / {len(self.dev_examples)} dev examples; "
+                  f"{self.world} process(es) × batch {self.cfg.train.batch_size} × accumulation {self.ga}")
+        self.model = model.train()
+
+    def _build_loaders(self) -> None:
+        from torch.utils.data import DataLoader
+
+        from flythinker.data.prompts import collate
+
+        t = self.cfg.train
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        collate_fn = functools.partial(collate, pad_token_id=pad, padding_side="left")
+        train_ds = build.EncodedExamples(self.train_examples, self.tokenizer, self.prompt_cfg)
+        self.sampler = build.EpochSampler(len(train_ds), t.batch_size * self.world * self.ga, t.seed)
+        # an own generator: DataLoader iterators would otherwise draw from the global RNG,
+        # and a resumed run would then see other dropout masks
+        gen = torch.Generator().manual_seed(t.seed)
+        workers = self.cfg.data.num_workers
+        self.train_dl = DataLoader(train_ds, batch_size=t.batch_size, sampler=self.sampler, collate_fn=collate_fn,
+                                   num_workers=workers, persistent_workers=workers > 0, generator=gen)
+        self.dev_dl = None
+        if self.dev_examples:
+            dev_ds = build.EncodedExamples(self.dev_examples, self.tokenizer, self.prompt_cfg)
+            self.dev_dl = DataLoader(dev_ds, batch_size=t.batch_size, shuffle=False, collate_fn=collate_fn,
+                                     num_workers=workers, persistent_workers=workers > 0, generator=gen)
+        self.steps_per_epoch = len(self.sampler) // (t.batch_size * self.world * self.ga)
+        self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def _build_optimizer(self) -> None:
+        from accelerate.utils import DistributedType
+
+        t, acc = self.cfg.train, self.acc
+        if acc.distributed_type == DistributedType.FSDP:  # FSDP wants the optimizer built on its own params
+            self.model = acc.prepare(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases, norms
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=tuple(t.betas), eps=t.eps)
+        warmup = t.warmup_steps if t.warmup_steps is not None else round(t.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(
+            lr_factor, total=self.total_steps, warmup=warmup, schedule=t.schedule, min_ratio=t.min_lr_ratio))
+        # the scheduler is stepped by hand once per optimizer step: accelerate's wrapper would
+        # step it once per process
+        objs = [self.model, self.optimizer, self.train_dl] + ([self.dev_dl] if self.dev_dl else [])
+        prepared = acc.prepare(*objs)
+        self.model, self.optimizer, self.train_dl = prepared[:3]
+        self.dev_dl = prepared[3] if self.dev_dl else None
+
+    def _resume(self) -> None:
+        import yaml
+
+        acc, cfg = self.acc, self.cfg
+        ckpt = latest_checkpoint(self.out) if cfg.train.resume else None
+        if ckpt is not None:
+            state = load_checkpoint(acc, ckpt)
+            _check_same_setup(state["config"], cfg, ckpt)
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+            self.best_dev_loss, self.train_time, self.tokens = state["best_dev_loss"], state["train_time_s"], state["tokens"]
+            if state["num_processes"] != self.world:
+                acc.print(f"note: checkpoint written by {state['num_processes']} process(es), resuming on {self.world}")
+            acc.print(f"resuming from {ckpt} (step {self.step}, epoch {self.epoch + 1})")
+        elif cfg.train.resume:
+            acc.print(f"note: no complete checkpoint in {self.out}; starting from step 0")
+        if acc.is_main_process:
+            self.log.truncate(self.step)
+            text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+            head = f"# flythinker train {self.out / 'config.yaml'} --out {self.out} --resume\n"
+            (self.out / "config.yaml").write_text(head + text, encoding="utf-8")
+        acc.wait_for_everyone()
+
+    # --- training -------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        acc, t = self.acc, self.cfg.train
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not acc.is_main_process,
+                   desc=f"train {self.cfg.model.mode}", dynamic_ncols=True)
+        while self.step < self.total_steps and self.epoch < self.epochs:
+            self._train_epoch(bar)
+            if self.step_in_epoch == self.steps_per_epoch or self.step >= self.total_steps:
+                self._evaluate()
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                self._save()
+        bar.close()
+        return self._finish()
+
+    def _train_epoch(self, bar) -> None:
+        acc, t, model = self.acc, self.cfg.train, self.model
+        self.sampler.epoch = self.epoch
+        self.sampler.skip = self.step_in_epoch * t.batch_size * self.world * self.ga
+        running = torch.zeros(2, dtype=torch.float64, device=acc.device)  # (loss sum, tokens)
+        tick = time.perf_counter()
+        for batch in self.train_dl:
+            with acc.accumulate(model):
+                loss = model(**batch).loss
+                acc.backward(loss)
+            running += torch.stack([loss.detach().double(), batch["attention_mask"].sum().double()])
+            if not acc.sync_gradients:
+                continue
+            total = acc.reduce(running, reduction="sum")
+            step_loss, tokens = total[0].item() / (self.ga * self.world), int(total[1].item())
+            if not math.isfinite(step_loss):
+                self._diverged("loss", step_loss)
+            norm = acc.clip_grad_norm_(model.parameters(), t.max_grad_norm or float("inf"))
+            norm = None if norm is None else float(norm)
+            if norm is not None and not math.isfinite(norm):
+                self._diverged("gradient norm", norm)
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step, self.step_in_epoch = self.step + 1, self.step_in_epoch + 1
+            elapsed = time.perf_counter() - tick
+            self.train_time, self.tokens = self.train_time + elapsed, self.tokens + tokens
+            running.zero_()
+            if acc.is_main_process and (self.step % t.log_every == 0 or self.step == self.total_steps):
+                self.log.write({"kind": "train", "step": self.step, "epoch": self.epoch, "loss": step_loss, "lr": lr,
+                                "grad_norm": norm, "tokens": tokens, "step_time_s": elapsed,
+                                "tokens_per_s": tokens / elapsed, "time": time.time()})
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            if self.step >= self.total_steps:
+                break  # max_steps reached mid-epoch
+            if t.save_every and self.step % t.save_every == 0 and self.step_in_epoch < self.steps_per_epoch:
+                self._save()  # (an epoch's end is saved after its evaluation)
+            tick = time.perf_counter()
+
+    def _diverged(self, what: str, value: float) -> None:
+        last = latest_checkpoint(self.out)
+        msg = (f"{what} became {value} at step {self.step + 1} (epoch {self.epoch + 1}); training stopped. "
+               + (f"The last good checkpoint is {last} (continue with --resume after lowering train.lr "
+                  "or using train.precision=fp32)." if last else "No checkpoint was written yet."))
+        if self.acc.is_main_process:
+            self.log.write({"kind": "diverged", "step": self.step + 1, "what": what, "value": str(value)})
+            plot_curves(self.log.read(), self.out / "curves.png", title=f"{self.cfg.model.mode} (diverged)")
+        raise TrainingDiverged(msg)
+
+    def _save(self) -> None:
+        state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                 "scheduler": self.scheduler.state_dict(), "best_dev_loss": self.best_dev_loss,
+                 "train_time_s": self.train_time, "tokens": self.tokens, "num_processes": self.world,
+                 "grad_accum": self.ga, "config": self.cfg.to_dict()}
+        save_checkpoint(self.acc, self.out, self.step, state, self.cfg.train.keep_last)
+
+    # --- evaluation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def dev_loss(self) -> tuple[float, int]:
+        """Token-weighted cross-entropy over the dev split (each example counted once)."""
+        acc, model = self.acc, self.model
+        model.eval()
+        sums, counts = [], []
+        for batch in self.dev_dl:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = batch["labels"][:, 1:]  # (B, T-1): token i+1 is predicted at position i
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
+                                                   ignore_index=-100, reduction="none")  # (B, T-1)
+            s, n = acc.gather_for_metrics((ce.sum(1), (labels != -100).sum(1)))
+            sums.append(s.double().cpu())
+            counts.append(n.cpu())
+        model.train()
+        total, n = torch.cat(sums).sum().item(), int(torch.cat(counts).sum().item())
+        return total / max(n, 1), n
+
+    def _evaluate(self) -> None:
+        if self.dev_dl is None:
+            return
+        loss, n = self.dev_loss()
+        record = {"kind": "eval", "step": self.step, "epoch": self.epoch, "dev_loss": loss, "dev_tokens": n}
+        if self.cfg.train.eval_generate and not _sharded(self.acc):
+            if self.acc.is_main_process:
+                from flythinker.train.evalgen import generation_metrics
+
+                record.update(generation_metrics(self.acc.unwrap_model(self.model), self.tokenizer,
+                                                 self.dev_examples[: self.cfg.train.eval_generate],
+                                                 self.prompt_cfg, self.cfg.train.eval_max_new_tokens))
+            self.acc.wait_for_everyone()
+        self.acc.print(f"epoch {self.epoch + 1}: dev loss {loss:.4f} ({n} tokens)")
+        if self.acc.is_main_process:
+            self.log.write(record)
+        if self.best_dev_loss is None or loss < self.best_dev_loss:
+            self.best_dev_loss = loss
+            export_model(self.acc, self.model, self.out / "best", self.tokenizer)
+
+    def _finish(self) -> TrainResult:
+        acc = self.acc
+        final = export_model(acc, self.model, self.out / "final", self.tokenizer)
+        fingerprints = None
+        if self.world > 1 and not _sharded(acc):
+            mine = torch.tensor([state_fingerprint(acc.unwrap_model(self.model))], dtype=torch.float64, device=acc.device)
+            fingerprints = acc.gather(mine).tolist()
+        records = self.log.read() if acc.is_main_process else []
+        result = TrainResult(
+            out_dir=self.out, final_checkpoint=final or self.out / "final",
+            best_checkpoint=self.out / "best" if self.best_dev_loss is not None else None,
+            last_checkpoint=latest_checkpoint(self.out), steps=self.step,
+            losses=[r["loss"] for r in records if r.get("kind") == "train"],
+            dev_losses=[r["dev_loss"] for r in records if r.get("kind") == "eval"],
+            best_dev_loss=self.best_dev_loss, train_time_s=self.train_time,
+            tokens_per_s=self.tokens / self.train_time if self.train_time else 0.0,
+            trainable_parameters=self.n_trainable, replica_fingerprints=fingerprints)
+        if acc.is_main_process:
+            (self.out / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+            plot_curves(records, self.out / "curves.png", title=f"{self.cfg.model.mode}: {self.out.name}")
+            acc.print(f"done: {self.step} steps in {self.train_time:.1f} s ({result.tokens_per_s:,.0f} tokens/s); "
+                      f"model in {result.final_checkpoint}")
+        acc.wait_for_everyone()
+        return result
+
+
+def train(cfg: TrainConfig, out_dir, *, model=None, tokenizer=None, train_examples=None,
+          dev_examples=None) -> TrainResult:
+    """Train per ``cfg`` into the run folder ``out_dir``; returns a :class:`TrainResult`.
+
+    Anything passed in replaces what the config would build: ``model`` (a FlyThinker; for
+    ``model.mode: sft`` its generator, or any causal LM, is trained alone), ``tokenizer``,
+    ``train_examples`` / ``dev_examples`` (lists of ``flythinker.data.longlamp.Example``).
+    Set ``cfg.train.resume`` / ``cfg.train.overwrite`` to continue or replace a previous run.
+
+    >>> cfg = load_config("src/flythinker/configs/tiny_flythinker.yaml")                # doctest: +SKIP
+    >>> result = train(cfg, "runs/demo", model=my_flythinker, train_examples=train_set)  # doctest: +SKIP
+    >>> FlyThinker.from_pretrained(result.final_checkpoint)                               # doctest: +SKIP
+    """
+    trainer = Trainer(cfg, out_dir, model, tokenizer, train_examples, dev_examples)
+    trainer.setup()
+    return trainer.fit()
