@@ -249,13 +249,15 @@ def test_interrupted_decode_keeps_the_worker_in_step():
 
 
 def word_tokenizer():
-    """A whole-word tokenizer over the tiny models' vocabulary: ids 0..96 <-> 'w0'..'w96'."""
+    """A whole-word tokenizer over the tiny models' vocabulary: id i <-> 'w{i}', and id 2 (the tiny
+    models' EOS) <-> '<|endoftext|>', so that a Qwen2 tokenizer class loads it unchanged."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
+    vocab = {("<|endoftext|>" if i == 2 else f"w{i}"): i for i in range(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="w0")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="w0", eos_token="<|endoftext|>")
 
 
 @pytest.mark.parametrize("backend", ["threads", "shm"])
@@ -263,7 +265,7 @@ def test_stream_yields_the_decoded_text_and_stops_early_cleanly(backend):
     model, tok = tiny_pair(lam=1.0), word_tokenizer()
     ids, mask = left_padded_batch([6], seed=3)
     kw = dict(max_new_tokens=12, mode="concurrent", backend=backend, **FREE)
-    expected = tok.decode(reference(model, ids, mask, max_new_tokens=12, **FREE)[0])
+    expected = tok.decode(reference(model, ids, mask, max_new_tokens=12, **FREE)[0], skip_special_tokens=True)
     assert "".join(stream(model, tok, ids, mask, **kw)) == expected
     assert "".join(stream(model, tok, " ".join(f"w{i}" for i in ids[0].tolist()), **kw)) == expected
     pieces = stream(model, tok, ids, mask, **kw)
