@@ -24,6 +24,7 @@ bench_app = typer.Typer(help="Side-by-side benchmarks (decoding, training).", no
 app.add_typer(bench_app, name="bench")
 
 # --- sub-commands (one line each; the function lives next to the code it drives) -------
+from flythinker.bench_decode import bench_decode_command  # noqa: E402
 from flythinker.demo import demo_command  # noqa: E402
 from flythinker.evaluate.command import evaluate_command  # noqa: E402
 from flythinker.experiment import experiment_command  # noqa: E402
@@ -36,6 +37,7 @@ app.command("experiment")(experiment_command)
 app.command("generate")(generate_command)
 app.command("train")(train_command)
 bench_app.command("train")(bench_train_command)
+bench_app.command("decode")(bench_decode_command)
 
 
 def main(argv: list[str] | None = None) -> None:

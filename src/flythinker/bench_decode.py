@@ -1,0 +1,349 @@
+"""`flythinker bench decode`: per-token latency and throughput of every decoder, side by side.
+
+Random-weight Qwen2 Generator and Reasoner (≈40M parameters each by default, fp32 on CPU);
+every configuration runs in interleaved repeats (medians), EOS never stops a run:
+
+  generator               G alone: our SFT loop (λ = 0, the Reasoner never runs)
+  reasoner                R alone: its prefill and one step per token (hidden states only)
+  sequential              FlyThinker's reference decoder: R then G at every step
+  sequential_all_threads  the same, each model using every core in turn (no concurrency)
+  concurrent_<backend>    FlyThinker with R's step overlapped; ``concurrent`` = the fastest
+  think_then_generate     G writes K reasoning tokens before the response (time per response token)
+  hf_generate             transformers' ``generate`` on the same G (greedy; tokens checked equal)
+
+Single models and ``sequential`` get the threads each model gets in a concurrent decoder
+(``--threads-per-model``, default half the cores), so "× max(G, R)" compares like with like.
+
+    >>> result = run_decode_bench(DecodeBenchConfig(new=16, repeats=1))  # doctest: +SKIP
+    >>> result["ms_per_token"]["concurrent"] / max(result["ms_per_token"]["generator"],
+    ...                                            result["ms_per_token"]["reasoner"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import typer
+
+from flythinker.errors import UserError
+
+TARGETS = {  # ratio: bound (batch 1 unless said otherwise)
+    "concurrent_over_max_single": 1.05,
+    "concurrent_over_sequential": 0.55,
+    "generator_over_hf_generate": 1.0,
+}
+THROUGHPUT_TARGET = 4.0  # tokens/s at the throughput batch ≥ this × tokens/s at batch 1
+
+
+@dataclass
+class DecodeBenchConfig:
+    """What `flythinker bench decode` measures (G and R share sizes unless the reasoner_* are set)."""
+
+    batch: int = 1
+    throughput_batch: int = 8
+    prompt: int = 64
+    new: int = 128
+    think_tokens: int = 64
+    repeats: int = 3
+    hidden: int = 512
+    layers: int = 8
+    heads: int = 8
+    kv_heads: int = 2
+    intermediate: int = 1536
+    vocab: int = 32000
+    """With tied embeddings, 512 × 32000 + 8 layers ≈ 40.5M parameters."""
+    reasoner_hidden: int | None = None
+    reasoner_layers: int | None = None
+    lam: float = 0.5
+    threads_per_model: int | None = None
+    backends: list[str] = field(default_factory=list)
+    """Concurrent backends to time (empty: every one that runs on this hardware)."""
+    only: list[str] = field(default_factory=list)
+    """Configurations to time (empty: all; generator, reasoner and sequential always run)."""
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("batch", "throughput_batch", "prompt", "new", "repeats", "hidden", "layers", "heads", "vocab"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        if self.think_tokens < 0:
+            raise UserError(f"--think-tokens must be ≥ 0, got {self.think_tokens}")
+
+
+def qwen2_config(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int, tie: bool = True):
+    """A Qwen2 config with no EOS (benchmarks must not stop early)."""
+    from transformers import Qwen2Config
+
+    if hidden % heads or heads % kv_heads:
+        raise UserError(f"hidden {hidden} must split into {heads} heads, and heads into {kv_heads} KV heads")
+    return Qwen2Config(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32768,
+        tie_word_embeddings=tie, bos_token_id=None, eos_token_id=None, pad_token_id=0,
+    )
+
+
+def random_pair(g_config, r_config, lam: float, device="cpu", dtype=None, seed: int = 0):
+    """FlyThinker over two randomly initialised Qwen2 models, built directly on ``device``."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from flythinker import FlyThinker
+
+    models = []
+    for i, cfg in enumerate((g_config, r_config)):
+        torch.manual_seed(seed + i)
+        with torch.device(device):
+            models.append(Qwen2ForCausalLM._from_config(cfg, dtype=dtype or torch.float32).eval())
+    return FlyThinker(generator=models[0], reasoner=models[1], lam=lam).eval()
+
+
+def n_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@contextmanager
+def _threads(n: int | None):
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n or previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def reasoner_alone(model, input_ids, attention_mask, new: int):
+    """R's share of a decode: its prefill and ``new - 1`` steps, as every decoder runs it."""
+    import torch
+
+    from flythinker.decoding.steps import ReasonerRunner, RowState
+
+    with torch.no_grad():
+        rows, runner = RowState(input_ids, attention_mask, [], 0), ReasonerRunner(model)
+        runner.prefill(input_ids, rows.attention_mask, rows.position_ids)
+        tokens = input_ids[:, -1]  # what R reads does not change its cost
+        for _ in range(new - 1):
+            rows.push(tokens)
+            runner.step(tokens, rows.attention_mask, rows.last_position())
+    return None
+
+
+def available_backends(model) -> list[str]:
+    """Concurrent backends that can run this model here (GPU ones only with CUDA)."""
+    from flythinker.decoding.concurrent import resolve_backend
+
+    names = []
+    for name in ("threads", "streams", "devices", "shm", "gloo"):
+        try:
+            resolve_backend(model, name)
+            names.append(name)
+        except UserError:
+            pass
+    return names
+
+
+def _runs(model, sft, cfg: DecodeBenchConfig, decoders: dict, on_cpu: bool) -> dict:
+    """name -> (threads, fn(ids, mask, new) -> tokens or None)."""
+    eos = dict(eos_token_id=[], pad_token_id=0)
+    per_model = cfg.threads_per_model
+
+    def hf(ids, mask, new):
+        out = model.generator.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0)
+        return out[:, ids.shape[1]:]
+
+    runs = {
+        "generator": (per_model, lambda ids, mask, new: sft.generate(ids, mask, max_new_tokens=new, **eos)),
+        "reasoner": (per_model, lambda ids, mask, new: reasoner_alone(model, ids, mask, new)),
+        "sequential": (per_model, lambda ids, mask, new: model.generate(ids, mask, max_new_tokens=new, **eos)),
+    }
+    if on_cpu and per_model < _all_threads():
+        runs["sequential_all_threads"] = (_all_threads(), runs["sequential"][1])
+    for name, dec in decoders.items():  # a decoder sets its own threads
+        runs[f"concurrent_{name}"] = (None, lambda ids, mask, new, dec=dec: dec.generate(ids, mask, max_new_tokens=new, **eos))
+    k = cfg.think_tokens
+    runs["think_then_generate"] = (per_model, lambda ids, mask, new: sft.generate(ids, mask, max_new_tokens=new + k, **eos))
+    runs["hf_generate"] = (per_model, hf)
+    return runs
+
+
+def _all_threads() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _loadavg() -> str | None:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return None
+
+
+def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", log=print) -> dict:
+    """Time every decoder on ``model`` (default: the random ≈40M pair); returns the JSON dict."""
+    import torch
+
+    from flythinker import FlyThinker
+    from flythinker.decoding.concurrent import ConcurrentDecoder, default_threads
+
+    if model is None:
+        g = qwen2_config(cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads, cfg.intermediate, cfg.vocab)
+        r = qwen2_config(cfg.reasoner_hidden or cfg.hidden, cfg.reasoner_layers or cfg.layers, cfg.heads,
+                         cfg.kv_heads, cfg.intermediate, cfg.vocab)
+        model = random_pair(g, r, cfg.lam, device=device, seed=cfg.seed)
+    sft = FlyThinker(generator=model.generator, reasoner=model.reasoner, lam=0.0).eval()  # same weights, λ = 0
+    on_cpu = device == "cpu"
+    cfg.threads_per_model = cfg.threads_per_model or (default_threads() if on_cpu else None)
+    backends = cfg.backends or available_backends(model)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = {"latency": cfg.batch, "throughput": cfg.throughput_batch}
+    inputs = {
+        key: (torch.randint(1, cfg.vocab, (b, cfg.prompt), generator=gen).to(device),
+              torch.ones(b, cfg.prompt, dtype=torch.long, device=device))
+        for key, b in batches.items()
+    }
+    result = {"settings": asdict(cfg), "device": device, "loadavg_start": _loadavg(), "backends": backends,
+              "params": {"generator": n_params(model.generator), "reasoner": n_params(model.reasoner)},
+              "startup_s": {}}
+    decoders = {}
+    try:
+        for name in backends:
+            t0 = time.perf_counter()
+            decoders[name] = ConcurrentDecoder(model, name, threads_per_model=cfg.threads_per_model)
+            result["startup_s"][name] = round(time.perf_counter() - t0, 3)
+        runs = _runs(model, sft, cfg, decoders, on_cpu)
+        keep = set(cfg.only) | {"generator", "reasoner", "sequential"} | {f"concurrent_{b}" for b in backends}
+        runs = {name: run for name, run in runs.items() if not cfg.only or name in keep}
+        times = {name: {key: [] for key in batches} for name in runs}
+        outputs = {key: {} for key in batches}
+        for rep in range(-1, cfg.repeats):  # repeat -1 is the warm-up, with a few tokens
+            new = cfg.new if rep >= 0 else min(4, cfg.new)
+            for name, (threads, fn) in runs.items():
+                for key, (ids, mask) in inputs.items():
+                    log(f"repeat {rep + 1}/{cfg.repeats}  {name}  batch {ids.shape[0]}" if rep >= 0 else
+                        f"warm-up  {name}  batch {ids.shape[0]}")
+                    with _threads(threads):
+                        _sync(device)
+                        t0 = time.perf_counter()
+                        out = fn(*inputs[key], new)
+                        _sync(device)
+                        times[name][key].append(time.perf_counter() - t0)
+                    if rep == 0 and out is not None:
+                        outputs[key][name] = out.cpu()
+        result.update(_summarise(cfg, times, outputs, batches))
+    finally:
+        for dec in decoders.values():
+            dec.close()
+    result["loadavg_end"] = _loadavg()
+    return result
+
+
+def _sync(device) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _summarise(cfg: DecodeBenchConfig, times: dict, outputs: dict, batches: dict) -> dict:
+    ms, tps, ratio_b = {}, {}, {}
+    for name, by in times.items():
+        ms[name] = 1000 * statistics.median(by["latency"][1:]) / cfg.new  # [0] is the warm-up
+        tps[name] = batches["throughput"] * cfg.new / statistics.median(by["throughput"][1:])
+        ratio_b[name] = tps[name] / (batches["latency"] * 1000 / ms[name])
+    concurrent = [n for n in ms if n.startswith("concurrent_")]
+    equal = {}
+    for key in batches:
+        out = outputs[key]
+        if "hf_generate" in out:
+            equal[f"hf_generate_vs_generator_{key}"] = bool(out["hf_generate"].equal(out["generator"]))
+        for name in concurrent:
+            equal[f"{name}_vs_sequential_{key}"] = bool(out[name].equal(out["sequential"]))
+    if concurrent:
+        best = min(concurrent, key=ms.get)
+        ms["concurrent"], tps["concurrent"] = ms[best], tps[best]
+        ratio_b["concurrent"] = ratio_b[best]
+    ratios = {"throughput_over_batch1": ratio_b}
+    if "hf_generate" in ms:
+        ratios["generator_over_hf_generate"] = ms["generator"] / ms["hf_generate"]
+    if concurrent:
+        ratios["concurrent_over_max_single"] = ms["concurrent"] / max(ms["generator"], ms["reasoner"])
+        ratios["concurrent_over_sequential"] = ms["concurrent"] / ms["sequential"]
+        if "think_then_generate" in ms:
+            ratios["think_then_generate_over_concurrent"] = ms["think_then_generate"] / ms["concurrent"]
+    met = {k: ratios[k] <= bound for k, bound in TARGETS.items() if k in ratios}
+    met["throughput_over_batch1"] = all(v >= THROUGHPUT_TARGET for v in ratio_b.values())
+    return {
+        "best_backend": min(concurrent, key=ms.get).removeprefix("concurrent_") if concurrent else None,
+        "ms_per_token": ms, "tokens_per_s": tps, "ratios": ratios, "targets": TARGETS, "targets_met": met,
+        "tokens_equal": equal, "samples_s": times,
+    }
+
+
+def print_table(result: dict, console=None) -> None:
+    """The side-by-side table of a ``run_decode_bench`` result."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    s, ms, tps = result["settings"], result["ms_per_token"], result["tokens_per_s"]
+    single = max(ms["generator"], ms["reasoner"])
+    table = Table(title=f"decoding: prompt {s['prompt']} + {s['new']} new tokens, "
+                        f"{s['threads_per_model'] or '-'} thread(s) per model, medians of {s['repeats']}")
+    for col in ("decoder", f"ms/token (b={s['batch']})", "× max(G, R)", "× sequential",
+                f"tokens/s (b={s['throughput_batch']})", f"b={s['throughput_batch']} / b={s['batch']}"):
+        table.add_column(col, justify="left" if col == "decoder" else "right")
+    for name in ms:
+        table.add_row(name, f"{ms[name]:.2f}", f"{ms[name] / single:.3f}", f"{ms[name] / ms['sequential']:.3f}",
+                      f"{tps[name]:.1f}", f"{result['ratios']['throughput_over_batch1'][name]:.2f}")
+    console.print(table)
+    console.print(f"tokens equal: {result['tokens_equal']}")
+    console.print(f"targets met: {result['targets_met']}  (load average {result['loadavg_start']} → {result['loadavg_end']})")
+
+
+def bench_decode_command(
+    json_path: Path = typer.Option(None, "--json", help="Write the results as JSON here."),
+    batch: int = typer.Option(1, "--batch", help="Batch size for per-token latency."),
+    throughput_batch: int = typer.Option(8, "--throughput-batch", help="Batch size for throughput."),
+    prompt: int = typer.Option(64, "--prompt", help="Prompt tokens."),
+    new: int = typer.Option(128, "--new", help="New tokens per run (EOS never stops a run)."),
+    think_tokens: int = typer.Option(64, "--think-tokens", help="K: reasoning tokens of think-then-generate."),
+    repeats: int = typer.Option(3, "--repeats", help="Timed repeats of every configuration (interleaved)."),
+    hidden: int = typer.Option(512, "--hidden", help="Hidden size of G (and R unless --reasoner-hidden)."),
+    layers: int = typer.Option(8, "--layers", help="Layers of G (and R unless --reasoner-layers)."),
+    heads: int = typer.Option(8, "--heads", help="Attention heads."),
+    kv_heads: int = typer.Option(2, "--kv-heads", help="Key/value heads."),
+    intermediate: int = typer.Option(1536, "--intermediate", help="MLP width."),
+    vocab: int = typer.Option(32000, "--vocab", help="Vocabulary (tied embeddings)."),
+    reasoner_hidden: int = typer.Option(None, "--reasoner-hidden", help="Hidden size of R (≤ G's: prefix fusion)."),
+    reasoner_layers: int = typer.Option(None, "--reasoner-layers", help="Layers of R."),
+    threads_per_model: int = typer.Option(None, "--threads-per-model", help="Default: half the cores."),
+    backends: str = typer.Option("", "--backends", help="Comma-separated concurrent backends (default: all here)."),
+    only: str = typer.Option("", "--only", help="Comma-separated configurations to time (default: all)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the weights and prompts."),
+) -> None:
+    """Per-token latency and throughput: G alone, R alone, sequential, concurrent, think-then-generate, HF."""
+    cfg = DecodeBenchConfig(
+        batch=batch, throughput_batch=throughput_batch, prompt=prompt, new=new, think_tokens=think_tokens,
+        repeats=repeats, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
+        vocab=vocab, reasoner_hidden=reasoner_hidden, reasoner_layers=reasoner_layers,
+        threads_per_model=threads_per_model, backends=[b for b in backends.split(",") if b],
+        only=[c for c in only.split(",") if c], seed=seed,
+    )
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status("benchmarking") as status:
+        result = run_decode_bench(cfg, log=lambda msg: status.update(msg))
+    print_table(result)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_path}")
