@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -200,12 +201,18 @@ def test_a_worker_that_dies_mid_decode_is_a_clear_error_not_a_hang(backend):
     model = tiny_pair(lam=1.0)
     ids, mask = left_padded_batch([7], seed=1)
     before = descendants()
-    dec = ConcurrentDecoder(model, backend)
-    t0 = time.perf_counter()
-    with pytest.raises(WorkerError, match=f"pid {dec.reasoner.process.pid}"):
-        dec.generate(ids, attention_mask=mask, max_new_tokens=200, streamer=Killer(dec.reasoner.process.pid), **FREE)
-    assert time.perf_counter() - t0 < 5
-    assert dec.closed and descendants() <= before
+    with ConcurrentDecoder(model, backend) as dec:
+        pid = dec.reasoner.process.pid
+        t0 = time.perf_counter()
+        with pytest.raises(WorkerError, match=f"pid {pid}"):
+            dec.generate(ids, attention_mask=mask, max_new_tokens=200, streamer=Killer(pid), **FREE)
+        assert time.perf_counter() - t0 < 5
+        assert not Path(f"/proc/{pid}").exists()
+        # the next call starts a new worker
+        new = dec.generate(ids, attention_mask=mask, max_new_tokens=6, **FREE)
+        assert torch.equal(new, reference(model, ids, mask, max_new_tokens=6, **FREE))
+        assert dec.reasoner.process.pid != pid
+    assert descendants() <= before
     with pytest.raises(UserError, match="closed"):
         dec.generate(ids, attention_mask=mask, max_new_tokens=2)
 
@@ -217,7 +224,8 @@ def test_an_error_inside_the_worker_comes_back_with_its_traceback():
     dec = ConcurrentDecoder(model, "shm")
     with pytest.raises(WorkerError, match="IndexError"):
         dec.generate(ids, attention_mask=mask, max_new_tokens=4, **FREE)
-    assert dec.closed
+    assert dec.reasoner is None  # dropped: the next call would start a new worker
+    dec.close()
     with pytest.raises(WorkerError, match="could not start"):  # a worker that fails at start-up
         ReasonerProcess(divmod, (0,))
 
@@ -246,6 +254,22 @@ def test_interrupted_decode_keeps_the_worker_in_step():
         assert torch.equal(new, reference(model, ids, mask, max_new_tokens=10, **FREE))
     finally:
         dec.close()
+
+
+@pytest.mark.parametrize("backend", ["shm", "gloo", "threads"])
+def test_ctrl_c_mid_decode_interrupts_promptly_and_the_decoder_recovers(backend):
+    model = tiny_pair(lam=1.0)
+    ids, mask = left_padded_batch([6], seed=2)
+    with ConcurrentDecoder(model, backend) as dec:
+        dec.generate(ids, attention_mask=mask, max_new_tokens=2, **FREE)
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        t0 = time.perf_counter()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            dec.generate(ids, attention_mask=mask, max_new_tokens=20_000, **FREE)  # ~a minute
+        assert time.perf_counter() - t0 < 5
+        new = dec.generate(ids, attention_mask=mask, max_new_tokens=6, **FREE)
+        assert torch.equal(new, reference(model, ids, mask, max_new_tokens=6, **FREE))
 
 
 def word_tokenizer():

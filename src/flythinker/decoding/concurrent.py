@@ -194,25 +194,16 @@ class ConcurrentDecoder:
         model,
         backend: str | None = "auto",
         threads_per_model: int | None = None,
-        spin_s: float = 0.05,
+        spin_s: float = 0.001,
         start_method: str = "forkserver",
     ):
         self.backend = resolve_backend(model, backend)
         on_cpu = _device(model.generator).type == "cpu"
         self.threads = (threads_per_model or default_threads()) if on_cpu else None
+        self.spin_s, self.start_method = spin_s, start_method
         self.lock = threading.Lock()  # one decode at a time: the worker holds one R cache
-        self.closed = False
-        if self.backend in ("threads", "streams", "devices"):
-            self.reasoner = ThreadedReasoner(side_stream=self.backend == "streams", threads=self.threads)
-        elif self.backend == "shm":
-            from flythinker.decoding.shm import start_shm_reasoner
-
-            self.reasoner = start_shm_reasoner(spin_s, start_method, self.threads, [type(model.reasoner).__module__])
-        else:
-            from flythinker.decoding.distributed import start_gloo_reasoner
-
-            self.reasoner = start_gloo_reasoner(start_method, self.threads, [type(model.reasoner).__module__])
-        self._model, self._key, self.rebindable = None, None, True
+        self.closed, self.rebindable = False, True
+        self.reasoner, self._model, self._key = None, None, None
         try:
             self.bind(model)
         except BaseException:
@@ -228,18 +219,35 @@ class ConcurrentDecoder:
         self._model, self._key = weakref.ref(model), None
         return self
 
+    def _start(self, model):
+        """A fresh Reasoner handle (and worker) for this backend."""
+        if self.backend in ("threads", "streams", "devices"):
+            return ThreadedReasoner(side_stream=self.backend == "streams", threads=self.threads)
+        preload = [type(model.reasoner).__module__]  # the worker imports it once, in the fork server
+        if self.backend == "shm":
+            from flythinker.decoding.shm import start_shm_reasoner
+
+            return start_shm_reasoner(self.spin_s, self.start_method, self.threads, preload)
+        from flythinker.decoding.distributed import start_gloo_reasoner
+
+        return start_gloo_reasoner(self.start_method, self.threads, preload)
+
     @property
     def model(self):
         return self._model() if self._model is not None else None
 
     def bind(self, model) -> None:
         """Decode for ``model`` from now on (a process worker receives R's weights again)."""
-        if self.model is model and (not self.rebindable or weights_key(model.reasoner) == self._key):
+        if self.reasoner is not None and self.model is model and (
+            not self.rebindable or weights_key(model.reasoner) == self._key
+        ):
             return
         if not self.rebindable:
-            raise UserError("this decoder was launched for another model; launch one for this model")
+            raise UserError("this decoder was launched for another model (or lost its peer); launch a new one")
         if resolve_backend(model, self.backend) != self.backend:  # raises if it cannot run
             raise UserError(f"this decoder runs backend {self.backend!r}, which does not fit this model")
+        if self.reasoner is None:
+            self.reasoner = self._start(model)
         self.reasoner.bind(model)
         self._model, self._key = weakref.ref(model), weights_key(model.reasoner)
 
@@ -248,17 +256,20 @@ class ConcurrentDecoder:
         if self.closed:
             raise UserError("this ConcurrentDecoder is closed")
         with self.lock:
+            model = self.model
+            self.bind(model)  # restarts a worker lost to an error or a Ctrl-C in the middle of a step
             previous = torch.get_num_threads()
             try:
                 if self.threads:
                     torch.set_num_threads(self.threads)
                 return run_generator(
-                    self.model, self.reasoner, input_ids, attention_mask, max_new_tokens, sampling,
+                    model, self.reasoner, input_ids, attention_mask, max_new_tokens, sampling,
                     eos_token_id, pad_token_id, streamer,
                 )
             except BaseException:
-                if getattr(self.reasoner, "broken", False):  # the worker died: nothing to reuse
-                    self.close()
+                if getattr(self.reasoner, "broken", False):  # dead or out of step: start afresh next time
+                    self.reasoner.close()
+                    self.reasoner = None
                 raise
             finally:
                 torch.set_num_threads(previous)
@@ -271,7 +282,8 @@ class ConcurrentDecoder:
         """Stop the worker (idempotent); a process worker is joined, killed if it does not exit."""
         if not self.closed:
             self.closed = True
-            self.reasoner.close()
+            if self.reasoner is not None:
+                self.reasoner.close()
 
     def __enter__(self):
         return self

@@ -121,7 +121,7 @@ def _reasoner_end(conn, tokens_ready, latent_ready, spin_s) -> ShmLink:  # runs 
 
 
 def start_shm_reasoner(
-    spin_s: float = 0.05, start_method: str = "forkserver", threads: int | None = None, preload: list[str] = ()
+    spin_s: float = 0.001, start_method: str = "forkserver", threads: int | None = None, preload: list[str] = ()
 ) -> RemoteReasoner:
     """Start a worker process for R; returns G's handle on it (bind a model before decoding)."""
     ctx = context(start_method, preload)

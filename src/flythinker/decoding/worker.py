@@ -76,14 +76,22 @@ class RemoteReasoner:
         self._call(self.link.send_command, JOB, (input_ids, attention_mask, self.threads))
         return self._call(self.link.recv_prefill)
 
+    # the pending flag changes inside _call: an exception (even Ctrl-C) between the message and
+    # the flag marks the link broken, so ``finish`` never waits for a latent that will not come
     def launch(self, tokens, attention_mask, position_ids) -> None:
-        self._call(self.link.send_tokens, tokens)
-        self.pending = True
+        def send():
+            self.link.send_tokens(tokens)
+            self.pending = True
+
+        self._call(send)
 
     def latent(self) -> torch.Tensor:  # (B, 1, d_R)
-        out = self._call(self.link.recv_latent)
-        self.pending = False
-        return out
+        def receive():
+            out = self.link.recv_latent()
+            self.pending = False
+            return out
+
+        return self._call(receive)
 
     def finish(self) -> None:
         if self.broken:
