@@ -149,3 +149,29 @@ def test_generation_metrics_during_evaluation(tmp_path):
     train(cfg, tmp_path)
     evals = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines() if '"eval"' in line]
     assert len(evals) == 1 and "gen_rouge1" in evals[0] and "gen_bleu" in evals[0]
+
+
+def test_gradient_checkpointing_gives_the_same_run_and_the_seed_decides_it(tmp_path):
+    from flythinker.data.longlamp import load_examples
+    from flythinker.train.build import build_model, build_tokenizer
+
+    base = train(tiny_config(train={"epochs": 1, "eval": False}), tmp_path / "a")
+    cfg = tiny_config(train={"epochs": 1, "eval": False, "gradient_checkpointing": True})
+    examples = load_examples(SAMPLE, split="train", limit=8)
+    tok = build_tokenizer(cfg.model, examples)
+    model = build_model(cfg.model, tok, seed=0)
+    ckpt = train(cfg, tmp_path / "b", model=model, tokenizer=tok, train_examples=examples)
+    for lm in (model.generator, model.reasoner):
+        assert getattr(lm, "is_activation_checkpointing", None) or lm.is_gradient_checkpointing
+    assert ckpt.losses == pytest.approx(base.losses, rel=1e-5)
+    other = train(tiny_config(train={"epochs": 1, "eval": False, "seed": 1}), tmp_path / "c")
+    assert other.losses != pytest.approx(base.losses, rel=1e-3)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    result = train(tiny_config(train={"epochs": 2, "eval": False, "precision": "bf16"}), tmp_path)
+    fp32 = train(tiny_config(train={"epochs": 2, "eval": False}), tmp_path / "fp32")
+    assert all(map(torch.isfinite, torch.tensor(result.losses)))
+    assert result.losses[-1] < result.losses[0]
+    assert result.losses != fp32.losses  # autocast really changed the arithmetic
+    assert result.losses == pytest.approx(fp32.losses, rel=0.05)

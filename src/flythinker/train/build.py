@@ -174,8 +174,16 @@ def prepare_for_training(model: nn.Module, cfg: ModelConfig, gradient_checkpoint
         for name, _ in specs:
             sub = getattr(model, name)
             if not (cfg.freeze_reasoner and name == "reasoner"):
-                sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                _checkpoint_activations(sub)
     return model
+
+
+def _checkpoint_activations(lm: nn.Module) -> None:
+    kwargs = {"use_reentrant": False}  # reentrant checkpointing needs inputs that require grad
+    if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

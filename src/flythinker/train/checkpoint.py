@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from flythinker.errors import UserError
+
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -95,6 +97,27 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep_las
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+# changing these between an interrupted run and its resumption would change what the
+# checkpoint means (other weights, other data order)
+_RESUME_FIXED = ("model", "data", "train.batch_size", "train.grad_accum", "train.effective_batch_size", "train.seed")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def check_same_setup(saved: dict, current: dict, ckpt: Path) -> None:
+    """Refuse to resume when what the checkpoint means changed (other weights or data order)."""
+    old, new = _flat(saved), _flat(current)
+    for key in sorted(set(old) | set(new)):
+        if any(key == f or key.startswith(f + ".") for f in _RESUME_FIXED) and old.get(key) != new.get(key):
+            raise UserError(f"cannot resume from {ckpt}: {key} was {old.get(key)!r}, now {new.get(key)!r} "
+                            "(use --overwrite to start a new run)")
 
 
 def load_checkpoint(accelerator, path: Path) -> dict:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,15 +33,13 @@ import torch
 
 from flythinker.errors import UserError
 from flythinker.train import build
-from flythinker.train.checkpoint import (export_model, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                         state_fingerprint)
+from flythinker.train.checkpoint import (check_same_setup, export_model, latest_checkpoint, load_checkpoint,
+                                         save_checkpoint, state_fingerprint)
 from flythinker.train.config import TrainConfig, check_paths
 from flythinker.train.curves import RunLog, plot_curves
+from flythinker.train.engine import cache_rho, is_sharded, make_accelerator
 
 RUN_FILES = ("config.yaml", "log.jsonl", "curves.png", "result.json", "checkpoints", "best", "final")
-# changing these between an interrupted run and its resumption would change what the
-# checkpoint means (other weights, other data order)
-_RESUME_FIXED = ("model", "data", "train.batch_size", "train.grad_accum", "train.effective_batch_size", "train.seed")
 
 
 @dataclass
@@ -91,66 +88,6 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
     progress = (step - warmup) / max(1, total - warmup)
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
     return min_ratio + (1 - min_ratio) * decay
-
-
-def make_accelerator(cfg: TrainConfig):
-    """accelerate's engine for this process: one process, or one of ``accelerate launch`` /
-    ``torchrun``'s (DDP, FSDP, DeepSpeed from the launch config; gloo on CPU-only machines)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        # accelerate keeps its settings in process-wide singletons; a second run in the same
-        # process (tests, notebooks, the demo) with other settings would be refused
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    # torchrun on a machine without GPUs: accelerate only sets up gloo when told "cpu"
-    cpu = world > 1 and not torch.cuda.is_available()
-    mixed = "bf16" if cfg.train.precision == "bf16" else "no"
-    acc = Accelerator(mixed_precision=mixed, cpu=cpu, step_scheduler_with_optimizer=False)
-    if acc.num_processes != world:
-        raise UserError(f"launched as {world} processes but accelerate set up {acc.num_processes}; "
-                        "check the launch command (CPU runs: ACCELERATE_USE_CPU=1)")
-    # known only now (it depends on the device count); read by prepare() (DeepSpeed "auto")
-    acc.gradient_accumulation_steps = cfg.train.accumulation(acc.num_processes)
-    return acc
-
-
-def _sharded(accelerator) -> bool:
-    """FSDP or ZeRO-3: parameters live in shards outside forward."""
-    from accelerate.utils import DistributedType
-
-    state = accelerator.state
-    if state.distributed_type == DistributedType.FSDP:
-        return True
-    return state.distributed_type == DistributedType.DEEPSPEED and state.deepspeed_plugin.zero_stage == 3
-
-
-def _cache_rho(model) -> None:
-    w = model.generator.get_input_embeddings().weight
-    if hasattr(w, "ds_id"):  # ZeRO-3 with zero3_init: gather the table once
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([w]):
-            model.cache_rho()
-    else:
-        model.cache_rho()
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
-    return out
-
-
-def _check_same_setup(saved: dict, cfg: TrainConfig, ckpt: Path) -> None:
-    old, new = _flat(saved), _flat(cfg.to_dict())
-    for key in sorted(set(old) | set(new)):
-        if any(key == f or key.startswith(f + ".") for f in _RESUME_FIXED) and old.get(key) != new.get(key):
-            raise UserError(f"cannot resume from {ckpt}: {key} was {old.get(key)!r}, now {new.get(key)!r} "
-                            "(use --overwrite to start a new run)")
 
 
 class Trainer:
@@ -215,8 +152,8 @@ class Trainer:
         model = self.model if self.model is not None else build.build_model(cfg.model, tok, seed=cfg.train.seed)
         model = build.as_trainable(model, cfg.model)
         build.prepare_for_training(model, cfg.model, cfg.train.gradient_checkpointing)
-        if _sharded(acc) and hasattr(model, "cache_rho"):
-            _cache_rho(model)  # before prepare(): the table is still whole
+        if is_sharded(acc) and hasattr(model, "cache_rho"):
+            cache_rho(model)  # before prepare(): the table is still whole
         self.n_trainable, n_total = build.count_parameters(model)
         if self.n_trainable == 0:
             raise UserError("nothing to train: every parameter is frozen")
@@ -277,7 +214,7 @@ class Trainer:
         ckpt = latest_checkpoint(self.out) if cfg.train.resume else None
         if ckpt is not None:
             state = load_checkpoint(acc, ckpt)
-            _check_same_setup(state["config"], cfg, ckpt)
+            check_same_setup(state["config"], cfg.to_dict(), ckpt)
             self.scheduler.load_state_dict(state["scheduler"])
             self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
             self.best_dev_loss, self.train_time, self.tokens = state["best_dev_loss"], state["train_time_s"], state["tokens"]
@@ -391,7 +328,7 @@ class Trainer:
             return
         loss, n = self.dev_loss()
         record = {"kind": "eval", "step": self.step, "epoch": self.epoch, "dev_loss": loss, "dev_tokens": n}
-        if self.cfg.train.eval_generate and not _sharded(self.acc):
+        if self.cfg.train.eval_generate and not is_sharded(self.acc):
             if self.acc.is_main_process:
                 from flythinker.train.evalgen import generation_metrics
 
@@ -399,7 +336,10 @@ class Trainer:
                                                  self.dev_examples[: self.cfg.train.eval_generate],
                                                  self.prompt_cfg, self.cfg.train.eval_max_new_tokens))
             self.acc.wait_for_everyone()
-        self.acc.print(f"epoch {self.epoch + 1}: dev loss {loss:.4f} ({n} tokens)")
+        if self.acc.is_main_process:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"epoch {self.epoch + 1}: dev loss {loss:.4f} ({n} tokens)")  # keeps the bar intact
         if self.acc.is_main_process:
             self.log.write(record)
         if self.best_dev_loss is None or loss < self.best_dev_loss:
@@ -410,7 +350,7 @@ class Trainer:
         acc = self.acc
         final = export_model(acc, self.model, self.out / "final", self.tokenizer)
         fingerprints = None
-        if self.world > 1 and not _sharded(acc):
+        if self.world > 1 and not is_sharded(acc):
             mine = torch.tensor([state_fingerprint(acc.unwrap_model(self.model))], dtype=torch.float64, device=acc.device)
             fingerprints = acc.gather(mine).tolist()
         records = self.log.read() if acc.is_main_process else []
