@@ -191,7 +191,8 @@ class Trainer:
         from accelerate.utils import DistributedType
 
         t, acc = self.cfg.train, self.acc
-        if acc.distributed_type == DistributedType.FSDP:  # FSDP wants the optimizer built on its own params
+        fsdp = acc.distributed_type == DistributedType.FSDP
+        if fsdp:  # FSDP wants the optimizer built on its (sharded) parameters; DeepSpeed wants both at once
             self.model = acc.prepare(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
@@ -202,10 +203,12 @@ class Trainer:
             lr_factor, total=self.total_steps, warmup=warmup, schedule=t.schedule, min_ratio=t.min_lr_ratio))
         # the scheduler is stepped by hand once per optimizer step: accelerate's wrapper would
         # step it once per process
-        objs = [self.model, self.optimizer, self.train_dl] + ([self.dev_dl] if self.dev_dl else [])
-        prepared = acc.prepare(*objs)
-        self.model, self.optimizer, self.train_dl = prepared[:3]
-        self.dev_dl = prepared[3] if self.dev_dl else None
+        objs = ([] if fsdp else [self.model]) + [self.optimizer, self.train_dl] + ([self.dev_dl] if self.dev_dl else [])
+        prepared = list(acc.prepare(*objs))
+        if not fsdp:
+            self.model = prepared.pop(0)
+        self.optimizer, self.train_dl = prepared[:2]
+        self.dev_dl = prepared[2] if self.dev_dl else None
 
     def _resume(self) -> None:
         import yaml
