@@ -209,7 +209,11 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
               torch.ones(b, cfg.prompt, dtype=torch.long, device=device))
         for key, b in batches.items()
     }
+    import platform
+
     result = {"settings": asdict(cfg), "device": device, "loadavg_start": _loadavg(), "backends": backends,
+              "machine": {"cpus": _all_threads(), "torch": torch.__version__, "python": platform.python_version(),
+                          "processor": platform.processor() or platform.machine()},
               "params": {"generator": n_params(model.generator), "reasoner": n_params(model.reasoner)},
               "startup_s": {}}
     decoders = {}
@@ -297,15 +301,21 @@ def print_table(result: dict, console=None) -> None:
     single = max(ms["generator"], ms["reasoner"])
     table = Table(title=f"decoding: prompt {s['prompt']} + {s['new']} new tokens, "
                         f"{s['threads_per_model'] or '-'} thread(s) per model, medians of {s['repeats']}")
-    for col in ("decoder", f"ms/token (b={s['batch']})", "× max(G, R)", "× sequential",
-                f"tokens/s (b={s['throughput_batch']})", f"b={s['throughput_batch']} / b={s['batch']}"):
-        table.add_column(col, justify="left" if col == "decoder" else "right")
+    b1, bt = s["batch"], s["throughput_batch"]
+    table.add_column("decoder", no_wrap=True, min_width=22)
+    for col in (f"ms/tok b={b1}", "×max(G,R)", "×seq", f"tok/s b={bt}", f"b{bt}/b{b1}"):
+        table.add_column(col, justify="right")
     for name in ms:
         table.add_row(name, f"{ms[name]:.2f}", f"{ms[name] / single:.3f}", f"{ms[name] / ms['sequential']:.3f}",
                       f"{tps[name]:.1f}", f"{result['ratios']['throughput_over_batch1'][name]:.2f}")
     console.print(table)
-    console.print(f"tokens equal: {result['tokens_equal']}")
-    console.print(f"targets met: {result['targets_met']}  (load average {result['loadavg_start']} → {result['loadavg_end']})")
+    equal = result["tokens_equal"]
+    differ = [k for k, ok in equal.items() if not ok]
+    console.print(f"same tokens (hf_generate vs generator, concurrent vs sequential): {len(equal) - len(differ)}/"
+                  f"{len(equal)}" + (f"; DIFFERENT: {', '.join(differ)}" if differ else ""))
+    met = ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in result["targets_met"].items())
+    console.print(f"targets met: {met}")
+    console.print(f"load average: {result['loadavg_start']} → {result['loadavg_end']}")
 
 
 def bench_decode_command(
