@@ -20,13 +20,12 @@ Two ways to run it:
 from __future__ import annotations
 
 import datetime
-import functools
 import threading
 
 import torch
 import torch.distributed as dist
 
-from flythinker.decoding.worker import JOB, LOAD, ReasonerProcess, RemoteReasoner, context, send_message, serve
+from flythinker.decoding.worker import JOB, LOAD, ReasonerProcess, RemoteReasoner, context, serve
 from flythinker.errors import UserError
 
 STEP, STOP = 1, 0
@@ -153,7 +152,7 @@ def launch(model, group=None, generator_rank: int = 0, reasoner_rank: int = 1):
 def _reasoner_end(conn, port: int) -> DistLink:  # runs in the worker
     store = dist.TCPStore("127.0.0.1", port, 2, False, timeout=datetime.timedelta(seconds=60))
     pg = dist.ProcessGroupGloo(store, 1, 2, TIMEOUT)
-    return DistLink(0, "cpu", pg=pg, send=functools.partial(send_message, conn), recv=conn.recv)
+    return DistLink(0, "cpu", pg=pg, recv=conn.recv)  # commands come on the pipe, data over gloo
 
 
 def start_gloo_reasoner(

@@ -157,7 +157,7 @@ def context(start_method: str = "forkserver", preload: list[str] = ()):
 
 
 class WorkerError(RuntimeError):
-    """The Reasoner worker died or failed; the decoder that owned it is closed."""
+    """The Reasoner worker died or failed; its decoder starts a new worker at the next call."""
 
 
 class ReasonerProcess:
