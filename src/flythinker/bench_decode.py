@@ -119,20 +119,32 @@ def _threads(n: int | None):
         torch.set_num_threads(previous)
 
 
-def reasoner_alone(model, input_ids, attention_mask, new: int):
-    """R's share of a decode: its prefill and ``new - 1`` steps, as every decoder runs it."""
+class _TokenFeed:
+    """A stand-in for G: R reads the same token ``steps`` times; its latents are dropped."""
+
+    def __init__(self, tokens, steps: int):
+        self.tokens, self.steps = tokens, steps
+
+    def send_prefill(self, latents) -> None:
+        pass
+
+    def recv_tokens(self):
+        self.steps -= 1
+        return self.tokens if self.steps >= 0 else None
+
+    def send_latent(self, latent) -> None:
+        pass
+
+
+def reasoner_alone(model, input_ids, attention_mask, new: int) -> None:
+    """R's share of a decode, by the code a worker runs: its prefill and ``new - 1`` steps."""
     import torch
 
-    from flythinker.decoding.steps import ReasonerRunner, RowState
+    from flythinker.decoding.steps import ReasonerRunner
+    from flythinker.decoding.worker import serve_job
 
-    with torch.no_grad():
-        rows, runner = RowState(input_ids, attention_mask, [], 0), ReasonerRunner(model)
-        runner.prefill(input_ids, rows.attention_mask, rows.position_ids)
-        tokens = input_ids[:, -1]  # what R reads does not change its cost
-        for _ in range(new - 1):
-            rows.push(tokens)
-            runner.step(tokens, rows.attention_mask, rows.last_position())
-    return None
+    with torch.no_grad():  # what R reads does not change its cost
+        serve_job(ReasonerRunner(model), input_ids, attention_mask, _TokenFeed(input_ids[:, -1], new - 1))
 
 
 def available_backends(model) -> list[str]:

@@ -95,3 +95,16 @@ def test_gpu_script_fails_clearly_without_cuda():
         script.main(["--pairs", "3b+3b"])
     with pytest.raises(SystemExit, match="unknown pair"):
         script.pair_configs("7b+70b")
+
+
+def test_reasoner_alone_runs_the_prefill_and_one_step_per_later_token():
+    from conftest import left_padded_batch, tiny_pair
+    from flythinker.bench_decode import reasoner_alone
+
+    model = tiny_pair()
+    calls = []
+    model.reasoner.model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape),
+                                               with_kwargs=True)
+    ids, mask = left_padded_batch([5, 3], seed=0)
+    reasoner_alone(model, ids, mask, new=4)
+    assert calls == [(2, 5)] + [(2, 1)] * 3
