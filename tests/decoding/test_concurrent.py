@@ -142,6 +142,19 @@ def test_backend_errors_are_user_errors():
             model.generate(ids, attention_mask=mask, max_new_tokens=2, mode="concurrent", backend=name)
 
 
+def test_too_small_shared_memory_is_a_user_error(tmp_path, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    from flythinker.decoding.worker import check_shared_memory
+
+    model = tiny_pair(d_r=48, fusion="linear")
+    check_shared_memory(model.reasoner, str(tmp_path))  # plenty of room
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=1 << 20, used=1 << 20, free=1000))
+    with pytest.raises(UserError, match="--shm-size"):
+        check_shared_memory(model.reasoner, str(tmp_path))
+
+
 def test_parent_threads_are_restored_and_a_decoder_serves_several_models():
     first, second = tiny_pair(seed=0), tiny_pair(d_g=48, seed=5)
     ids, mask = left_padded_batch([6, 3], seed=4)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import os
 import pickle
+import shutil
 import signal
 import traceback
 import weakref
@@ -24,6 +26,7 @@ from types import SimpleNamespace
 import torch
 
 from flythinker.decoding.steps import ReasonerRunner, RowState
+from flythinker.errors import UserError
 
 JOB, LOAD, CLOSE = 0, 1, 2
 
@@ -70,6 +73,7 @@ class RemoteReasoner:
             raise
 
     def bind(self, model) -> None:
+        check_shared_memory(model.reasoner)
         self._call(self.link.send_command, LOAD, model.reasoner)  # weights go as shared memory
 
     def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:  # (B, T, d_R)
@@ -105,6 +109,21 @@ class RemoteReasoner:
             self.process.close(graceful=not self.broken)
         elif not self.broken:  # a peer rank under torchrun: tell it to stop serving
             self._call(self.link.send_command, CLOSE)
+
+
+def check_shared_memory(module, root: str = "/dev/shm") -> None:
+    """Refuse clearly, before torch fails deep inside pickling, when ``root`` (a tmpfs; Docker's
+    default is 64 MB) cannot hold the weights that sharing ``module`` with a worker moves there."""
+    if not os.path.isdir(root):
+        return
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in module.state_dict().values()}
+    need = sum(s.nbytes() for s in storages.values() if not s.is_shared())
+    free = shutil.disk_usage(root).free
+    if need > free:
+        raise UserError(
+            f"the reasoner's weights ({need / 2**20:.0f} MiB) do not fit in {root} ({free / 2**20:.0f} MiB free), "
+            "where a worker process shares them; enlarge it (e.g. docker run --shm-size=8g) or use backend='threads'"
+        )
 
 
 def send_message(conn, message, share: bool = False) -> None:
