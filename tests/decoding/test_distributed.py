@@ -87,7 +87,6 @@ dist.destroy_process_group()
 """
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed next to python")
 def test_a_script_under_torchrun_equals_the_reference(tmp_path):
     tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
