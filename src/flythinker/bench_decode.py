@@ -200,6 +200,8 @@ def _loadavg() -> str | None:
 
 def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", log=print) -> dict:
     """Time every decoder on ``model`` (default: the random ≈40M pair); returns the JSON dict."""
+    import platform
+
     import torch
 
     from flythinker import FlyThinker
@@ -221,8 +223,6 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
               torch.ones(b, cfg.prompt, dtype=torch.long, device=device))
         for key, b in batches.items()
     }
-    import platform
-
     result = {"settings": asdict(cfg), "device": device, "loadavg_start": _loadavg(), "backends": backends,
               "machine": {"cpus": _all_threads(), "torch": torch.__version__, "python": platform.python_version(),
                           "processor": platform.processor() or platform.machine()},
@@ -248,7 +248,7 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
                     with _threads(threads):
                         _sync(device)
                         t0 = time.perf_counter()
-                        out = fn(*inputs[key], new)
+                        out = fn(ids, mask, new)
                         _sync(device)
                         times[name][key].append(time.perf_counter() - t0)
                     if rep == 0 and out is not None:

@@ -2,10 +2,12 @@
 
 Per step the Generator writes s_n into a shared buffer and posts a semaphore; the Reasoner
 writes z_n into another and posts back. Each side spins on its semaphore (``sem_trywait``,
-no system call) for at most ``spin_s`` and then sleeps in a blocking wait, so a step costs
-≈ max(T_G, T_R) plus a few microseconds, and no core spins once decoding has stopped.
-Jobs, prompt latents and R's weights go through the control pipe (torch shares tensors by
-file descriptor; nothing is left in /dev/shm).
+no system call) for at most ``spin_s`` (1 ms) and then sleeps in a blocking wait: a step
+costs ≈ max(T_G, T_R) plus microseconds, and no core spins while the other side computes
+for long, between decodes or after them. (On a machine whose cores are all busy, spinning
+only takes time from the process it waits for, hence the short bound.) Jobs, prompt latents
+and R's weights go through the control pipe; torch shares tensors by file descriptor, so
+nothing named is left in /dev/shm but the two semaphores, removed with the decoder.
 
     >>> dec = ConcurrentDecoder(model, backend="shm")   # doctest: +SKIP
 """
