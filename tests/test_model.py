@@ -184,3 +184,19 @@ def test_fusion_is_norm_matched():
     rho = embedding_norm(model.generator.get_input_embeddings().weight)
     assert_close(off.norm(dim=-1), torch.full((2, 3), 0.5 * rho.item()))
     assert (off[..., 32:] == 0).all()  # prefix mode: only the first d_R dimensions
+
+
+def test_saved_custom_tokenizer_loads_back_as_itself(tmp_path):
+    """A plain `tokenizers` tokenizer saved next to a Qwen2 model must not come back as Qwen2Tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>"] + [f"w{i}" for i in range(40)]
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>")
+    g, r = tiny_causal_lm(vocab=len(tok)), tiny_causal_lm(vocab=len(tok), seed=1)
+    FlyThinker(g, r, generator_tokenizer=tok, reasoner_tokenizer=tok).save_pretrained(tmp_path / "m")
+    loaded = FlyThinker.from_pretrained(tmp_path / "m").tokenizer
+    assert len(loaded) == len(tok)
+    assert loaded("w3 w17 w39")["input_ids"] == tok("w3 w17 w39")["input_ids"] == [5, 19, 41]

@@ -61,6 +61,22 @@ def backbone(model: nn.Module) -> nn.Module:
     return model.base_model
 
 
+def load_tokenizer_folder(folder: str | os.PathLike, trust_remote_code: bool = False):
+    """The tokenizer saved in a model folder, local files only.
+
+    A tokenizer saved as a plain ``tokenizers`` file (``tokenizer_class`` PreTrainedTokenizerFast
+    or TokenizersBackend, as ours are) is loaded as exactly that: ``AutoTokenizer`` would pick the
+    model type's own class (e.g. Qwen2Tokenizer), which may rebuild its pre-tokenizer.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    cfg_file = Path(folder) / "tokenizer_config.json"
+    cls_name = json.loads(cfg_file.read_text()).get("tokenizer_class") if cfg_file.is_file() else None
+    if cls_name in ("PreTrainedTokenizerFast", "TokenizersBackend") and (Path(folder) / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+
+
 def check_pair(generator, reasoner, generator_tokenizer=None, reasoner_tokenizer=None) -> None:
     """Refuse a G/R pair that does not share one vocabulary (DESIGN.md §3).
 
@@ -304,7 +320,7 @@ class FlyThinker(nn.Module):
 
         >>> model = FlyThinker.from_pretrained("runs/my-model")  # doctest: +SKIP
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         path = Path(path)
         cfg_file = path / CONFIG_NAME
@@ -331,7 +347,7 @@ class FlyThinker(nn.Module):
             except (OSError, ValueError) as e:
                 raise UserError(f"{sub}: cannot load the {name} ({str(e).splitlines()[0]})") from None
             has_tok = any((sub / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
-            toks[name] = AutoTokenizer.from_pretrained(sub, local_files_only=True) if has_tok else None
+            toks[name] = load_tokenizer_folder(sub, trust_remote_code) if has_tok else None
         model = cls(
             models["generator"], models["reasoner"], lam=lam, fusion=mode,
             generator_tokenizer=toks["generator"], reasoner_tokenizer=toks["reasoner"],

@@ -205,9 +205,9 @@ def load_for_inference(path: str | Path, dtype=None, device=None, trust_remote_c
 
     Returns ``(model, tokenizer)``; local files only.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from flythinker.model import CONFIG_NAME, FlyThinker
+    from flythinker.model import CONFIG_NAME, FlyThinker, load_tokenizer_folder
 
     path = Path(path)
     if not path.exists():
@@ -220,7 +220,7 @@ def load_for_inference(path: str | Path, dtype=None, device=None, trust_remote_c
         if dtype is not None:
             kw["dtype"] = dtype
         g = AutoModelForCausalLM.from_pretrained(path, **kw)
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = load_tokenizer_folder(path, trust_remote_code)
         model = FlyThinker(generator=g, reasoner=g, lam=0.0, generator_tokenizer=tok, reasoner_tokenizer=tok)
         if device is not None:
             model.to(device)
