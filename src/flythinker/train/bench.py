@@ -219,7 +219,7 @@ def print_table(result: dict) -> None:
     table = Table(title=f"training step, {result['device']}: batch {cfg['batch_size']} × {cfg['seq_len']} tokens, "
                         f"hidden {cfg['hidden']}, {cfg['layers']} layers, vocab {cfg['vocab']}")
     for col in ("configuration", "trainable params", "step (median)", "min", "max", "peak memory"):
-        table.add_column(col, justify="left" if col == "configuration" else "right")
+        table.add_column(col, justify="left" if col == "configuration" else "right", no_wrap=True)
     mem = result["peak_memory_bytes"] or {}
     for name in CONFIGS:
         ts = result["step_s_all"][name]
