@@ -2,9 +2,9 @@
 
     step k:   G( E_G(s_n) + λρ·ẑ_{n-1} ) -> s_{n+1}    ‖    R( s_n ) -> z_n
 
-The Generator side below is the reference loop of sequential.py with R's step split in two:
-``launch`` (start R on s_n and return at once) before G's step, and ``latent`` (wait for z_n)
-after it. Both halves compute exactly what the reference computes, so the tokens are the same;
+The Generator side is the reference loop, ``sequential.run_generator``, whose Reasoner handle
+splits R's step in two: ``launch`` (start R on s_n and return at once) before G's step, and
+``latent`` (wait for z_n) after it. Both halves compute exactly what the reference computes, so the tokens are the same;
 only where R runs changes, and that is the backend:
 
   threads  R's step on a worker thread of this process (torch releases the GIL inside ops)
@@ -23,45 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from flythinker.decoding.sampling import TokenSampler
-from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner, RowState
+from flythinker.decoding.sequential import run_generator
+from flythinker.decoding.steps import ReasonerRunner
 from flythinker.errors import UserError
 
 BACKENDS = ("auto", "threads", "streams", "devices", "shm", "gloo", "nccl")
-
-
-@torch.no_grad()
-def run_generator(
-    model,
-    reasoner,  # a handle: ThreadedReasoner, worker.RemoteReasoner, ...
-    input_ids: torch.Tensor,  # (B, T) left-padded prompts
-    attention_mask: torch.Tensor,  # (B, T)
-    max_new_tokens: int,
-    sampling,
-    eos_token_id: list[int],
-    pad_token_id: int,
-    streamer=None,
-) -> torch.Tensor:  # (B, T_new)
-    """G's side of a concurrent decode; ``reasoner`` computes z_n while G's step runs."""
-    rows = RowState(input_ids, attention_mask, eos_token_id, pad_token_id, streamer)
-    generator = GeneratorRunner(model)
-    sampler = TokenSampler(sampling, device=generator.device)
-    try:
-        # G's prefill needs every prompt latent, so the two prefills cannot overlap
-        latents = reasoner.prefill(input_ids, rows.attention_mask, rows.position_ids)  # (B, T, d_R)
-        logits = generator.prefill(input_ids, rows.attention_mask, rows.position_ids, latents)  # (B, V)
-        latent = latents[:, -1:]  # z of the last prompt token: G's input at the next step
-        for step in range(max_new_tokens):
-            tokens = rows.push(sampler(logits, rows.sequences.to(logits.device)).to(input_ids.device))
-            if rows.all_finished or step == max_new_tokens - 1:
-                break
-            position = rows.last_position()
-            reasoner.launch(tokens, rows.attention_mask, position)  # R reads s_n -> z_n, meanwhile:
-            logits = generator.step(tokens, latent, rows.attention_mask, position)  # G reads s_n + z_{n-1}
-            latent = reasoner.latent()  # (B, 1, d_R) z_n, for the next step
-    finally:
-        reasoner.finish()  # R drops its cache; a worker goes back to waiting for the next job
-    return rows.result()
 
 
 def default_threads() -> int:
