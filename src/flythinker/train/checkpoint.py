@@ -120,11 +120,16 @@ def check_same_setup(saved: dict, current: dict, ckpt: Path) -> None:
                             "(use --overwrite to start a new run)")
 
 
+def read_state(path: Path) -> dict:
+    """The trainer state of a checkpoint (step, epoch, data position, scheduler, config, ...)."""
+    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+
+
 def load_checkpoint(accelerator, path: Path) -> dict:
     """Restore model, optimizer and RNG states saved by :func:`save_checkpoint`; returns the
-    trainer state (step, epoch, data position, scheduler, ...)."""
+    trainer state."""
     accelerator.load_state(str(path))  # accelerate loads with torch.load(weights_only=True)
-    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    return read_state(path)
 
 
 # --- model folders ----------------------------------------------------------------------------

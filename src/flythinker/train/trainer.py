@@ -34,7 +34,7 @@ import torch
 from flythinker.errors import UserError
 from flythinker.train import build
 from flythinker.train.checkpoint import (check_same_setup, export_model, latest_checkpoint, load_checkpoint,
-                                         save_checkpoint, state_fingerprint)
+                                         read_state, save_checkpoint, state_fingerprint)
 from flythinker.train.config import TrainConfig, check_paths
 from flythinker.train.curves import RunLog, plot_curves
 from flythinker.train.engine import cache_rho, is_sharded, make_accelerator
@@ -216,8 +216,8 @@ class Trainer:
         acc, cfg = self.acc, self.cfg
         ckpt = latest_checkpoint(self.out) if cfg.train.resume else None
         if ckpt is not None:
+            check_same_setup(read_state(ckpt)["config"], cfg.to_dict(), ckpt)
             state = load_checkpoint(acc, ckpt)
-            check_same_setup(state["config"], cfg.to_dict(), ckpt)
             self.scheduler.load_state_dict(state["scheduler"])
             self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
             self.best_dev_loss, self.train_time, self.tokens = state["best_dev_loss"], state["train_time_s"], state["tokens"]
@@ -228,7 +228,9 @@ class Trainer:
             acc.print(f"note: no complete checkpoint in {self.out}; starting from step 0")
         if acc.is_main_process:
             self.log.truncate(self.step)
-            text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+            saved = cfg.to_dict()
+            saved["train"].update(resume=False, overwrite=False)  # the head line says --resume
+            text = yaml.safe_dump(saved, sort_keys=False)
             head = f"# flythinker train {self.out / 'config.yaml'} --out {self.out} --resume\n"
             (self.out / "config.yaml").write_text(head + text, encoding="utf-8")
         acc.wait_for_everyone()
