@@ -97,7 +97,7 @@ def demo_command(
     import torch
 
     from flythinker.data.longlamp import load_examples
-    from flythinker.data.prompts import PromptConfig
+    from flythinker.data.prompts import PromptConfig, sentence_spans
     from flythinker.data.synthetic import write_synthetic
     from flythinker.evaluate.metrics import compute_metrics
     from flythinker.predict import DecodeSettings, generate_predictions, load_for_inference
@@ -121,6 +121,7 @@ def demo_command(
                   reasoner=reasoner, prompt=prompt, decoding=dict(temperature=0.8, top_p=0.95))
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
+    sentence_spans("Warm up. The sentence splitter loads once, outside both timed runs.")
     test = load_examples(data_dir, split="test", limit=test_limit)
     references = [e.output for e in test]
     rows, metrics = {}, {}

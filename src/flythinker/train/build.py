@@ -60,12 +60,11 @@ def build_tokenizer(cfg: ModelConfig, train_examples):
         from flythinker.data.tokenizer import train_tokenizer
 
         return train_tokenizer(corpus_texts(train_examples), vocab_size=cfg.tokenizer_vocab_size)
-    from transformers import AutoTokenizer
+    from flythinker.model import load_tokenizer_folder
 
     folder = cfg.tokenizer or cfg.generator.path
     try:
-        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True,
-                                            trust_remote_code=cfg.generator.trust_remote_code)
+        tok = load_tokenizer_folder(folder, trust_remote_code=cfg.generator.trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"model.tokenizer: cannot load a tokenizer from {folder} ({str(e).splitlines()[0]})") from None
     if tok.pad_token_id is None:  # Llama-style tokenizers ship without one; padding is masked anyway
