@@ -43,6 +43,9 @@ bench_app.command("decode")(bench_decode_command)
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # models and tokenizers load from local folders only: no hub call, even a metadata check
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")

@@ -84,6 +84,8 @@ def demo_command(
     console = Console()
     t_start = time.perf_counter()
     out = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a run folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} already holds a run (pass --overwrite to replace it, or --out elsewhere)")
     if data is not None and not data.is_dir():

@@ -70,11 +70,17 @@ def load_tokenizer_folder(folder: str | os.PathLike, trust_remote_code: bool = F
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    from flythinker.safe_load import check_model_folder, first_line, load_errors
+
+    check_model_folder(folder, "tokenizer", trust_remote_code, weights=False)
     cfg_file = Path(folder) / "tokenizer_config.json"
     cls_name = json.loads(cfg_file.read_text()).get("tokenizer_class") if cfg_file.is_file() else None
-    if cls_name in ("PreTrainedTokenizerFast", "TokenizersBackend") and (Path(folder) / "tokenizer.json").is_file():
-        return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    try:
+        if cls_name in ("PreTrainedTokenizerFast", "TokenizersBackend") and (Path(folder) / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    except load_errors() as e:  # a truncated or garbled tokenizer.json, a missing vocab file
+        raise UserError(f"{folder}: cannot load the tokenizer ({first_line(e)})") from None
 
 
 def check_pair(generator, reasoner, generator_tokenizer=None, reasoner_tokenizer=None) -> None:
@@ -322,8 +328,12 @@ class FlyThinker(nn.Module):
         """
         from transformers import AutoModelForCausalLM
 
+        from flythinker.safe_load import check_model_folder, first_line, load_errors, missing_path_error
+
         path = Path(path)
         cfg_file = path / CONFIG_NAME
+        if not path.exists():
+            raise missing_path_error(path, "model")
         if not cfg_file.is_file():
             raise UserError(f"{path}: not a FlyThinker folder (no {CONFIG_NAME})")
         try:
@@ -342,10 +352,11 @@ class FlyThinker(nn.Module):
             sub = path / name
             if not sub.is_dir():
                 raise UserError(f"{path}: missing {name}/ folder")
+            check_model_folder(sub, name, trust_remote_code)
             try:
                 models[name] = AutoModelForCausalLM.from_pretrained(sub, **kw)
-            except (OSError, ValueError) as e:
-                raise UserError(f"{sub}: cannot load the {name} ({str(e).splitlines()[0]})") from None
+            except load_errors() as e:  # e.g. model.safetensors cut short or overwritten
+                raise UserError(f"{sub}: cannot load the {name} ({first_line(e)})") from None
             has_tok = any((sub / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
             toks[name] = load_tokenizer_folder(sub, trust_remote_code) if has_tok else None
         model = cls(
@@ -358,7 +369,10 @@ class FlyThinker(nn.Module):
             wfile = path / FUSION_WEIGHTS
             if not wfile.is_file():
                 raise UserError(f"{path}: fusion='linear' but {FUSION_WEIGHTS} is missing")
-            model.fusion.load_state_dict(load_file(str(wfile)))
+            try:
+                model.fusion.load_state_dict(load_file(str(wfile)))
+            except load_errors() as e:
+                raise UserError(f"{wfile}: cannot load the fusion weights ({first_line(e)})") from None
         if device is not None:
             model.to(device)
         return model.eval()

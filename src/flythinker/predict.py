@@ -68,19 +68,27 @@ def read_done(path: Path) -> dict[str, dict]:
     """Records already in a predictions file; a torn last line (crash mid-write) is cut off."""
     if not path.exists():
         return {}
+    if not path.is_file():
+        raise UserError(f"{path}: not a file (predictions are written to a JSONL file)")
     raw = path.read_bytes()
     end = raw.rfind(b"\n") + 1
-    if end < len(raw):  # a half-written last line: drop it so appends stay line-aligned
-        with open(path, "r+b") as f:
-            f.truncate(end)
+    try:
+        text = raw[:end].decode("utf-8")
+    except UnicodeDecodeError as e:  # checked before the cut below: a foreign file stays untouched
+        line = raw[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line} is not valid UTF-8; "
+                        "not a predictions file (pass another --out)") from None
     done = {}
-    for n, line in enumerate(raw[:end].decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rec = json.loads(line)
                 done[rec["id"]] = rec
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise UserError(f"{path}: line {n} is not a predictions record") from None
+    if end < len(raw):  # a half-written last line: drop it so appends stay line-aligned
+        with open(path, "r+b") as f:
+            f.truncate(end)
     return done
 
 
@@ -129,6 +137,11 @@ def generate_predictions(
     path = part_path(out, rank, world_size)
     done = read_done(path)
     shard = examples[rank::world_size]
+    foreign = [i for i in done if i not in {e.id for e in shard}]
+    if foreign:  # resuming into another dataset's file would mix two runs
+        raise UserError(f"{path}: holds {len(foreign)} prediction(s) for ids not among the {len(shard)} examples "
+                        f"being predicted (e.g. {', '.join(map(repr, foreign[:3]))}); it belongs to another "
+                        "dataset, split or --limit: pass another --out")
     batches = [shard[i : i + settings.batch_size] for i in range(0, len(shard), settings.batch_size)]
     device = next(model.generator.parameters()).device
     stats = PredictionStats(path=path)
@@ -209,17 +222,20 @@ def load_for_inference(path: str | Path, dtype=None, device=None, trust_remote_c
 
     from flythinker.model import CONFIG_NAME, FlyThinker, load_tokenizer_folder
 
+    from flythinker.safe_load import check_model_folder, first_line, load_errors
+
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"model path {path} does not exist (models load from local folders only)")
     if (path / CONFIG_NAME).is_file():
         model = FlyThinker.from_pretrained(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         tok = model.tokenizer
-    elif (path / "config.json").is_file():
+    elif (check_model_folder(path, "--model", trust_remote_code) / "config.json").is_file():
         kw = dict(local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code)
         if dtype is not None:
             kw["dtype"] = dtype
-        g = AutoModelForCausalLM.from_pretrained(path, **kw)
+        try:
+            g = AutoModelForCausalLM.from_pretrained(path, **kw)
+        except load_errors() as e:
+            raise UserError(f"{path}: cannot load the model ({first_line(e)})") from None
         tok = load_tokenizer_folder(path, trust_remote_code)
         model = FlyThinker(generator=g, reasoner=g, lam=0.0, generator_tokenizer=tok, reasoner_tokenizer=tok)
         if device is not None:
@@ -274,6 +290,8 @@ def generate_command(
     )
     prompt_cfg = PromptConfig(retrieval=retrieval, k=k)
     examples = load_examples(data, split=split, limit=limit or None)
+    if not examples:
+        raise UserError(f"--data {data}: no examples in split {split!r}")
     device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")

@@ -142,4 +142,4 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     path = Path(path).expanduser()
     if not (path / "tokenizer.json").is_file():
         raise UserError(f"{path}: no tokenizer.json here (not a saved tokenizer folder)")
-    return PreTrainedTokenizerFast.from_pretrained(str(path))  # config keeps pad/eos/padding side
+    return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)  # keeps pad/eos/padding side

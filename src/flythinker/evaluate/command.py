@@ -27,8 +27,14 @@ def read_predictions(path: Path) -> dict[str, str]:
     """``{id: prediction}`` from a JSONL file; bad lines and duplicated ids are UserErrors."""
     if not path.is_file():
         raise UserError(f"{path}: predictions file not found")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line}: not valid UTF-8 "
+                        f"(bad byte 0x{e.object[e.start]:02x})") from None
     preds, line_of = {}, {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -86,6 +92,8 @@ def evaluate_command(
     from flythinker.evaluate.report import format_comparison, format_table
 
     target = out / "metrics.json"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder (metrics.json and metrics.md go in it)")
     if target.is_file() and target.stat().st_size > 0 and not overwrite:
         raise UserError(f"{target} exists; pass --overwrite to replace it")
     if bootstrap < 0:

@@ -308,6 +308,22 @@ def summarize(scores: ExampleScores, *, user_ids=None, bootstrap: int = 1000, se
     return out
 
 
+def check_texts(predictions, references, user_ids=None) -> None:
+    """Two equally long, non-empty lists of strings (a bare string would be scored per character)."""
+    for name, texts in (("predictions", predictions), ("references", references)):
+        if isinstance(texts, (str, bytes)) or not hasattr(texts, "__len__"):
+            raise UserError(f"compute_metrics: {name} must be a list of strings, got {type(texts).__name__}")
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise UserError(f"compute_metrics: {name}[{bad}] is {type(texts[bad]).__name__}, not a string")
+    if len(predictions) != len(references):
+        raise UserError(f"compute_metrics: {len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        raise UserError("compute_metrics: no predictions to score")
+    if user_ids is not None and len(user_ids) != len(predictions):
+        raise UserError(f"compute_metrics: {len(user_ids)} user ids for {len(predictions)} predictions")
+
+
 def compute_metrics(predictions: list[str], references: list[str], *, user_ids=None, bertscore: bool = True,
                     bertscore_model: str | None = None, bootstrap: int = 1000, seed: int = 0,
                     positions: bool = True) -> dict:
@@ -317,6 +333,9 @@ def compute_metrics(predictions: list[str], references: list[str], *, user_ids=N
         >>> round(m["bleu"], 6), m["rouge1"], m["n"], list(m["by_position"])
         (100.0, 1.0, 1, ['0-100', '100-300', '300+'])
     """
+    check_texts(predictions, references, user_ids)
+    if bootstrap < 0:
+        raise UserError(f"compute_metrics: bootstrap must be >= 0, got {bootstrap}")
     model = (bertscore_model or default_bertscore_model()) if bertscore else None
     scores = score_examples(predictions, references, bertscore=bertscore, bertscore_model=model)
     return metrics_from_scores(scores, predictions, references, user_ids=user_ids, bertscore_model=model,

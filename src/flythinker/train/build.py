@@ -11,6 +11,7 @@ random Qwen2s built from numbers so that the whole recipe runs on a laptop.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -65,7 +66,7 @@ def build_tokenizer(cfg: ModelConfig, train_examples):
     folder = cfg.tokenizer or cfg.generator.path
     try:
         tok = load_tokenizer_folder(folder, trust_remote_code=cfg.generator.trust_remote_code)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # UserError included: name the config key
         raise UserError(f"model.tokenizer: cannot load a tokenizer from {folder} ({str(e).splitlines()[0]})") from None
     if tok.pad_token_id is None:  # Llama-style tokenizers ship without one; padding is masked anyway
         tok.pad_token = tok.eos_token
@@ -101,14 +102,17 @@ def load_causal_lm(spec: ModelSpec, key: str) -> nn.Module:
     """``AutoModelForCausalLM`` from a local folder (safetensors only, nothing downloaded)."""
     from transformers import AutoModelForCausalLM
 
+    from flythinker.safe_load import check_model_folder, first_line, load_errors
+
+    check_model_folder(spec.path, f"{key}.path", spec.trust_remote_code)
     kw = dict(local_files_only=True, use_safetensors=True, trust_remote_code=spec.trust_remote_code,
               dtype=_DTYPES[spec.dtype])
     if spec.attn_implementation:
         kw["attn_implementation"] = spec.attn_implementation
     try:
         return AutoModelForCausalLM.from_pretrained(spec.path, **kw)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{key}.path: cannot load {spec.path} ({str(e).splitlines()[0]})") from None
+    except load_errors() as e:  # a truncated or corrupted weights file, a garbled config
+        raise UserError(f"{key}.path: cannot load {spec.path} ({first_line(e)})") from None
 
 
 def _causal_lm(spec: ModelSpec, tokenizer, seed: int, key: str) -> nn.Module:
@@ -124,8 +128,16 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> nn.Module:
     if cfg.mode == "sft":
         return SFTModel(generator, tokenizer)
     reasoner = _causal_lm(cfg.reasoner, tokenizer, seed + 1, "model.reasoner")
-    return FlyThinker(generator, reasoner, lam=cfg.lam, fusion=cfg.fusion,
-                      generator_tokenizer=tokenizer, reasoner_tokenizer=tokenizer)
+    r_tok = tokenizer  # a reasoner folder with its own tokenizer must share the generator's vocabulary
+    if cfg.reasoner.path is not None and (Path(cfg.reasoner.path) / "tokenizer.json").is_file():
+        from flythinker.model import load_tokenizer_folder
+
+        r_tok = load_tokenizer_folder(cfg.reasoner.path, trust_remote_code=cfg.reasoner.trust_remote_code)
+    try:
+        return FlyThinker(generator, reasoner, lam=cfg.lam, fusion=cfg.fusion,
+                          generator_tokenizer=tokenizer, reasoner_tokenizer=r_tok)
+    except UserError as e:
+        raise UserError(f"model.generator.path / model.reasoner.path: {e}") from None
 
 
 def as_trainable(model: nn.Module, cfg: ModelConfig) -> nn.Module:

@@ -233,6 +233,9 @@ def load_trained(path: str | os.PathLike, **kwargs):
         return FlyThinker.from_pretrained(path, **kwargs)
     from transformers import AutoModelForCausalLM
 
+    from flythinker.safe_load import check_model_folder
+
+    check_model_folder(path, "model", kwargs.get("trust_remote_code", False))
     return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True, **kwargs).eval()
 
 

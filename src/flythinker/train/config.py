@@ -328,8 +328,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> TrainCon
         raise UserError(f"{path}: config file not found")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({e})") from None
+    except yaml.YAMLError as e:  # one line: where, and what the parser wanted
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{where} ({what})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping with model/data/train sections")
     raw = apply_overrides(raw, list(overrides))
@@ -357,6 +360,10 @@ def check_paths(cfg: TrainConfig, *, model: bool = True, data: bool = True) -> N
         if cfg.data.path is None:
             raise UserError("data.path: required (a LongLaMP folder or file) unless examples are passed in")
         needed.append(("data.path", cfg.data.path))
+    from flythinker.safe_load import missing_path_error
+
     for key, p in needed:
         if not Path(p).expanduser().exists():
-            raise UserError(f"{key}: {p} does not exist (relative paths are read from {Path.cwd()})")
+            if key == "data.path":
+                raise UserError(f"{key}: {p} does not exist (relative paths are read from {Path.cwd()})")
+            raise missing_path_error(p, key + ":")

@@ -119,6 +119,8 @@ class Trainer:
 
     def _prepare_run_dir(self) -> None:
         t, acc = self.cfg.train, self.acc
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"{self.out}: is a file, not a run folder (pass another --out)")
         existing = [f for f in RUN_FILES if (self.out / f).exists()]
         if existing and not (t.resume or t.overwrite):
             raise UserError(f"{self.out} already holds a run ({', '.join(existing)}); pass --resume to "
