@@ -77,6 +77,8 @@ def check_model_folder(folder: str | os.PathLike, key: str, trust_remote_code: b
             raise UserError(f"{key}: {file} names custom model code (auto_map), which is not run by default; "
                             "pass --trust-remote-code (model.*.trust_remote_code: true in a config) "
                             "only if you trust that folder's Python files")
+    if weights:
+        check_safetensors(path, key)
     if weights and not any(path.glob("*.safetensors")):
         pickles = sorted(p.name for pat in PICKLE_WEIGHTS for p in path.glob(pat))
         if pickles:
@@ -85,3 +87,16 @@ def check_model_folder(folder: str | os.PathLike, key: str, trust_remote_code: b
                             "transformers: load with use_safetensors=False in a trusted session, then "
                             "save_pretrained(..., safe_serialization=True))")
     return path
+
+
+def check_safetensors(folder: Path, key: str) -> None:
+    """Open the header of every ``*.safetensors`` file (cheap: no tensor is read), so a truncated
+    or overwritten file is named here instead of failing somewhere inside transformers."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{key}: {file} is damaged ({first_line(e)})") from None

@@ -120,16 +120,42 @@ def check_same_setup(saved: dict, current: dict, ckpt: Path) -> None:
                             "(use --overwrite to start a new run)")
 
 
+_STATE_KEYS = ("step", "epoch", "step_in_epoch", "scheduler", "config")
+
+
+def _damaged(path: Path, problem: str) -> UserError:
+    # a checkpoint is renamed into place only when complete, so this is damage after the fact
+    return UserError(f"checkpoint {path} is damaged ({problem}); delete that folder to resume from the "
+                     "checkpoint before it, or start over with --overwrite")
+
+
 def read_state(path: Path) -> dict:
     """The trainer state of a checkpoint (step, epoch, data position, scheduler, config, ...)."""
-    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    try:
+        state = json.loads((path / STATE_FILE).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _damaged(path, f"{STATE_FILE}: {e}") from None
+    if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
+        raise _damaged(path, f"{STATE_FILE} lacks {', '.join(_STATE_KEYS)}")
+    return state
 
 
 def load_checkpoint(accelerator, path: Path) -> dict:
     """Restore model, optimizer and RNG states saved by :func:`save_checkpoint`; returns the
     trainer state."""
-    accelerator.load_state(str(path))  # accelerate loads with torch.load(weights_only=True)
-    return read_state(path)
+    import pickle
+
+    from flythinker.safe_load import check_safetensors, first_line, load_errors
+
+    state = read_state(path)
+    try:
+        check_safetensors(path, "checkpoint")
+        accelerator.load_state(str(path))  # accelerate loads with torch.load(weights_only=True)
+    except UserError as e:
+        raise _damaged(path, str(e).removeprefix("checkpoint: ")) from None
+    except (*load_errors(), pickle.UnpicklingError, EOFError) as e:  # a truncated or overwritten file
+        raise _damaged(path, first_line(e)) from None
+    return state
 
 
 # --- model folders ----------------------------------------------------------------------------
