@@ -216,6 +216,17 @@ def _(t, w):
     return w.evaluate(out=t / "eval")
 
 
+@case("evaluate --bertscore-model with pickle weights", "--bertscore-model", "pytorch_model.bin", "safetensors only")
+def _(t, w):
+    folder = t / "scorer"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x02}q\x00.")  # a pickle: never opened
+    argv = w.evaluate()
+    argv.remove("--no-bertscore")
+    return argv + ["--bertscore-model", str(folder)]
+
+
 @case("evaluate negative bootstrap", "--bootstrap -1")
 def _(t, w):
     return w.evaluate()[:-1] + ["-1"]

@@ -55,8 +55,10 @@ def {name}(path, obj):
     if calls[0] < {after}:
         return ORIGINAL(path, obj)
     data = {payload}
+    cut = len(data) // 2
+    cut -= data[cut - 1:cut] == b"\\n"  # two equally long lines: stop mid-line, not between them
     with open(path, "ab") as f:  # half the bytes reach the disk, then the process dies
-        f.write(data[: len(data) // 2]); f.flush(); os.fsync(f.fileno())
+        f.write(data[:cut]); f.flush(); os.fsync(f.fileno())
     os.kill(os.getpid(), signal.SIGKILL)
 ORIGINAL, M.{name} = M.{name}, {name}
 from flythinker.cli import main

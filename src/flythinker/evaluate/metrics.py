@@ -196,6 +196,10 @@ def _bertscorer(model: str):
     os.environ["HF_HUB_OFFLINE"] = "1"  # a local folder only; never reach for a hub
     if not (Path(model) / "config.json").is_file():
         raise UserError(f"--bertscore-model {model}: not a local model folder (no config.json); models are never downloaded")
+    from flythinker.safe_load import check_model_folder
+
+    # bert_score loads with AutoModel.from_pretrained: refuse pickle-only weights and custom code first
+    check_model_folder(model, "--bertscore-model")
     import bert_score
     import transformers
 
