@@ -39,7 +39,7 @@ def first_line(e: BaseException) -> str:
 def missing_path_error(path: str | os.PathLike, key: str) -> UserError:
     """A path that is not on disk: say models load from local folders (and spot hub ids)."""
     p = str(path)
-    if _HUB_ID.match(p) and not p.startswith("."):
+    if _HUB_ID.match(p) and not Path(p.split("/")[0]).exists():  # "runs/x" with a runs/ here is local
         return UserError(
             f"{key} {p}: no such local folder; it looks like a Hugging Face hub id, but FlyThinker "
             f"loads models from local folders only and never downloads (fetch it first, e.g. "
@@ -62,9 +62,12 @@ def check_model_folder(folder: str | os.PathLike, key: str, trust_remote_code: b
                        weights: bool = True) -> Path:
     """Refuse a model folder FlyThinker must not load, before anything in it is read by transformers.
 
-    Missing (a hub id gets its own message), pickle weights without safetensors, or custom code
-    (``auto_map`` in config.json or tokenizer_config.json) without ``trust_remote_code``.
-    ``weights=False`` checks a tokenizer-only folder.
+    Missing (a hub id gets its own message), pickle weights without safetensors, a damaged
+    safetensors header, or custom code (``auto_map`` in config.json or tokenizer_config.json)
+    without ``trust_remote_code``. ``weights=False`` checks a tokenizer-only folder.
+
+    >>> check_model_folder("runs/tiny/final/generator", "model.generator.path")  # doctest: +SKIP
+    PosixPath('runs/tiny/final/generator')
     """
     path = Path(folder).expanduser()
     if not path.exists():
