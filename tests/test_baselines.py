@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from conftest import left_padded_batch, tiny_causal_lm
+from tiny_models import left_padded_batch, tiny_causal_lm
 from flythinker import FlyThinker
 from flythinker.baselines import (BASELINES, StaticThinker, get_baseline, last_prompt_index, profile_teacher,
                                   static_prefill, strip_think, with_reasoning)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import GITCOMMITS
+from tiny_models import GITCOMMITS
 from flythinker.cli import main
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from conftest import left_padded_batch, tiny_causal_lm, tiny_pair
+from tiny_models import left_padded_batch, tiny_causal_lm, tiny_pair
 from flythinker import FlyThinker
 from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner
 from flythinker.errors import UserError

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import GITCOMMITS
+from tiny_models import GITCOMMITS
 from flythinker.cli import main
 
 DATA = GITCOMMITS / "sample" / "user_based"

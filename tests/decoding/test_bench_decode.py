@@ -98,7 +98,7 @@ def test_gpu_script_fails_clearly_without_cuda():
 
 
 def test_reasoner_alone_runs_the_prefill_and_one_step_per_later_token():
-    from conftest import left_padded_batch, tiny_pair
+    from tiny_models import left_padded_batch, tiny_pair
     from flythinker.bench_decode import reasoner_alone
 
     model = tiny_pair()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import VOCAB, left_padded_batch, tiny_pair
+from tiny_models import VOCAB, left_padded_batch, tiny_pair
 from flythinker.decoding import stream
 from flythinker.decoding.concurrent import (
     ConcurrentDecoder,

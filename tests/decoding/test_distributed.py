@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import left_padded_batch, tiny_pair
+from tiny_models import left_padded_batch, tiny_pair
 from flythinker.decoding.worker import context
 
 KW = dict(max_new_tokens=9, eos_token_id=[], pad_token_id=0)
@@ -72,7 +72,7 @@ TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 SCRIPT = """
 import json, sys, torch, torch.distributed as dist
 sys.path.insert(0, {tests!r})
-from conftest import left_padded_batch, tiny_pair
+from tiny_models import left_padded_batch, tiny_pair
 from flythinker.decoding.distributed import launch
 
 torch.set_num_threads(1)

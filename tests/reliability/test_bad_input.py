@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_causal_lm
+from tiny_models import tiny_causal_lm
 
 from flythinker.cli import main
 from flythinker.errors import UserError

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import tiny_causal_lm
+from tiny_models import tiny_causal_lm
 
 from flythinker.errors import UserError
 
