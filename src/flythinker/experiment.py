@@ -383,7 +383,7 @@ def collect(exp: ExperimentConfig) -> dict:
 
 
 def _fmt(metric: str, x: float | None) -> str:
-    return "–" if x is None else (f"{x:.2f}" if metric == "bleu" else f"{x:.4f}")
+    return "–" if x is None else (f"{x:.3f}" if metric == "bleu" else f"{x:.4f}")  # BLEU is 0-100
 
 
 def write_report(exp: ExperimentConfig) -> Path:
