@@ -17,6 +17,7 @@ def _check_run(out, synthetic: bool):
         for key in ("rouge1", "rougeL", "bleu", "train_seconds", "ms_per_token"):
             assert m[key] is not None and m[key] >= 0
         assert ("opening_match" in m) == synthetic
+    assert metrics["flythinker"]["ms_per_token_concurrent"] > 0 and "ms_per_token_concurrent" not in metrics["sft"]
     for method in metrics:
         lines = (out / "predictions" / f"{method}.jsonl").read_text().splitlines()
         assert len(lines) == 4 and all("prediction" in json.loads(x) for x in lines)
