@@ -35,7 +35,7 @@ import torch
 
 from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner, RowState
 from flythinker.errors import UserError
-from flythinker.model import FlyThinker, positions_from_mask
+from flythinker.model import FlyThinker
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -119,29 +119,15 @@ class StaticThinker(FlyThinker):
     def static_latent(self, latents: torch.Tensor, last: torch.Tensor) -> torch.Tensor:  # (B, T, d_R) -> (B, d_R)
         return latents[torch.arange(latents.shape[0], device=latents.device), last.to(latents.device)]
 
-    def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None, return_latents=False,
-                prompt_lengths=None, **loss_kwargs):
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if position_ids is None:
-            position_ids = positions_from_mask(attention_mask)
-        embeds = self.generator.get_input_embeddings()(input_ids)  # (B, T, d_G)
-        latents = None
-        if self.fusion.lam != 0.0 or return_latents:
-            # R runs causally over everything, but only z at the last prompt token is used:
-            # exactly R(prompt), since nothing after it can reach that position
-            latents = self.reason(input_ids, attention_mask, position_ids)  # (B, T, d_R)
-            last = last_prompt_index(attention_mask, labels, prompt_lengths)  # (B,)
-            z = self.static_latent(latents, last)  # (B, d_R)
-            cols = torch.arange(input_ids.shape[1], device=input_ids.device)
-            where = (cols[None] >= last[:, None].to(cols.device)) & attention_mask.bool()  # (B, T)
-            z_all = z[:, None].expand(-1, input_ids.shape[1], -1).to(embeds.device)  # (B, T, d_R)
-            embeds = self.fusion(embeds, z_all, self.rho(), where.long().to(embeds.device))
-        out = self.generator(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                             labels=labels, use_cache=False, **loss_kwargs)
-        from flythinker.model import FlyThinkerOutput
-
-        return FlyThinkerOutput(loss=out.loss, logits=out.logits, latents=latents if return_latents else None)
+    def place_latents(self, embeds, latents, attention_mask, labels=None, prompt_lengths=None) -> torch.Tensor:
+        # R runs causally over everything, but only z at the last prompt token is used:
+        # exactly R(prompt), since nothing after it can reach that position
+        last = last_prompt_index(attention_mask, labels, prompt_lengths)  # (B,)
+        z = self.static_latent(latents, last)  # (B, d_R)
+        cols = torch.arange(embeds.shape[1], device=attention_mask.device)
+        where = (cols[None] >= last[:, None].to(cols.device)) & attention_mask.bool()  # (B, T)
+        z_all = z[:, None].expand(-1, embeds.shape[1], -1).to(embeds.device)  # (B, T, d_R)
+        return self.fusion(embeds, z_all, self.rho(), where.long().to(embeds.device))
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 64, do_sample: bool = False,

@@ -177,6 +177,15 @@ class FlyThinker(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
 
+    def place_latents(self, embeds, latents, attention_mask, labels=None, prompt_lengths=None) -> torch.Tensor:
+        """G's inputs (B, T, d_G) with R's latents (B, T, d_R) fused in: z_{i-1} at position i.
+
+        Variants change only *where* latents go (``baselines.StaticThinker``: one prompt latent
+        at every response position); the fusion f() itself is always ``self.fusion``.
+        """
+        shifted, latent_mask = shift_latents(latents, attention_mask)
+        return self.fusion(embeds, shifted.to(embeds.device), self.rho(), latent_mask.to(embeds.device))
+
     def forward(
         self,
         input_ids: torch.Tensor,  # (B, T)
@@ -184,6 +193,7 @@ class FlyThinker(nn.Module):
         labels: torch.Tensor | None = None,  # (B, T), -100 on prompt and padding
         position_ids: torch.Tensor | None = None,
         return_latents: bool = False,
+        prompt_lengths: torch.Tensor | None = None,  # (B,) real prompt tokens; only variants read it
         **loss_kwargs,
     ) -> FlyThinkerOutput:
         if attention_mask is None:
@@ -194,8 +204,7 @@ class FlyThinker(nn.Module):
         latents = None
         if self.fusion.lam != 0.0 or return_latents:  # λ = 0 is SFT: R is not run at all
             latents = self.reason(input_ids, attention_mask, position_ids)  # (B, T, d_R)
-            shifted, latent_mask = shift_latents(latents, attention_mask)
-            embeds = self.fusion(embeds, shifted.to(embeds.device), self.rho(), latent_mask.to(embeds.device))
+            embeds = self.place_latents(embeds, latents, attention_mask, labels, prompt_lengths)
         out = self.generator(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
