@@ -190,3 +190,21 @@ def test_format_table_has_every_metric_and_breakdown():
     for name in ("ROUGE-1", "ROUGE-L", "METEOR", "BLEU", "BERTScore", "95% CI", "0-100 (n=3)", "| u1 | 2 |"):
         assert name in table
     assert f"{m['bleu']:.2f}" in table
+
+
+def test_meteor_is_optional_only_when_asked(tmp_path, monkeypatch):
+    """Without WordNet, meteor=None skips METEOR with a warning; the default still refuses."""
+    import pytest as _pytest
+
+    from flythinker.errors import UserError
+    from flythinker.evaluate.metrics import compute_metrics
+
+    monkeypatch.setenv("FLYTHINKER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FLYTHINKER_WORDNET_DIR", str(tmp_path / "no-wordnet"))
+    preds, refs = ["the kid was glad at home today"], ["the child was happy at home today"]
+    with _pytest.warns(UserWarning, match="METEOR skipped"):
+        m = compute_metrics(preds, refs, bertscore=False, bootstrap=20, meteor=None)
+    assert m["meteor"] is None and "meteor" not in m["ci"] and m["rouge1"] > 0
+    assert m["by_position"]["0-100"]["meteor"] is None
+    with _pytest.raises(UserError, match="wordnet-base"):
+        compute_metrics(preds, refs, bertscore=False, bootstrap=0)

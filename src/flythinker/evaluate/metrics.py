@@ -130,7 +130,7 @@ class ExampleScores:
 
     rouge1: np.ndarray  # (N,) F-measure
     rougeL: np.ndarray  # (N,)
-    meteor: np.ndarray  # (N,)
+    meteor: np.ndarray | None  # (N,); None when METEOR is off (or WordNet is missing and it was optional)
     bleu_stats: np.ndarray  # (N, 10) sacrebleu statistics: hyp_len, ref_len, correct[1..4], total[1..4]
     bertscore: np.ndarray | None  # (N,) F1; None when BERTScore is off
 
@@ -154,9 +154,25 @@ def _meteor_tokens(text: str) -> list[str]:
     return [w for sent in _SENTENCE_END.split(text) for w in tok.tokenize(sent)]
 
 
+def _wordnet_if_wanted(meteor: bool | None):
+    """The WordNet reader for METEOR: required (True), skipped (False), or used when installed (None)."""
+    if meteor is False:
+        return None
+    try:
+        return ensure_wordnet()
+    except UserError as e:
+        if meteor:
+            raise
+        warnings.warn(f"METEOR skipped: {e}", stacklevel=3)
+        return None
+
+
 def score_examples(predictions: list[str], references: list[str], *, bertscore: bool = True,
-                   bertscore_model: str | None = None) -> ExampleScores:
+                   bertscore_model: str | None = None, meteor: bool | None = True) -> ExampleScores:
     """Score each (prediction, reference) pair; see the module docstring for the metrics.
+
+    ``meteor=None`` scores METEOR only when WordNet is installed (a quick look without
+    ``wordnet-base``); ``True`` makes a missing WordNet an error.
 
         >>> s = score_examples(["a b c"], ["a b c"], bertscore=False)
         >>> float(s.rouge1[0]), s.bleu_stats.shape
@@ -169,8 +185,10 @@ def score_examples(predictions: list[str], references: list[str], *, bertscore: 
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
     rouge = [scorer.score(r, p) for p, r in zip(predictions, references)]  # score(target, prediction)
-    wn = ensure_wordnet()
-    meteor = [meteor_score([_meteor_tokens(r)], _meteor_tokens(p), wordnet=wn) for p, r in zip(predictions, references)]
+    wn = _wordnet_if_wanted(meteor)
+    meteor_f = None if wn is None else np.array(
+        [meteor_score([_meteor_tokens(r)], _meteor_tokens(p), wordnet=wn) for p, r in zip(predictions, references)],
+        dtype=float)
     # sacrebleu's per-sentence sufficient statistics (private but stable in 2.x; the tests check
     # that summing them reproduces corpus_bleu).
     stats = _bleu()._extract_corpus_statistics(predictions, [references]) if predictions else []
@@ -178,7 +196,7 @@ def score_examples(predictions: list[str], references: list[str], *, bertscore: 
     return ExampleScores(
         rouge1=np.array([r["rouge1"].fmeasure for r in rouge], dtype=float),
         rougeL=np.array([r["rougeL"].fmeasure for r in rouge], dtype=float),
-        meteor=np.array(meteor, dtype=float),
+        meteor=meteor_f,
         bleu_stats=np.array(stats, dtype=np.int64).reshape(len(predictions), 10),
         bertscore=bs,
     )
@@ -236,7 +254,8 @@ def bleu_from_stats(stats: np.ndarray) -> float:
 
 def aggregate(scores: ExampleScores) -> dict:
     """Paper-style numbers of a set of examples: means in 0–1, corpus BLEU in 0–100."""
-    out = {m: float(getattr(scores, m).mean()) for m in ("rouge1", "rougeL", "meteor")}
+    out = {m: float(getattr(scores, m).mean()) for m in ("rouge1", "rougeL")}
+    out["meteor"] = None if scores.meteor is None else float(scores.meteor.mean())
     out["bleu"] = bleu_from_stats(scores.bleu_stats.sum(0))
     out["bertscore"] = None if scores.bertscore is None else float(scores.bertscore.mean())
     return out
@@ -248,9 +267,10 @@ def _resample_indices(n: int, bootstrap: int, seed: int) -> np.ndarray:
 
 def _bootstrap(scores: ExampleScores, idx: np.ndarray) -> dict[str, np.ndarray]:
     """Each metric on every resample: idx (B, N) -> {metric: (B,)}."""
-    out = {m: getattr(scores, m)[idx].mean(1) for m in ("rouge1", "rougeL", "meteor")}
-    if scores.bertscore is not None:
-        out["bertscore"] = scores.bertscore[idx].mean(1)
+    out = {m: getattr(scores, m)[idx].mean(1) for m in ("rouge1", "rougeL")}
+    for m in ("meteor", "bertscore"):  # optional metrics
+        if getattr(scores, m) is not None:
+            out[m] = getattr(scores, m)[idx].mean(1)
     # (B, N, 10) summed over N, in row chunks so memory stays ~40 MB whatever N is.
     chunk = max(1, 5_000_000 // (10 * idx.shape[1]))
     sums = np.concatenate([scores.bleu_stats[idx[i : i + chunk]].sum(1) for i in range(0, len(idx), chunk)])
@@ -283,7 +303,7 @@ def position_names(bounds=POSITION_BOUNDS) -> list[str]:
     return [f"{a}-{b}" for a, b in zip(edges, edges[1:])] + [f"{bounds[-1]}+"]
 
 
-def _by_position(predictions, references, *, bertscore, bertscore_model, bounds) -> dict:
+def _by_position(predictions, references, *, bertscore, bertscore_model, bounds, meteor: bool = True) -> dict:
     segments = [split_by_position(p, r, bounds) for p, r in zip(predictions, references)]
     out = {}
     for k, name in enumerate(position_names(bounds)):
@@ -291,7 +311,8 @@ def _by_position(predictions, references, *, bertscore, bertscore_model, bounds)
         if not pairs:
             out[name] = {"n": 0, **{m: None for m in METRICS}}
             continue
-        seg = score_examples([p for p, _ in pairs], [r for _, r in pairs], bertscore=bertscore, bertscore_model=bertscore_model)
+        seg = score_examples([p for p, _ in pairs], [r for _, r in pairs], bertscore=bertscore,
+                             bertscore_model=bertscore_model, meteor=meteor)
         out[name] = {"n": len(pairs), **aggregate(seg)}
     return out
 
@@ -330,8 +351,10 @@ def check_texts(predictions, references, user_ids=None) -> None:
 
 def compute_metrics(predictions: list[str], references: list[str], *, user_ids=None, bertscore: bool = True,
                     bertscore_model: str | None = None, bootstrap: int = 1000, seed: int = 0,
-                    positions: bool = True) -> dict:
+                    positions: bool = True, meteor: bool | None = True) -> dict:
     """All metrics for one system: the paper's five, ``ci`` (bootstrap 95%), ``by_position``, ``by_user``.
+
+    ``meteor=None``: METEOR only where WordNet is installed (``None`` in the result otherwise).
 
         >>> m = compute_metrics(["a b c d"], ["a b c d"], bertscore=False, bootstrap=10)
         >>> round(m["bleu"], 6), m["rouge1"], m["n"], list(m["by_position"])
@@ -341,7 +364,7 @@ def compute_metrics(predictions: list[str], references: list[str], *, user_ids=N
     if bootstrap < 0:
         raise UserError(f"compute_metrics: bootstrap must be >= 0, got {bootstrap}")
     model = (bertscore_model or default_bertscore_model()) if bertscore else None
-    scores = score_examples(predictions, references, bertscore=bertscore, bertscore_model=model)
+    scores = score_examples(predictions, references, bertscore=bertscore, bertscore_model=model, meteor=meteor)
     return metrics_from_scores(scores, predictions, references, user_ids=user_ids, bertscore_model=model,
                                bootstrap=bootstrap, seed=seed, positions=positions)
 
@@ -355,7 +378,8 @@ def metrics_from_scores(scores: ExampleScores, predictions: list[str], reference
     out["bertscore_model"] = bertscore_model if bertscore else None
     out["bertscore_layers"] = BERTSCORE_LAYERS if bertscore else None
     out["by_position"] = (
-        _by_position(predictions, references, bertscore=bertscore, bertscore_model=bertscore_model, bounds=POSITION_BOUNDS)
+        _by_position(predictions, references, bertscore=bertscore, bertscore_model=bertscore_model,
+                     bounds=POSITION_BOUNDS, meteor=scores.meteor is not None)
         if positions else {}
     )
     return out

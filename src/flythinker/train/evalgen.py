@@ -40,7 +40,8 @@ def generation_metrics(model, tokenizer, examples, prompt_cfg, max_new_tokens: i
             new = out[:, ids.shape[1]:]
         predictions.append(tokenizer.decode(new[0], skip_special_tokens=True))
     model.train(was_training)
-    m = compute_metrics(predictions, [ex.output for ex in examples], bertscore=False, bootstrap=0, positions=False)
+    m = compute_metrics(predictions, [ex.output for ex in examples], bertscore=False, bootstrap=0, positions=False,
+                        meteor=None)
     out = {f"gen_{k}": m[k] for k in ("bleu", "rouge1", "rougeL", "meteor") if isinstance(m.get(k), (int, float))}
     out["gen_sample"] = predictions[0][:200] if predictions else ""
     return out
