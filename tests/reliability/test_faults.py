@@ -116,14 +116,15 @@ def _train_steps(run: Path) -> list[dict]:
 def test_training_killed_at_random_resumes_to_the_uninterrupted_curve(tmp_path, tmp_path_factory):
     from flythinker.train.checkpoint import list_checkpoints, read_state
 
-    raw = tiny_raw(train={"epochs": 10, "save_every": 1, "keep_last": 2, "eval": False, "lr": 5e-3})
+    # 64 steps: room for 10 kills (each attempt runs a few steps) before the run could finish
+    raw = tiny_raw(train={"epochs": 16, "save_every": 1, "keep_last": 2, "eval": False, "lr": 5e-3})
     cfg = write_yaml(tmp_path / "tiny.yaml", raw)
     env, rng = _env(tmp_path_factory), random.Random(SEED)
 
     ref = tmp_path / "ref"
     subprocess.run(_cli("train", cfg, "--out", ref), check=True, env=env, cwd=ROOT, capture_output=True)
     total = len(_train_steps(ref))
-    assert total == 40
+    assert total == 64
 
     run = tmp_path / "killed"
     kills, mid_write, resumed_from = 0, 0, []
