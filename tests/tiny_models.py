@@ -16,8 +16,13 @@ GITCOMMITS = SHARED / "data" / "gitcommits"
 VOCAB = 97
 
 
-def tiny_causal_lm(hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab: int = VOCAB, seed: int = 0):
-    """A randomly initialised Qwen2ForCausalLM small enough for unit tests."""
+def tiny_causal_lm(hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab: int = VOCAB, seed: int = 0,
+                   init_std: float = 0.02):
+    """A randomly initialised Qwen2ForCausalLM small enough for unit tests.
+
+    ``init_std`` is the weights' standard deviation (transformers' ``initializer_range``): the
+    default 0.02 leaves the top two logits of a random model often within 1e-5 of each other, so a
+    test that compares greedy outputs across processes wants a larger one (decisive choices)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
@@ -33,6 +38,7 @@ def tiny_causal_lm(hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: 
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
+        initializer_range=init_std,
     )
     cfg._attn_implementation = "eager"
     return Qwen2ForCausalLM(cfg).eval()

@@ -92,9 +92,14 @@ def read_done(path: Path) -> dict[str, dict]:
     return done
 
 
+def encode_records(records: list[dict]) -> bytes:
+    """The bytes of predictions JSONL lines, as written (UTF-8, not ASCII-escaped)."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
 def _append(path: Path, records: list[dict]) -> None:
     # one write per batch, then fsync: a kill leaves whole batches (at worst a torn last line)
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    data = encode_records(records)
     with open(path, "ab") as f:
         f.write(data)
         f.flush()

@@ -180,24 +180,49 @@ def _complete(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.is_file() else 0
 
 
+@pytest.fixture(scope="module")
+def decisive_model(tmp_path_factory, sample_tokenizer):
+    """A tiny FlyThinker whose predictions differ from row to row, saved: the folder path.
+
+    The resumed file is compared byte for byte with an uninterrupted run's, which catches a record
+    in the wrong place only if records differ. With the default 0.02 init all 160 predictions
+    below began alike (4 distinct texts); with 0.4 there are 143, and the closest call between the
+    top two logits is 2e-4, far above the float noise between two runs of the same batch.
+    """
+    from flythinker import FlyThinker
+    from tiny_models import tiny_causal_lm
+
+    n = len(sample_tokenizer)
+    g = tiny_causal_lm(hidden=48, vocab=n, seed=0, init_std=0.4)
+    r = tiny_causal_lm(hidden=32, vocab=n, seed=1, init_std=0.4)
+    for m in (g, r):
+        m.config.eos_token_id = sample_tokenizer.eos_token_id
+        m.config.pad_token_id = sample_tokenizer.pad_token_id
+    model = FlyThinker(g, r, lam=0.5, generator_tokenizer=sample_tokenizer, reasoner_tokenizer=sample_tokenizer)
+    path = tmp_path_factory.mktemp("decisive") / "tiny"
+    model.save_pretrained(path)
+    return path
+
+
 @pytest.mark.slow
-def test_generation_killed_at_random_resumes_to_the_uninterrupted_file(tmp_path, tmp_path_factory, saved_tiny_model):
+def test_generation_killed_at_random_resumes_to_the_uninterrupted_file(tmp_path, tmp_path_factory, decisive_model):
     rows = [{"id": f"ex-{i}", "user_id": f"u{i % 3}", "input": f"Write commit message number {i}.",
              "output": "Fix the reader.", "profile": [{"title": "Old", "text": f"Handle case {j}."} for j in range(3)]}
             for i in range(160)]
     data = tmp_path / "test.json"
     data.write_text(json.dumps(rows))
     env, rng = _env(tmp_path_factory), random.Random(SEED)
-    common = ("--model", saved_tiny_model, "--data", data, "--greedy", "--batch-size", "2", "--max-new-tokens", "16")
+    common = ("--model", decisive_model, "--data", data, "--greedy", "--batch-size", "2", "--max-new-tokens", "16")
 
     ref = tmp_path / "ref.jsonl"
     subprocess.run(_cli("generate", *common, "--out", ref), check=True, env=env, cwd=ROOT, capture_output=True)
     assert _complete(ref) == len(rows)
+    assert len({json.loads(line)["prediction"] for line in _lines(ref)[:-1]}) > len(rows) // 2  # rows differ
 
     out = tmp_path / "preds.jsonl"
     kills, torn = 0, 0
     forced = _FORCED_KILL.format(module="predict", name="_append", after=2,
-                                 payload='"".join(json.dumps(r) + "\\n" for r in obj).encode()')
+                                 payload="M.encode_records(obj)")  # the product's own bytes
     for i in range(KILLS):
         done_before = _complete(out)
         log = tmp_path / f"attempt{i}.log"
