@@ -269,8 +269,17 @@ def test_interrupted_decode_keeps_the_worker_in_step():
         dec.close()
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt here even when pytest was started with SIGINT ignored (as a
+    background job of a non-interactive shell is, where Python then installs no handler)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("backend", ["shm", "gloo", "threads"])
-def test_ctrl_c_mid_decode_interrupts_promptly_and_the_decoder_recovers(backend):
+def test_ctrl_c_mid_decode_interrupts_promptly_and_the_decoder_recovers(backend, ctrl_c_raises):
     model = tiny_pair(lam=1.0)
     ids, mask = left_padded_batch([6], seed=2)
     with ConcurrentDecoder(model, backend) as dec:
