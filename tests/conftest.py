@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import GITCOMMITS, tiny_causal_lm
+from tiny_models import GITCOMMITS, save_tiny_flythinker
 
 
 @pytest.fixture
@@ -32,15 +32,4 @@ def sample_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="session")
 def saved_tiny_model(tmp_path_factory, sample_tokenizer):
     """A tiny FlyThinker (d_G=48, d_R=32) saved with its tokenizer: the folder path."""
-    from flythinker import FlyThinker
-
-    n = len(sample_tokenizer)
-    g = tiny_causal_lm(hidden=48, vocab=n, seed=0)
-    r = tiny_causal_lm(hidden=32, vocab=n, seed=1)
-    for m in (g, r):
-        m.config.eos_token_id = sample_tokenizer.eos_token_id
-        m.config.pad_token_id = sample_tokenizer.pad_token_id
-    model = FlyThinker(g, r, lam=0.5, generator_tokenizer=sample_tokenizer, reasoner_tokenizer=sample_tokenizer)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    model.save_pretrained(path)
-    return path
+    return save_tiny_flythinker(tmp_path_factory.mktemp("model") / "tiny", sample_tokenizer)

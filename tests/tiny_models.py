@@ -52,6 +52,20 @@ def tiny_pair(d_g: int = 32, d_r: int = 32, lam: float = 0.5, fusion: str = "pre
     return FlyThinker(generator=g, reasoner=r, lam=lam, fusion=fusion).eval()
 
 
+def save_tiny_flythinker(path, tokenizer, init_std: float = 0.02):
+    """A tiny FlyThinker (d_G=48, d_R=32) over ``tokenizer``'s vocabulary, saved with it to ``path``."""
+    from flythinker import FlyThinker
+
+    n = len(tokenizer)
+    g = tiny_causal_lm(hidden=48, vocab=n, seed=0, init_std=init_std)
+    r = tiny_causal_lm(hidden=32, vocab=n, seed=1, init_std=init_std)
+    for m in (g, r):
+        m.config.eos_token_id = tokenizer.eos_token_id
+        m.config.pad_token_id = tokenizer.pad_token_id
+    FlyThinker(g, r, lam=0.5, generator_tokenizer=tokenizer, reasoner_tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
 def left_padded_batch(lengths, vocab: int = VOCAB, seed: int = 0, pad: int = 0):
     """Random prompts of the given lengths, left-padded: (input_ids, attention_mask)."""
     g = torch.Generator().manual_seed(seed)

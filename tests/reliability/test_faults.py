@@ -189,19 +189,9 @@ def decisive_model(tmp_path_factory, sample_tokenizer):
     below began alike (4 distinct texts); with 0.4 there are 143, and the closest call between the
     top two logits is 2e-4, far above the float noise between two runs of the same batch.
     """
-    from flythinker import FlyThinker
-    from tiny_models import tiny_causal_lm
+    from tiny_models import save_tiny_flythinker
 
-    n = len(sample_tokenizer)
-    g = tiny_causal_lm(hidden=48, vocab=n, seed=0, init_std=0.4)
-    r = tiny_causal_lm(hidden=32, vocab=n, seed=1, init_std=0.4)
-    for m in (g, r):
-        m.config.eos_token_id = sample_tokenizer.eos_token_id
-        m.config.pad_token_id = sample_tokenizer.pad_token_id
-    model = FlyThinker(g, r, lam=0.5, generator_tokenizer=sample_tokenizer, reasoner_tokenizer=sample_tokenizer)
-    path = tmp_path_factory.mktemp("decisive") / "tiny"
-    model.save_pretrained(path)
-    return path
+    return save_tiny_flythinker(tmp_path_factory.mktemp("decisive") / "tiny", sample_tokenizer, init_std=0.4)
 
 
 @pytest.mark.slow
