@@ -36,7 +36,7 @@ DEFAULT_PAIRS = "7b+1.5b,3b+3b"
 
 def pair_configs(pair: str):
     """'7b+1.5b' -> (G config, R config), both with the larger of the two vocabularies."""
-    from flythinker.bench_decode import qwen2_config
+    from flythinker.qwen2 import qwen2_config
 
     try:
         g, r = (SHAPES[name] for name in pair.lower().split("+"))

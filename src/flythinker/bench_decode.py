@@ -31,6 +31,7 @@ from pathlib import Path
 import typer
 
 from flythinker.errors import UserError
+from flythinker.qwen2 import qwen2_config
 
 TARGETS = {  # ratio: bound (batch 1 unless said otherwise)
     "concurrent_over_max_single": 1.05,
@@ -73,19 +74,6 @@ class DecodeBenchConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         if self.think_tokens < 0:
             raise UserError(f"--think-tokens must be ≥ 0, got {self.think_tokens}")
-
-
-def qwen2_config(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int, tie: bool = True):
-    """A Qwen2 config with no EOS (benchmarks must not stop early)."""
-    from transformers import Qwen2Config
-
-    if hidden % heads or heads % kv_heads:
-        raise UserError(f"hidden {hidden} must split into {heads} heads, and heads into {kv_heads} KV heads")
-    return Qwen2Config(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32768,
-        tie_word_embeddings=tie, bos_token_id=None, eos_token_id=None, pad_token_id=0,
-    )
 
 
 def random_pair(g_config, r_config, lam: float, device="cpu", dtype=None, seed: int = 0):

@@ -163,7 +163,9 @@ def pretrain(cfg: PretrainConfig, data_root: str | Path, out_dir: str | Path, *,
     >>> pretrain(PretrainConfig(steps=10), "../shared/data/gitcommits", "runs/base")  # doctest: +SKIP
     """
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
+
+    from flythinker.qwen2 import qwen2_config
 
     out = Path(out_dir)
     if (out / "pretrain.json").is_file() and (out / "model.safetensors").is_file():
@@ -173,12 +175,8 @@ def pretrain(cfg: PretrainConfig, data_root: str | Path, out_dir: str | Path, *,
     if tokenizer is None:
         tokenizer = corpus_tokenizer(texts, cfg.vocab_size)
     blocks = token_blocks(texts, tokenizer, cfg.block_size)  # (N, block)
-    mcfg = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_positions, tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+    mcfg = qwen2_config(cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, None, len(tokenizer),
+                        max_positions=cfg.max_positions, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
     torch.manual_seed(cfg.seed)
     model = Qwen2ForCausalLM(mcfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from flythinker.bench_decode import DecodeBenchConfig, qwen2_config, random_pair, run_decode_bench
+from flythinker.bench_decode import DecodeBenchConfig, random_pair, run_decode_bench
+from flythinker.qwen2 import qwen2_config
 from flythinker.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -56,13 +56,13 @@ def _device(cfg: BenchConfig) -> str:
 
 def _lm(cfg: BenchConfig, seed: int):
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
+
+    from flythinker.qwen2 import qwen2_config
 
     torch.manual_seed(seed)
-    qcfg = Qwen2Config(vocab_size=cfg.vocab, hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden,
-                       num_hidden_layers=cfg.layers, num_attention_heads=max(1, cfg.hidden // 64),
-                       num_key_value_heads=max(1, cfg.hidden // 128), max_position_embeddings=max(512, cfg.seq_len),
-                       tie_word_embeddings=False, pad_token_id=0, eos_token_id=1)
+    qcfg = qwen2_config(cfg.hidden, cfg.layers, max(1, cfg.hidden // 64), max(1, cfg.hidden // 128), None, cfg.vocab,
+                        tie=False, max_positions=max(512, cfg.seq_len), eos=1, pad=0)
     return Qwen2ForCausalLM(qcfg)
 
 

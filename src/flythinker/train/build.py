@@ -80,15 +80,14 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def tiny_causal_lm(spec: ModelSpec, tokenizer, seed: int) -> nn.Module:
     """A random Qwen2ForCausalLM sized by ``spec.tiny``, its vocabulary the tokenizer's."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
+
+    from flythinker.qwen2 import qwen2_config
 
     t = spec.tiny
-    cfg = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size or 4 * t.hidden_size,
-        num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
-        max_position_embeddings=t.max_positions, tie_word_embeddings=t.tie_embeddings,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-    )
+    cfg = qwen2_config(t.hidden_size, t.num_layers, t.num_heads, t.num_kv_heads, t.intermediate_size, len(tokenizer),
+                       t.tie_embeddings, max_positions=t.max_positions, eos=tokenizer.eos_token_id,
+                       pad=tokenizer.pad_token_id, bos=tokenizer.bos_token_id)
     if spec.attn_implementation:
         cfg._attn_implementation = spec.attn_implementation
     with torch.random.fork_rng(devices=[]):  # init must not disturb the run's RNG stream
