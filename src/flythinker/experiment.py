@@ -4,7 +4,7 @@ A run (1) pre-trains the base LMs on the corpus (:mod:`flythinker.pretrain`), (2
 every cell — a method (:mod:`flythinker.baselines`) on a split with a seed — with the one trainer
 (:func:`flythinker.train.trainer.train`), (3) generates the test split (paper sampling: T 0.8,
 top-p 0.95), (4) scores it (ROUGE-1/L, METEOR, BLEU, BERTScore, by position, teacher-forced
-NLL on dev and test) and (5) writes ``OUT/results.md``, ``OUT/results.json`` and
+NLL on dev and test) and (5) writes (:mod:`flythinker.experiment_report`) ``OUT/results.md``, ``OUT/results.json`` and
 ``OUT/results.png``: methods × metrics × splits, seed-averaged, with bootstrap CIs and paired
 comparisons (e.g. FlyThinker − SFT).
 
@@ -347,151 +347,6 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
     return out
 
 
-# --- the report ---------------------------------------------------------------------------------
-
-METRIC_LABELS = {"rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "meteor": "METEOR", "bleu": "BLEU", "bertscore": "BERTScore"}
-
-
-def pooled_scores(folders: list[Path]):
-    """One ExampleScores over seeds: per-example means (ROUGE, METEOR, BERTScore) and summed BLEU
-    statistics (corpus BLEU of all seeds' outputs); the bootstrap then resamples test examples."""
-    import numpy as np
-
-    from flythinker.evaluate.metrics import ExampleScores
-
-    runs = [np.load(f / "scores.npz") for f in folders]
-    ids = runs[0]["ids"]
-    if any(not np.array_equal(r["ids"], ids) for r in runs):
-        raise UserError(f"cells {folders} scored different test examples; rerun them with the same limit_eval")
-    mean = lambda k: np.mean([r[k] for r in runs], axis=0) if all(k in r for r in runs) else None  # noqa: E731
-    return ExampleScores(mean("rouge1"), mean("rougeL"), mean("meteor"), np.sum([r["bleu_stats"] for r in runs], axis=0),
-                         mean("bertscore"))
-
-
-def collect(exp: ExperimentConfig) -> dict:
-    """Finished cells grouped by split and row: folders, per-seed metrics, pooled scores."""
-    table: dict = {}
-    for g in exp.groups():
-        for split in g.splits or exp.splits:
-            folders = [cell_dir(exp, g, split, s) for s in (g.seeds or exp.seeds)]
-            folders = [f for f in folders if (f / "metrics.json").is_file()]
-            if folders:
-                table.setdefault(split, {})[g.name] = {
-                    "folders": folders, "metrics": [json.loads((f / "metrics.json").read_text()) for f in folders],
-                    "scores": pooled_scores(folders)}
-    return table
-
-
-def _fmt(metric: str, x: float | None) -> str:
-    return "–" if x is None else (f"{x:.3f}" if metric == "bleu" else f"{x:.4f}")  # BLEU is 0-100
-
-
-def write_report(exp: ExperimentConfig) -> Path:
-    """``OUT/results.md`` (tables), ``OUT/results.json`` and ``OUT/results.png`` from finished cells."""
-    import numpy as np
-
-    from flythinker.evaluate.metrics import METRICS, compare_scores, summarize
-
-    out, table, summary = Path(exp.out), collect(exp), {}
-    lines = ["# Results", "", f"Config: `{exp.out}/experiment.json`. Point estimates pool the seeds (per-example means; "
-             "BLEU is corpus BLEU over all seeds' outputs); [95% CI] from a bootstrap over test examples; "
-             "NLL = teacher-forced nats per reference token, mean ± sd over seeds.", ""]
-    for split, rows in table.items():
-        summary[split] = {}
-        lines += [f"## {split}", "", "| method | seeds | " + " | ".join(METRIC_LABELS[m] for m in METRICS)
-                  + " | test NLL | dev NLL | words |", "|---|---|" + "---|" * (len(METRICS) + 3)]
-        for name, row in rows.items():
-            s = summarize(row["scores"], bootstrap=exp.bootstrap, seed=0)
-            nll = {k: [m[k] for m in row["metrics"] if m.get(k) is not None] for k in ("test_nll", "dev_nll")}
-            summary[split][name] = {**{m: s[m] for m in METRICS}, "ci": s["ci"], "seeds": len(row["folders"]),
-                                    **{k: (float(np.mean(v)) if v else None) for k, v in nll.items()},
-                                    "per_seed": [{m: r.get(m) for m in (*METRICS, "test_nll", "dev_nll")} for r in row["metrics"]],
-                                    "by_position": {p: float(np.mean([r["by_position"][p]["rougeL"] for r in row["metrics"]
-                                                                      if r["by_position"].get(p, {}).get("rougeL") is not None] or [np.nan]))
-                                                    for p in row["metrics"][0].get("by_position", {})}}
-            cells = [_fmt(m, s[m]) + (f" [{_fmt(m, s['ci'][m]['low'])}, {_fmt(m, s['ci'][m]['high'])}]" if m in s["ci"] else "")
-                     for m in METRICS]
-            nll_txt = [f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "–" for v in nll.values()]
-            words = np.mean([r["mean_words"] for r in row["metrics"]])
-            lines.append(f"| {name} | {len(row['folders'])} | " + " | ".join(cells + nll_txt) + f" | {words:.0f} |")
-        lines.append("")
-        for a, b in exp.compare:
-            if a not in rows or b not in rows:
-                continue
-            c = compare_scores(rows[a]["scores"], rows[b]["scores"], bootstrap=exp.bootstrap, seed=0)
-            summary[split][f"{a}-vs-{b}"] = c
-            lines += [f"Paired bootstrap, {a} − {b} ({split}, {c['n']} test examples, seeds pooled):", "",
-                      "| metric | " + a + " | " + b + " | diff [95% CI] | P(" + a + " > " + b + ") |", "|---|---|---|---|---|"]
-            for m, r in c["metrics"].items():
-                ci = f" [{_fmt(m, r['ci']['low'])}, {_fmt(m, r['ci']['high'])}]" if r["ci"] else ""
-                p = "–" if r["p_a_better"] is None else f"{r['p_a_better']:.3f}"
-                lines.append(f"| {METRIC_LABELS[m]} | {_fmt(m, r['a'])} | {_fmt(m, r['b'])} | {r['diff']:+.4f}{ci} | {p} |")
-            lines.append("")
-        pos = {n: summary[split][n]["by_position"] for n in rows}
-        segs = sorted({p for v in pos.values() for p in v}, key=lambda p: int(p.split("-")[0].rstrip("+")))
-        if segs:
-            lines += [f"ROUGE-L by position in the response ({split}; words of the reference, seed mean):", "",
-                      "| method | " + " | ".join(segs) + " |", "|---|" + "---|" * len(segs)]
-            lines += [f"| {n} | " + " | ".join(_fmt("rougeL", pos[n].get(p)) for p in segs) + " |" for n in rows]
-            lines.append("")
-    lines += latent_table(exp)
-    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (out / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    if summary:
-        plot_results(summary, out / "results.png")
-    return out / "results.md"
-
-
-def latent_table(exp: ExperimentConfig) -> list[str]:
-    """Markdown rows of :func:`latent_diagnostics` for every finished FlyThinker cell (seed means)."""
-    import numpy as np
-
-    keys = ("lam", "rho", "offset_norm", "token_embedding_norm", "consecutive_cos", "nll_own", "nll_no_latent",
-            "nll_other_latent")
-    rows = []
-    for split in exp.splits:
-        for g in exp.groups():
-            found = [d for s in (g.seeds or exp.seeds) if split in (g.splits or exp.splits)
-                     and (d := cell_latents(exp, g, split, s)) is not None]
-            if found:
-                rows.append(f"| {split} | {g.name} | {len(found)} | "
-                            + " | ".join(f"{np.mean([d[k] for d in found]):.3f}" for k in keys) + " |")
-    if not rows:
-        return []
-    return ["## Do the latents matter? (test split, teacher forcing, seed means)", "",
-            "| split | row | seeds | λ | ρ | λρ (offset norm) | mean ‖E_G(s)‖ | cos(z_i-1, z_i) | NLL own latents "
-            "| NLL no latent (λ=0) | NLL other example's latents |", "|---|---|---|" + "---|" * len(keys), *rows, ""]
-
-
-def plot_results(summary: dict, path: Path) -> None:
-    """Bars per method (with bootstrap CIs), one panel per split × metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    splits = list(summary)
-    fig, axes = plt.subplots(len(splits), len(METRIC_LABELS), figsize=(3.2 * len(METRIC_LABELS), 2.8 * len(splits)),
-                             squeeze=False)
-    for i, split in enumerate(splits):
-        rows = {n: r for n, r in summary[split].items() if "ci" in r and "metrics" not in r}
-        for j, (m, label) in enumerate(METRIC_LABELS.items()):
-            ax, names = axes[i][j], [n for n in rows if rows[n].get(m) is not None]
-            vals = [rows[n][m] for n in names]
-            err = [[v - rows[n]["ci"].get(m, {}).get("low", v) for n, v in zip(names, vals)],
-                   [rows[n]["ci"].get(m, {}).get("high", v) - v for n, v in zip(names, vals)]]
-            ax.bar(range(len(names)), vals, yerr=err, capsize=2,
-                   color=["tab:red" if n == "flythinker" else "tab:blue" if n == "sft" else "tab:gray" for n in names])
-            ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-            ax.set_title(f"{split}: {label}", fontsize=9)
-            if vals:
-                lo = min(v - e for v, e in zip(vals, err[0]))
-                ax.set_ylim(max(0.0, lo - 0.1 * abs(lo)), None)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # --- the whole matrix ---------------------------------------------------------------------------
 
 
@@ -514,6 +369,8 @@ def run_experiment(exp: ExperimentConfig, only: list[str] | None = None, log=pri
         done = (cell_dir(exp, group, split, seed) / "metrics.json").is_file()
         log(f"cell {i}/{len(cells)}: {split}/{group.name}/seed{seed}" + (" (done, skipped)" if done else ""))
         run_cell(exp, group, split, seed, bases, log=log)
+    from flythinker.experiment_report import write_report
+
     return write_report(exp)
 
 
@@ -531,6 +388,8 @@ def experiment_command(
         if unknown:
             raise UserError(f"--only: unknown row(s) {sorted(unknown)}")
     if report_only:
+        from flythinker.experiment_report import write_report
+
         path = write_report(exp)
     else:
         path = run_experiment(exp, names)
