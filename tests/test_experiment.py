@@ -95,3 +95,16 @@ def test_latent_diagnostics_agree_with_the_model(saved_tiny_model, gitcommits):
     assert d["nll_no_latent"] == pytest.approx(teacher_forced_nll(model, tok, exs, cfg), rel=1e-4)
     assert d["nll_other_latent"] != pytest.approx(d["nll_own"], rel=1e-6)
     assert d["offset_norm"] == pytest.approx(0.5 * d["rho"]) and -1 <= d["consecutive_cos"] <= 1
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "src" / "flythinker" / "configs").glob("experiment_*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_experiment_configs_load_and_every_cell_builds_a_train_config(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    exp = load_experiment(path)
+    assert path.read_text().startswith(f"# flythinker experiment src/flythinker/configs/{path.name}")
+    cells = exp.cells()
+    assert cells and len({(g.name, split, seed) for g, split, seed in cells}) == len(cells)
+    bases = {name: Path("bases") / name for name in exp.bases}
+    for group, split, seed in cells:
+        cell_train_config(exp, group, split, seed, bases)  # every override applies and validates
