@@ -4,9 +4,9 @@ A run (1) pre-trains the base LMs on the corpus (:mod:`flythinker.pretrain`), (2
 every cell — a method (:mod:`flythinker.baselines`) on a split with a seed — with the one trainer
 (:func:`flythinker.train.trainer.train`), (3) generates the test split (paper sampling: T 0.8,
 top-p 0.95), (4) scores it (ROUGE-1/L, METEOR, BLEU, BERTScore, by position, teacher-forced
-NLL on dev and test) and (5) writes (:mod:`flythinker.experiment_report`) ``OUT/results.md``, ``OUT/results.json`` and
-``OUT/results.png``: methods × metrics × splits, seed-averaged, with bootstrap CIs and paired
-comparisons (e.g. FlyThinker − SFT).
+NLL on dev and test) and (5) writes ``OUT/results.md``, ``OUT/results.json`` and
+``OUT/results.png`` (:mod:`flythinker.experiment_report`): methods × metrics × splits,
+seed-averaged, with bootstrap CIs and paired comparisons (e.g. FlyThinker − SFT).
 
 Every cell lives in ``OUT/cells/SPLIT/NAME/seedS/``; a cell with ``metrics.json`` is finished
 and skipped, an interrupted one resumes (trainer checkpoints, appended predictions).
