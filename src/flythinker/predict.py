@@ -142,7 +142,8 @@ def generate_predictions(
     path = part_path(out, rank, world_size)
     done = read_done(path)
     shard = examples[rank::world_size]
-    foreign = [i for i in done if i not in {e.id for e in shard}]
+    shard_ids = {e.id for e in shard}
+    foreign = [i for i in done if i not in shard_ids]
     if foreign:  # resuming into another dataset's file would mix two runs
         raise UserError(f"{path}: holds {len(foreign)} prediction(s) for ids not among the {len(shard)} examples "
                         f"being predicted (e.g. {', '.join(map(repr, foreign[:3]))}); it belongs to another "
@@ -226,7 +227,6 @@ def load_for_inference(path: str | Path, dtype=None, device=None, trust_remote_c
     from transformers import AutoModelForCausalLM
 
     from flythinker.model import CONFIG_NAME, FlyThinker, load_tokenizer_folder
-
     from flythinker.safe_load import check_model_folder, first_line, load_errors
 
     path = Path(path)
