@@ -30,12 +30,14 @@ from flythinker.evaluate.command import evaluate_command  # noqa: E402
 from flythinker.experiment import experiment_command  # noqa: E402
 from flythinker.predict import generate_command  # noqa: E402
 from flythinker.train.command import bench_train_command, train_command  # noqa: E402
+from flythinker.apps.models import models_app  # noqa: E402
 
 app.command("demo")(demo_command)
 app.command("evaluate")(evaluate_command)
 app.command("experiment")(experiment_command)
 app.command("generate")(generate_command)
 app.command("train")(train_command)
+app.add_typer(models_app, name="models")
 bench_app.command("train")(bench_train_command)
 bench_app.command("decode")(bench_decode_command)
 

@@ -154,12 +154,22 @@ class ModelConfig:
     (or 'train' for tiny models)."""
     tokenizer_vocab_size: int = 2000
     """Vocabulary size of a trained tokenizer."""
+    lam_warmup_steps: int = 0
+    """Opt-in start-up remedy, not in the paper: λ rises linearly from lam/N to lam over the first
+    N optimizer steps (0: the paper's constant λ). Saved models always carry ``lam``."""
+    reasoner_first_steps: int = 0
+    """Opt-in start-up remedy, not in the paper: for the first N optimizer steps only R learns
+    (G's gradients are dropped), so an untrained latent cannot pull a pretrained G off course."""
 
     def __post_init__(self):
         _choice(self, "mode", MODES)
         _choice(self, "fusion", FUSIONS)
         _number(self, "lam")
         _number(self, "tokenizer_vocab_size", low=258, integer=True)
+        _number(self, "lam_warmup_steps", integer=True)
+        _number(self, "reasoner_first_steps", integer=True)
+        if self.reasoner_first_steps and self.freeze_reasoner:
+            raise ConfigError("reasoner_first_steps", "needs a trainable reasoner (freeze_reasoner is true)")
         if self.freeze_reasoner and self.reasoner is not None and self.reasoner.lora is not None:
             raise ConfigError("freeze_reasoner", "a frozen reasoner cannot also train LoRA adapters")
         if self.tokenizer is None and (self.generator is None or self.generator.path is None):
@@ -251,6 +261,9 @@ class OptimConfig:
     """Resumable checkpoints kept (older ones are deleted)."""
     eval: bool = True
     """Dev loss after each epoch; the best model is kept in run/best."""
+    eval_every: int = 0
+    """Also log the dev loss at step 0 and every N optimizer steps (the start-up curve; 0: at
+    epoch ends only). These evaluations do not pick the best model."""
     eval_generate: int = 0
     """Also decode this many dev examples each epoch and score them (BLEU, ROUGE, METEOR)."""
     eval_max_new_tokens: int = 128
@@ -283,7 +296,7 @@ class OptimConfig:
             raise ConfigError("min_lr_ratio", f"must be <= 1, got {self.min_lr_ratio}")
         _number(self, "max_grad_norm", strict=True, optional=True)
         _choice(self, "precision", PRECISIONS)
-        for name in ("seed", "save_every", "eval_generate"):
+        for name in ("seed", "save_every", "eval_every", "eval_generate"):
             _number(self, name, integer=True)
         for name in ("keep_last", "eval_max_new_tokens", "log_every"):
             _number(self, name, low=1, integer=True)

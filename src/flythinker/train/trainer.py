@@ -244,6 +244,8 @@ class Trainer:
         acc, t = self.acc, self.cfg.train
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not acc.is_main_process,
                    desc=f"train {self.cfg.model.mode}", dynamic_ncols=True)
+        if t.eval_every and self.step == 0:
+            self._evaluate_step()  # the start: what fine-tuning begins from
         while self.step < self.total_steps and self.epoch < self.epochs:
             self._train_epoch(bar)
             if self.step_in_epoch == self.steps_per_epoch or self.step >= self.total_steps:
@@ -260,6 +262,7 @@ class Trainer:
         running = torch.zeros(2, dtype=torch.float64, device=acc.device)  # (loss sum, tokens)
         tick = time.perf_counter()
         for batch in self.train_dl:
+            self._startup_lam()
             with acc.accumulate(model):
                 loss = model(**batch).loss
                 acc.backward(loss)
@@ -270,6 +273,9 @@ class Trainer:
             step_loss, tokens = total[0].item() / (self.ga * self.world), int(total[1].item())
             if not math.isfinite(step_loss):
                 self._diverged("loss", step_loss)
+            if self.step < self.cfg.model.reasoner_first_steps:  # R learns first; G's update is dropped
+                for p in acc.unwrap_model(model).generator.parameters():
+                    p.grad = None
             norm = acc.clip_grad_norm_(model.parameters(), t.max_grad_norm or float("inf"))
             norm = None if norm is None else float(norm)
             if norm is not None and not math.isfinite(norm):
@@ -288,11 +294,21 @@ class Trainer:
                                 "tokens_per_s": tokens / elapsed, "time": time.time()})
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            if t.eval_every and self.step % t.eval_every == 0 and self.step_in_epoch < self.steps_per_epoch \
+                    and self.step < self.total_steps:  # (an epoch's end is evaluated anyway)
+                self._evaluate_step()
             if self.step >= self.total_steps:
                 break  # max_steps reached mid-epoch
             if t.save_every and self.step % t.save_every == 0 and self.step_in_epoch < self.steps_per_epoch:
                 self._save()  # (an epoch's end is saved after its evaluation)
             tick = time.perf_counter()
+
+    def _startup_lam(self, final: bool = False) -> None:
+        """λ of the next step under ``model.lam_warmup_steps`` (``final``: the configured λ, for export)."""
+        m = self.cfg.model
+        if m.mode == "flythinker" and m.lam_warmup_steps:
+            ramp = 1.0 if final else min(1.0, (self.step + 1) / m.lam_warmup_steps)
+            self.acc.unwrap_model(self.model).fusion.lam = m.lam * ramp
 
     def _diverged(self, what: str, value: float) -> None:
         last = latest_checkpoint(self.out)
@@ -330,9 +346,22 @@ class Trainer:
         total, n = torch.cat(sums).sum().item(), int(torch.cat(counts).sum().item())
         return total / max(n, 1), n
 
+    def _evaluate_step(self) -> None:
+        """``train.eval_every``: the dev loss logged at this step (the best model is not touched)."""
+        if self.dev_dl is None:
+            return
+        loss, n = self.dev_loss()
+        if self.acc.is_main_process:
+            lam = getattr(self.acc.unwrap_model(self.model), "lam", None)
+            self.log.write({"kind": "eval_step", "step": self.step, "dev_loss": loss, "dev_tokens": n, "lam": lam})
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"step {self.step}: dev loss {loss:.4f}")
+
     def _evaluate(self) -> None:
         if self.dev_dl is None:
             return
+        self._startup_lam(final=True)  # the dev loss and best/ of the configured model
         loss, n = self.dev_loss()
         record = {"kind": "eval", "step": self.step, "epoch": self.epoch, "dev_loss": loss, "dev_tokens": n}
         if self.cfg.train.eval_generate and not is_sharded(self.acc):
@@ -355,6 +384,7 @@ class Trainer:
 
     def _finish(self) -> TrainResult:
         acc = self.acc
+        self._startup_lam(final=True)
         final = export_model(acc, self.model, self.out / "final", self.tokenizer)
         fingerprints = None
         if self.world > 1 and not is_sharded(acc):

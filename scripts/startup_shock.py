@@ -1,0 +1,71 @@
+"""The start-up shock of a pretrained Generator, measured: dev NLL at step 0 and along training.
+
+Runs `flythinker train` on src/flythinker/configs/smollm2_flythinker.yaml (SmolLM2-135M-Instruct
+as G and R, LoRA r = 8, gitcommits user_based, dev NLL on 24 dev examples every 10 steps) for SFT,
+λ ∈ {0.05, 0.1, 0.25, 0.5} and the opt-in remedies at λ = 0.5, one run after the other
+(resumable: a finished run is skipped), then writes results/startup_shock/{runs.json,table.md}.
+
+    python scripts/startup_shock.py --model $(flythinker models pull smollm2-135m-instruct)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CONFIG = "src/flythinker/configs/smollm2_flythinker.yaml"
+RUNS = {  # name -> overrides (the config's λ is 0.5)
+    "lam0.5": ["model.lam=0.5"],
+    "lam0.1": ["model.lam=0.1"],
+    "sft": ["model.mode=sft"],
+    "lam0.05": ["model.lam=0.05"],
+    "lam0.25": ["model.lam=0.25"],
+    "lam0.5_warmup20": ["model.lam=0.5", "model.lam_warmup_steps=20"],
+    "lam0.5_rfirst10": ["model.lam=0.5", "model.reasoner_first_steps=10"],
+}
+
+
+def curve(run: Path) -> dict:
+    records = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+    dev = {r["step"]: r["dev_loss"] for r in records if r.get("kind") in ("eval_step", "eval")}
+    train = [r for r in records if r.get("kind") == "train"]
+    return {"dev_nll": dev, "train_loss_first": train[0]["loss"] if train else None,
+            "median_step_s": sorted(r["step_time_s"] for r in train)[len(train) // 2] if train else None}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="the pulled SmolLM2 folder")
+    p.add_argument("--out", default="runs/startup_shock")
+    p.add_argument("--results", default="results/startup_shock")
+    p.add_argument("--only", default="", help="comma-separated run names")
+    p.add_argument("--set", action="append", default=[], help="extra KEY=VALUE overrides for every run")
+    args = p.parse_args()
+    names = [n for n in args.only.split(",") if n] or list(RUNS)
+    out, res = Path(args.out), Path(args.results)
+    res.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        run = out / name
+        if not (run / "result.json").is_file():
+            cmd = [sys.executable, "-m", "flythinker.cli", "train", CONFIG, f"model.generator.path={args.model}",
+                   f"model.reasoner.path={args.model}", *RUNS[name], *args.set, "--out", str(run),
+                   "--resume" if run.exists() else "--overwrite"]
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+        (res / f"{name}.json").write_text(json.dumps({"overrides": RUNS[name] + args.set, **curve(run)}, indent=2) + "\n")
+    done = {n: json.loads((res / f"{n}.json").read_text()) for n in RUNS if (res / f"{n}.json").is_file()}
+    steps = sorted({int(s) for d in done.values() for s in d["dev_nll"]})
+    lines = ["| run | " + " | ".join(f"dev NLL @ {s}" for s in steps) + " | first train loss | s/step |",
+             "|---|" + "---:|" * (len(steps) + 2)]
+    for n, d in done.items():
+        cells = [f"{d['dev_nll'][str(s)]:.3f}" if str(s) in d["dev_nll"] else "–" for s in steps]
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {d['train_loss_first']:.3f} | {d['median_step_s']:.1f} |")
+    (res / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Writing model folders: the one writer of FlyThinker and plain causal-LM folders, atomically.
+
+A FlyThinker folder is ``generator/`` and ``reasoner/`` (standard transformers folders,
+safetensors only), ``flythinker.json`` (λ, fusion mode, variant) and, for ``fusion="linear"``,
+``fusion.safetensors``; an SFT model is a plain transformers folder. Every folder is written
+beside its destination and renamed into place, so a crash never leaves a half-written model.
+
+    >>> write_model_folder("runs/m", {"generator": (g, None), "reasoner": (r, None)},
+    ...                    config=model.fusion_config(), tokenizer=tok)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from flythinker.errors import UserError
+
+CONFIG_NAME = "flythinker.json"
+FUSION_WEIGHTS = "fusion.safetensors"
+FORMAT_VERSION = 1
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished folder into place; an old ``dst`` is deleted only after the rename."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)  # debris of a crash during an earlier swap
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def write_model_folder(path: str | os.PathLike, parts: dict, *, config: dict | None = None,
+                       fusion_state: dict | None = None, tokenizer=None, overwrite: bool = False) -> Path:
+    """Write causal LMs (and a FlyThinker config) into ``path``, atomically.
+
+    ``parts`` maps a sub-folder name to ``(model, state_dict or None)``: ``{"generator": ...,
+    "reasoner": ...}`` for a FlyThinker, ``{"": (g, None)}`` for a plain folder. A state dict
+    (e.g. LoRA merged, or gathered from shards) replaces the model's own weights. ``config``
+    (``FlyThinker.fusion_config()``) makes it a FlyThinker folder; ``fusion_state`` holds the
+    linear fusion's weights. An existing non-empty ``path`` is refused unless ``overwrite``.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"{path} already exists and is not empty (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        for name, (lm, state) in parts.items():
+            folder = tmp / name if name else tmp
+            kwargs = {} if state is None else {"state_dict": state}
+            lm.save_pretrained(folder, safe_serialization=True, **kwargs)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(folder)
+        if config is not None:
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        if fusion_state:
+            save_file({k: v.detach().cpu().contiguous() for k, v in fusion_state.items()}, str(tmp / FUSION_WEIGHTS))
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
