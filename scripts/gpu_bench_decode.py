@@ -36,7 +36,7 @@ DEFAULT_PAIRS = "7b+1.5b,3b+3b"
 
 def pair_configs(pair: str):
     """'7b+1.5b' -> (G config, R config), both with the larger of the two vocabularies."""
-    from flythinker.qwen2 import qwen2_config
+    from flythinker.tiny import qwen2_config
 
     try:
         g, r = (SHAPES[name] for name in pair.lower().split("+"))
@@ -48,7 +48,7 @@ def pair_configs(pair: str):
 
 def streamed_bytes(causal_lm, lm_head: bool) -> int:
     """Bytes of weights one batch-1 decoding step reads: decoder layers (+ LM head)."""
-    from flythinker.model import backbone
+    from flythinker.lm import backbone
 
     embedding = causal_lm.get_input_embeddings().weight
     body = sum(p.numel() * p.element_size() for p in backbone(causal_lm).parameters() if p is not embedding)
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not torch.cuda.is_available():
         raise SystemExit("gpu_bench_decode.py needs a CUDA GPU (torch.cuda.is_available() is False); "
                          "on CPU run `flythinker bench decode`")
-    from flythinker.bench_decode import DecodeBenchConfig, print_table, random_pair, run_decode_bench
+    from flythinker.apps.bench.decode import DecodeBenchConfig, print_table, run_decode_bench
+    from flythinker.tiny import random_pair
 
     bandwidth = args.bandwidth * 1e9 if args.bandwidth else measure_bandwidth("cuda:0")
     print(f"{torch.cuda.get_device_name(0)} × {torch.cuda.device_count()}, bandwidth {bandwidth / 1e9:.0f} GB/s"

@@ -18,30 +18,25 @@ VOCAB = 97
 
 def tiny_causal_lm(hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab: int = VOCAB, seed: int = 0,
                    init_std: float = 0.02):
-    """A randomly initialised Qwen2ForCausalLM small enough for unit tests.
+    """A randomly initialised Qwen2ForCausalLM small enough for unit tests (flythinker.tiny's builder).
 
     ``init_std`` is the weights' standard deviation (transformers' ``initializer_range``): the
     default 0.02 leaves the top two logits of a random model often within 1e-5 of each other, so a
     test that compares greedy outputs across processes wants a larger one (decisive choices)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from flythinker.tiny import qwen2_config, random_lm
 
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        initializer_range=init_std,
-    )
-    cfg._attn_implementation = "eager"
-    return Qwen2ForCausalLM(cfg).eval()
+    cfg = qwen2_config(hidden, layers, heads, kv_heads, 2 * hidden, vocab, tie=False, max_positions=256, bos=1, eos=2,
+                       pad=0, init_std=init_std, attn="eager")
+    return random_lm(cfg, seed).eval()
+
+
+def tiny_llama(hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab: int = VOCAB, seed: int = 0):
+    """A random tied-embedding Llama shaped like SmolLM2 (no pad token: EOS pads)."""
+    from flythinker.tiny import llama_config, random_lm
+
+    cfg = llama_config(hidden, layers, heads, kv_heads, 2 * hidden, vocab, tie=True, max_positions=256, bos=1, eos=2,
+                       attn="eager")
+    return random_lm(cfg, seed).eval()
 
 
 def tiny_pair(d_g: int = 32, d_r: int = 32, lam: float = 0.5, fusion: str = "prefix", seed: int = 0):

@@ -24,13 +24,14 @@ bench_app = typer.Typer(help="Side-by-side benchmarks (decoding, training).", no
 app.add_typer(bench_app, name="bench")
 
 # --- sub-commands (one line each; the function lives next to the code it drives) -------
-from flythinker.bench_decode import bench_decode_command  # noqa: E402
-from flythinker.demo import demo_command  # noqa: E402
-from flythinker.evaluate.command import evaluate_command  # noqa: E402
-from flythinker.experiment import experiment_command  # noqa: E402
-from flythinker.predict import generate_command  # noqa: E402
-from flythinker.train.command import bench_train_command, train_command  # noqa: E402
+from flythinker.apps.bench.decode import bench_decode_command  # noqa: E402
+from flythinker.apps.bench.train import bench_train_command  # noqa: E402
+from flythinker.apps.demo import demo_command  # noqa: E402
+from flythinker.apps.experiment.run import experiment_command  # noqa: E402
+from flythinker.apps.generate import generate_command  # noqa: E402
 from flythinker.apps.models import models_app  # noqa: E402
+from flythinker.evaluate.command import evaluate_command  # noqa: E402
+from flythinker.train.command import train_command  # noqa: E402
 
 app.command("demo")(demo_command)
 app.command("evaluate")(evaluate_command)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +19,23 @@ from transformers.utils import ModelOutput
 
 from flythinker.errors import UserError
 from flythinker.fusion import Fusion, embedding_norm, shift_latents
+from flythinker.lm import backbone, positions_from_mask
+from flythinker.loading import has_tokenizer, load_causal_lm, load_tokenizer
+from flythinker.saving import CONFIG_NAME, FORMAT_VERSION, FUSION_WEIGHTS, write_model_folder
 
-CONFIG_NAME = "flythinker.json"
-FUSION_WEIGHTS = "fusion.safetensors"
-FORMAT_VERSION = 1
+__all__ = ["FlyThinker", "FlyThinkerOutput", "check_pair", "register_decoder", "VARIANTS",
+           "positions_from_mask", "backbone"]
+
+# Decoders by mode ("sequential", "concurrent"), registered by flythinker.decoding (which the
+# package imports), so that the model never imports the decoders above it.
+DECODERS: dict[str, Callable] = {}
+# Model classes by the "variant" their folders record; a subclass registers itself by naming one.
+VARIANTS: dict[str, type] = {}
+
+
+def register_decoder(mode: str, fn: Callable) -> None:
+    """Make ``model.generate(mode=mode)`` call ``fn(model, input_ids, attention_mask, **settings)``."""
+    DECODERS[mode] = fn
 
 
 @dataclass
@@ -34,53 +46,6 @@ class FlyThinkerOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     latents: torch.Tensor | None = None
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids (B, T) counted over real tokens only, so left padding changes nothing.
-
-    Same rule as transformers' ``generate`` (pads get position 1; they are masked anyway).
-
-    >>> positions_from_mask(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])).tolist()
-    [[1, 1, 0, 1], [0, 1, 2, 3]]
-    """
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 1)
-
-
-def backbone(model: nn.Module) -> nn.Module:
-    """The decoder stack of a causal LM without its LM head (R's logits are never needed).
-
-    Works for stock ``AutoModelForCausalLM`` models and for peft-wrapped ones (LoRA layers are
-    injected in place, so the unwrapped decoder still runs them).
-    """
-    if hasattr(model, "get_base_model"):  # peft.PeftModel
-        model = model.get_base_model()
-    if hasattr(model, "get_decoder") and model.get_decoder() is not None:
-        return model.get_decoder()
-    return model.base_model
-
-
-def load_tokenizer_folder(folder: str | os.PathLike, trust_remote_code: bool = False):
-    """The tokenizer saved in a model folder, local files only.
-
-    A tokenizer saved as a plain ``tokenizers`` file (``tokenizer_class`` PreTrainedTokenizerFast
-    or TokenizersBackend, as ours are) is loaded as exactly that: ``AutoTokenizer`` would pick the
-    model type's own class (e.g. Qwen2Tokenizer), which may rebuild its pre-tokenizer.
-    """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    from flythinker.safe_load import check_model_folder, first_line, load_errors
-
-    check_model_folder(folder, "tokenizer", trust_remote_code, weights=False)
-    cfg_file = Path(folder) / "tokenizer_config.json"
-    cls_name = json.loads(cfg_file.read_text()).get("tokenizer_class") if cfg_file.is_file() else None
-    try:
-        if cls_name in ("PreTrainedTokenizerFast", "TokenizersBackend") and (Path(folder) / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
-    except load_errors() as e:  # a truncated or garbled tokenizer.json, a missing vocab file
-        raise UserError(f"{folder}: cannot load the tokenizer ({first_line(e)})") from None
 
 
 def check_pair(generator, reasoner, generator_tokenizer=None, reasoner_tokenizer=None) -> None:
@@ -121,6 +86,14 @@ class FlyThinker(nn.Module):
     >>> out.loss.backward()                                             # doctest: +SKIP
     >>> new = model.generate(ids, attention_mask=mask, max_new_tokens=64)  # (B, T_new)  # doctest: +SKIP
     """
+
+    variant = "flythinker"
+
+    def __init_subclass__(cls, variant: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if variant is not None:  # class StaticThinker(FlyThinker, variant="static")
+            cls.variant = variant
+            VARIANTS[variant] = cls
 
     def __init__(
         self,
@@ -180,7 +153,7 @@ class FlyThinker(nn.Module):
     def place_latents(self, embeds, latents, attention_mask, labels=None, prompt_lengths=None) -> torch.Tensor:
         """G's inputs (B, T, d_G) with R's latents (B, T, d_R) fused in: z_{i-1} at position i.
 
-        Variants change only *where* latents go (``baselines.StaticThinker``: one prompt latent
+        Variants change only *where* latents go (:class:`flythinker.static.StaticThinker`: one prompt latent
         at every response position); the fusion f() itself is always ``self.fusion``.
         """
         shifted, latent_mask = shift_latents(latents, attention_mask)
@@ -242,24 +215,13 @@ class FlyThinker(nn.Module):
         >>> new = model.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=True,
         ...                      temperature=0.8, top_p=0.95, seed=0)  # doctest: +SKIP
         """
-        from flythinker.decoding import decode
-        from flythinker.decoding.sampling import SamplingConfig
-
-        sampling = SamplingConfig(
-            do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed
-        )
+        if mode not in DECODERS:
+            raise UserError(f"mode must be one of {tuple(DECODERS)}, got {mode!r}")
         eos, pad = self._special_ids(eos_token_id, pad_token_id)
-        return decode(
-            self,
-            input_ids,
-            attention_mask,
-            max_new_tokens=max_new_tokens,
-            sampling=sampling,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            streamer=streamer,
-            mode=mode,
-            backend=backend,
+        return DECODERS[mode](
+            self, input_ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, eos_token_id=eos, pad_token_id=pad,
+            streamer=streamer, backend=backend,
         )
 
     def _special_ids(self, eos, pad) -> tuple[list[int], int]:
@@ -285,6 +247,7 @@ class FlyThinker(nn.Module):
             "fusion": self.fusion.mode,
             "d_generator": self.fusion.d_generator,
             "d_reasoner": self.fusion.d_reasoner,
+            **({"variant": self.variant} if self.variant != "flythinker" else {}),
         }
 
     def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False, tokenizer=None) -> Path:
@@ -296,28 +259,11 @@ class FlyThinker(nn.Module):
 
         >>> model.save_pretrained("runs/my-model")  # doctest: +SKIP
         """
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise UserError(f"{path} already exists and is not empty (pass overwrite=True to replace it)")
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
-            for name, m in (("generator", self.generator), ("reasoner", self.reasoner)):
-                m.save_pretrained(tmp / name, safe_serialization=True)
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(tmp / name)
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.fusion_config(), indent=2) + "\n")
-            if self.fusion.proj is not None:
-                state = {k: v.detach().cpu().contiguous() for k, v in self.fusion.state_dict().items()}
-                save_file(state, str(tmp / FUSION_WEIGHTS))
-            _replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        fusion_state = self.fusion.state_dict() if self.fusion.proj is not None else None
+        return write_model_folder(path, {"generator": (self.generator, None), "reasoner": (self.reasoner, None)},
+                                  config=self.fusion_config(), fusion_state=fusion_state, tokenizer=tokenizer,
+                                  overwrite=overwrite)
 
     @classmethod
     def from_pretrained(
@@ -331,79 +277,59 @@ class FlyThinker(nn.Module):
         """Load a folder written by :meth:`save_pretrained` (local files only, safetensors only).
 
         ``model_kwargs`` go to both ``AutoModelForCausalLM.from_pretrained`` calls
-        (e.g. ``attn_implementation="sdpa"``).
+        (e.g. ``attn_implementation="sdpa"``). The folder's ``variant`` picks the class
+        (e.g. :class:`flythinker.static.StaticThinker`).
 
         >>> model = FlyThinker.from_pretrained("runs/my-model")  # doctest: +SKIP
         """
-        from transformers import AutoModelForCausalLM
-
-        from flythinker.safe_load import check_model_folder, first_line, load_errors, missing_path_error
-
-        path = Path(path)
-        cfg_file = path / CONFIG_NAME
-        if not path.exists():
-            raise missing_path_error(path, "model")
-        if not cfg_file.is_file():
-            raise UserError(f"{path}: not a FlyThinker folder (no {CONFIG_NAME})")
-        try:
-            cfg = json.loads(cfg_file.read_text())
-            lam, mode = cfg["lam"], cfg["fusion"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise UserError(f"{cfg_file}: unreadable FlyThinker config ({e})") from None
-        variant = cfg.get("variant", "flythinker")
-        if variant != getattr(cls, "variant", "flythinker"):  # e.g. a static-reasoning baseline
-            cls = _variant_class(variant, cfg_file)
-        kw = dict(local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, **model_kwargs)
-        if dtype is not None:
-            kw["dtype"] = dtype
+        path = Path(path).expanduser()
+        lam, mode, variant = read_folder_config(path)
+        cls = VARIANTS.get(variant, FlyThinker if variant == "flythinker" else None)
+        if cls is None:
+            raise UserError(f"{path / CONFIG_NAME}: unknown FlyThinker variant {variant!r}")
         models, toks = {}, {}
         for name in ("generator", "reasoner"):
             sub = path / name
             if not sub.is_dir():
                 raise UserError(f"{path}: missing {name}/ folder")
-            check_model_folder(sub, name, trust_remote_code)
-            try:
-                models[name] = AutoModelForCausalLM.from_pretrained(sub, **kw)
-            except load_errors() as e:  # e.g. model.safetensors cut short or overwritten
-                raise UserError(f"{sub}: cannot load the {name} ({first_line(e)})") from None
-            has_tok = any((sub / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
-            toks[name] = load_tokenizer_folder(sub, trust_remote_code) if has_tok else None
+            models[name] = load_causal_lm(sub, name, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs)
+            toks[name] = load_tokenizer(sub, trust_remote_code) if has_tokenizer(sub) else None
         model = cls(
             models["generator"], models["reasoner"], lam=lam, fusion=mode,
             generator_tokenizer=toks["generator"], reasoner_tokenizer=toks["reasoner"],
         )
         if mode == "linear":
-            from safetensors.torch import load_file
-
-            wfile = path / FUSION_WEIGHTS
-            if not wfile.is_file():
-                raise UserError(f"{path}: fusion='linear' but {FUSION_WEIGHTS} is missing")
-            try:
-                model.fusion.load_state_dict(load_file(str(wfile)))
-            except load_errors() as e:
-                raise UserError(f"{wfile}: cannot load the fusion weights ({first_line(e)})") from None
+            model.fusion.load_state_dict(read_fusion_weights(path))
         if device is not None:
             model.to(device)
         return model.eval()
 
 
-def _variant_class(variant: str, cfg_file: Path) -> type:
-    """The class a saved ``"variant"`` names (baselines live above this module: imported lazily)."""
-    if variant == "flythinker":
-        return FlyThinker
-    if variant == "static":
-        from flythinker.baselines import StaticThinker
+def read_folder_config(path: Path) -> tuple[float, str, str]:
+    """(λ, fusion mode, variant) of a FlyThinker folder's ``flythinker.json``."""
+    from flythinker.safe_load import missing_path_error
 
-        return StaticThinker
-    raise UserError(f"{cfg_file}: unknown FlyThinker variant {variant!r}")
+    cfg_file = path / CONFIG_NAME
+    if not path.exists():
+        raise missing_path_error(path, "model")
+    if not cfg_file.is_file():
+        raise UserError(f"{path}: not a FlyThinker folder (no {CONFIG_NAME})")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+        return cfg["lam"], cfg["fusion"], cfg.get("variant", "flythinker")
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{cfg_file}: unreadable FlyThinker config ({e})") from None
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder into place; an old ``dst`` is removed only after the rename."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+def read_fusion_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    from flythinker.safe_load import first_line, load_errors
+
+    wfile = path / FUSION_WEIGHTS
+    if not wfile.is_file():
+        raise UserError(f"{path}: fusion='linear' but {FUSION_WEIGHTS} is missing")
+    try:
+        return load_file(str(wfile))
+    except load_errors() as e:
+        raise UserError(f"{wfile}: cannot load the fusion weights ({first_line(e)})") from None

@@ -569,7 +569,8 @@ def _api_config(text):
 
 def _api_generate_foreign(t, w):
     from flythinker.data.longlamp import load_examples
-    from flythinker.predict import DecodeSettings, generate_predictions, load_for_inference
+    from flythinker.apps.generate import DecodeSettings, generate_predictions
+    from flythinker.auto import load_model as load_for_inference
 
     model, tok = load_for_inference(w.model)
     out = t / "p.jsonl"
@@ -613,7 +614,8 @@ def test_api_bad_input_raises_user_error(name, world, tmp_path):
 def test_a_100k_token_input_is_truncated_not_a_crash(world, tmp_path):
     from flythinker.data.longlamp import load_examples
     from flythinker.data.prompts import PromptConfig, encode_for_generation
-    from flythinker.predict import DecodeSettings, generate_predictions, load_for_inference
+    from flythinker.apps.generate import DecodeSettings, generate_predictions
+    from flythinker.auto import load_model as load_for_inference
 
     words = " ".join(f"w{i % 977}" for i in range(100_000))
     data = _write(tmp_path / "long.json", _rows(2, bad=1, input=words,

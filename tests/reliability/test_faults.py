@@ -211,7 +211,7 @@ def test_generation_killed_at_random_resumes_to_the_uninterrupted_file(tmp_path,
 
     out = tmp_path / "preds.jsonl"
     kills, torn = 0, 0
-    forced = _FORCED_KILL.format(module="predict", name="_append", after=2,
+    forced = _FORCED_KILL.format(module="data.predictions", name="append_records", after=2,
                                  payload="M.encode_records(obj)")  # the product's own bytes
     for i in range(KILLS):
         done_before = _complete(out)

@@ -51,8 +51,8 @@ def test_pickle_only_folders_are_refused_without_being_unpickled(tmp_path, monke
     import torch
 
     from flythinker import FlyThinker
-    from flythinker.predict import load_for_inference
-    from flythinker.train.build import load_causal_lm
+    from flythinker.auto import load_model as load_for_inference
+    from flythinker.train.assemble import load_causal_lm
     from flythinker.train.config import ModelSpec
 
     def no_unpickling(*a, **k):
@@ -75,7 +75,7 @@ def test_pickle_only_folders_are_refused_without_being_unpickled(tmp_path, monke
 
 
 def test_custom_code_needs_the_flag(tmp_path):
-    from flythinker.predict import load_for_inference
+    from flythinker.auto import load_model as load_for_inference
     from flythinker.safe_load import check_model_folder
 
     folder = _plain_lm_folder(tmp_path)
@@ -101,8 +101,9 @@ def test_custom_code_needs_the_flag(tmp_path):
 def test_a_hub_id_is_a_clear_error_and_no_connection_is_attempted(hub_id, no_network, tmp_path, capsys):
     from flythinker import FlyThinker
     from flythinker.cli import main
-    from flythinker.predict import load_for_inference
-    from flythinker.train.config import TrainConfig, build, check_paths
+    from flythinker.auto import load_model as load_for_inference
+    from flythinker.train.config import TrainConfig, check_paths
+    from flythinker.train.config import from_dict as build
 
     for load in (FlyThinker.from_pretrained, load_for_inference):
         with pytest.raises(UserError, match=f"{re.escape(hub_id)}: no such local folder; it looks like a "
@@ -120,7 +121,7 @@ def test_a_hub_id_is_a_clear_error_and_no_connection_is_attempted(hub_id, no_net
 
 
 def test_a_saved_model_loads_with_the_network_cut(no_network, saved_tiny_model):
-    from flythinker.predict import load_for_inference
+    from flythinker.auto import load_model as load_for_inference
 
     model, tok = load_for_inference(saved_tiny_model)
     assert tok is not None and model.lam == 0.5

@@ -26,7 +26,8 @@ def tiny_raw(**sections) -> dict:
 
 
 def tiny_config(**sections):
-    from flythinker.train.config import TrainConfig, build
+    from flythinker.train.config import TrainConfig
+    from flythinker.train.config import from_dict as build
 
     return build(TrainConfig, tiny_raw(**sections))
 

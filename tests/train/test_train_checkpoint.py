@@ -33,7 +33,7 @@ def test_only_complete_checkpoints_are_listed(tmp_path):
 
 def test_resume_after_a_crash_repeats_the_uninterrupted_run(tmp_path):
     from flythinker.data.longlamp import load_examples
-    from flythinker.train.build import build_model, build_tokenizer
+    from flythinker.train.assemble import build_model, build_tokenizer
 
     settings = {"epochs": 3, "save_every": 3, "keep_last": 5, "warmup_steps": 2}
     # LoRA dropout on the reasoner: the curve only repeats if the RNG state is restored too

@@ -9,7 +9,8 @@ import pytest
 from helpers import SAMPLE, tiny_raw, write_yaml
 
 from flythinker.errors import UserError
-from flythinker.train.config import TrainConfig, apply_overrides, build, check_paths, load_config
+from flythinker.train.config import TrainConfig, apply_overrides, check_paths, load_config
+from flythinker.train.config import from_dict as build
 from flythinker.train.trainer import lr_factor
 
 CONFIGS = Path(__file__).resolve().parents[2] / "src" / "flythinker" / "configs"

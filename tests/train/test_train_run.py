@@ -66,7 +66,7 @@ def test_sft_trains_the_generator_alone_and_exports_a_transformers_folder(tmp_pa
 
 def test_api_with_model_and_examples_passed_in_and_freeze_reasoner(tmp_path):
     from flythinker.data.longlamp import load_examples
-    from flythinker.train.build import build_model, build_tokenizer
+    from flythinker.train.assemble import build_model, build_tokenizer
 
     cfg = tiny_config(model={"freeze_reasoner": True}, train={"epochs": 1, "lr": 5e-2})
     examples = load_examples(SAMPLE, split="train", limit=8)
@@ -95,7 +95,7 @@ def test_lora_trains_only_the_adapters_and_the_export_merges_them(tmp_path):
                                                                                 "target_modules": ["q_proj"]}}},
                       train={"epochs": 1, "lr": 5e-2, "eval": False})
     from flythinker.data.longlamp import load_examples
-    from flythinker.train.build import build_model, build_tokenizer
+    from flythinker.train.assemble import build_model, build_tokenizer
 
     examples = load_examples(SAMPLE, split="train", limit=8)
     tok = build_tokenizer(cfg.model, examples)
@@ -120,7 +120,7 @@ def test_lora_trains_only_the_adapters_and_the_export_merges_them(tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = tiny_config(train={"epochs": 2, "save_every": 1, "keep_last": 3, "eval": False})
     from flythinker.data.longlamp import load_examples
-    from flythinker.train.build import build_model, build_tokenizer
+    from flythinker.train.assemble import build_model, build_tokenizer
 
     examples = load_examples(SAMPLE, split="train", limit=8)
     tok = build_tokenizer(cfg.model, examples)
@@ -153,7 +153,7 @@ def test_generation_metrics_during_evaluation(tmp_path):
 
 def test_gradient_checkpointing_gives_the_same_run_and_the_seed_decides_it(tmp_path):
     from flythinker.data.longlamp import load_examples
-    from flythinker.train.build import build_model, build_tokenizer
+    from flythinker.train.assemble import build_model, build_tokenizer
 
     base = train(tiny_config(train={"epochs": 1, "eval": False}), tmp_path / "a")
     cfg = tiny_config(train={"epochs": 1, "eval": False, "gradient_checkpointing": True})

@@ -135,10 +135,10 @@ def _convert_into(gguf: Path, folder: Path, log) -> None:
     from flythinker.safe_load import first_line
 
     log(f"reading {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) and de-quantizing it to fp32")
-    kw = dict(gguf_file=gguf.name, local_files_only=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kw)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
+    try:  # GGUF holds tensors and metadata only, no code; nothing outside the file is read
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                         local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, RuntimeError, KeyError, IndexError, EOFError) as e:  # a truncated or foreign file
         raise UserError(f"{gguf}: cannot read this GGUF file ({first_line(e)})") from None
     config = quantized.config

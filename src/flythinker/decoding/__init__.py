@@ -1,15 +1,19 @@
-"""Decoders: the sequential reference and the concurrent think-while-generating ones.
+"""Decoders: the one decoding loop (loop.py) run in place (the sequential reference) or with
+R's step overlapped (concurrent.py, worker.py, shm.py, distributed.py).
 
-``decode`` dispatches on ``mode`` (and ``backend`` for concurrent decoding); all decoders take
-the same arguments and must return the same tokens.
+Importing this package registers both modes with :meth:`flythinker.FlyThinker.generate` (the
+``flythinker`` package imports it), so the model never imports what sits above it. All decoders
+take the same arguments and must return the same tokens.
 """
 
 from __future__ import annotations
 
 import torch
 
+from flythinker.decoding.sampling import SamplingConfig
 from flythinker.decoding.streaming import stream
 from flythinker.errors import UserError
+from flythinker.model import register_decoder
 
 MODES = ("sequential", "concurrent")
 __all__ = ["MODES", "decode", "stream"]
@@ -21,13 +25,14 @@ def decode(
     attention_mask: torch.Tensor | None,
     *,
     max_new_tokens: int,
-    sampling,
+    sampling: SamplingConfig,
     eos_token_id: list[int],
     pad_token_id: int,
     streamer=None,
     mode: str = "sequential",
-    backend: str | None = None,
+    backend=None,
 ) -> torch.Tensor:  # (B, T_new)
+    """Check the inputs and run the decoder of ``mode`` (``backend`` for concurrent decoding)."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
@@ -35,7 +40,7 @@ def decode(
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
     if mode == "sequential":
-        from flythinker.decoding.sequential import generate_sequential
+        from flythinker.decoding.loop import generate_sequential
 
         return generate_sequential(
             model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer
@@ -48,3 +53,18 @@ def decode(
             streamer, backend=backend,
         )
     raise UserError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def _decoder(mode: str):
+    def generate(model, input_ids, attention_mask, *, max_new_tokens, do_sample, temperature, top_p, top_k, seed,
+                 eos_token_id, pad_token_id, streamer=None, backend=None):
+        sampling = SamplingConfig(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+        return decode(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, sampling=sampling,
+                      eos_token_id=eos_token_id, pad_token_id=pad_token_id, streamer=streamer, mode=mode,
+                      backend=backend)
+
+    return generate
+
+
+for _mode in MODES:
+    register_decoder(_mode, _decoder(_mode))

@@ -2,7 +2,7 @@
 
     step k:   G( E_G(s_n) + λρ·ẑ_{n-1} ) -> s_{n+1}    ‖    R( s_n ) -> z_n
 
-The Generator side is the reference loop, ``sequential.run_generator``, whose Reasoner handle
+The Generator side is the one decoding loop, ``loop.run_generator``, whose Reasoner handle
 splits R's step in two: ``launch`` (start R on s_n and return at once) before G's step, and
 ``latent`` (wait for z_n) after it. Both halves compute exactly what the reference computes, so the tokens are the same;
 only where R runs changes, and that is the backend:
@@ -23,9 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from flythinker.decoding.sequential import run_generator
+from flythinker.decoding.loop import generate_sequential, run_generator
 from flythinker.decoding.steps import ReasonerRunner
 from flythinker.errors import UserError
+from flythinker.lm import device_of
 
 BACKENDS = ("auto", "threads", "streams", "devices", "shm", "gloo", "nccl")
 
@@ -50,7 +51,7 @@ class ThreadedReasoner:
     def bind(self, model) -> None:
         self.model = weakref.ref(model)  # the shared decoder must not keep a model alive
         if self.side_stream:
-            self.stream = torch.cuda.Stream(device=_device(model.reasoner))
+            self.stream = torch.cuda.Stream(device=device_of(model.reasoner))
 
     def _run(self, fn, args, ready):  # on the worker thread
         if self.stream is None:
@@ -102,17 +103,13 @@ class ThreadedReasoner:
         self.pool.shutdown(wait=True)
 
 
-def _device(module) -> torch.device:
-    return module.get_input_embeddings().weight.device
-
-
 def resolve_backend(model, backend: str | None) -> str:
     """The backend name to use for this model's devices; ``auto`` picks the fastest measured.
 
     >>> resolve_backend(model, "auto")  # CPU model  # doctest: +SKIP
     'shm'
     """
-    g, r = _device(model.generator), _device(model.reasoner)
+    g, r = device_of(model.generator), device_of(model.reasoner)
     name = "auto" if backend is None else backend
     if name not in BACKENDS:
         raise UserError(f"unknown concurrent backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -164,7 +161,7 @@ class ConcurrentDecoder:
         start_method: str = "forkserver",
     ):
         self.backend = resolve_backend(model, backend)
-        on_cpu = _device(model.generator).type == "cpu"
+        on_cpu = device_of(model.generator).type == "cpu"
         self.threads = (threads_per_model or default_threads()) if on_cpu else None
         self.spin_s, self.start_method = spin_s, start_method
         self.lock = threading.Lock()  # one decode at a time: the worker holds one R cache
@@ -194,7 +191,7 @@ class ConcurrentDecoder:
             from flythinker.decoding.shm import start_shm_reasoner
 
             return start_shm_reasoner(self.spin_s, self.start_method, self.threads, preload)
-        from flythinker.decoding.distributed import start_gloo_reasoner
+        from flythinker.decoding.dist_link import start_gloo_reasoner
 
         return start_gloo_reasoner(self.start_method, self.threads, preload)
 
@@ -289,9 +286,7 @@ def generate_concurrent(
     backend: str | ConcurrentDecoder | None = None,
 ) -> torch.Tensor:  # (B, T_new)
     """Entry point of ``decode(mode="concurrent")``; ``backend`` is a name or a ConcurrentDecoder."""
-    if model.lam == 0.0:  # SFT: there is no Reasoner to overlap with
-        from flythinker.decoding.sequential import generate_sequential
-
+    if model.lam == 0.0 or model.variant == "static":  # SFT, or R runs once: nothing to overlap
         resolve_backend(model, backend if isinstance(backend, str) else None)  # still refuse a bad name
         return generate_sequential(
             model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer

@@ -64,9 +64,9 @@ class TokenSampler:
                 self.warpers.append(TopKLogitsWarper(cfg.top_k))
             if cfg.top_p < 1.0:
                 self.warpers.append(TopPLogitsWarper(cfg.top_p))
-        self.generator = None
+        self.rng = None  # the sampler's own torch.Generator (seeded), not the Generator model
         if cfg.do_sample and cfg.seed is not None:
-            self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+            self.rng = torch.Generator(device=device).manual_seed(cfg.seed)
 
     def __call__(
         self,
@@ -78,4 +78,4 @@ class TokenSampler:
             return logits.argmax(dim=-1)
         scores = self.warpers(sequences, logits)
         probs = torch.softmax(scores, dim=-1)
-        return torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(1)
+        return torch.multinomial(probs, num_samples=1, generator=self.rng).squeeze(1)

@@ -21,6 +21,8 @@ import torch
 from flythinker.decoding.worker import (
     JOB,
     LOAD,
+    STEP,
+    STOP,
     ReasonerProcess,
     RemoteReasoner,
     context,
@@ -28,7 +30,6 @@ from flythinker.decoding.worker import (
     send_message,
 )
 
-STEP, STOP = 1, 0
 
 
 class ShmLink:

@@ -1,7 +1,7 @@
 """The two halves of a decoding step, shared by the reference and the concurrent decoders.
 
 Each runner owns one model and its KV cache (transformers' ``DynamicCache``). A decoder only
-decides *when* they run: one after the other (sequential.py) or at the same time.
+decides *when* they run: one after the other (loop.py's reference) or at the same time.
 
     step k:   G( E_G(s_n) + λρ·ẑ_{n-1} ) -> logits for s_{n+1}     (latent from step k-1)
               R( s_n )                   -> z_n                      (ready for step k+1)
@@ -9,24 +9,9 @@ decides *when* they run: one after the other (sequential.py) or at the same time
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
-from flythinker.fusion import shift_latents
-from flythinker.model import backbone, positions_from_mask
-
-
-def cache_argument(model) -> str:
-    """Name of the KV-cache keyword: transformers ≥ 5.2x says ``cache``, older ``past_key_values``."""
-    params = inspect.signature(backbone(model).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def cache_of(out):
-    """The KV cache returned by a forward, under either name."""
-    cache = out.get("cache")
-    return cache if cache is not None else out.get("past_key_values")
+from flythinker.lm import backbone, cache_argument, cache_of, device_of, positions_from_mask
 
 
 class ReasonerRunner:
@@ -35,7 +20,7 @@ class ReasonerRunner:
     def __init__(self, model):
         self.net = backbone(model.reasoner)
         self.cache_arg = cache_argument(model.reasoner)
-        self.device = model.reasoner.get_input_embeddings().weight.device
+        self.device = device_of(model.reasoner)
         self.cache = None
 
     def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:  # (B, T, d_R)
@@ -61,7 +46,8 @@ class ReasonerRunner:
 
 
 class GeneratorRunner:
-    """G with its cache; every input embedding goes through the model's one fusion module."""
+    """G with its cache; every input embedding goes through the model's one fusion module, and
+    the prompt's latents are placed by the model itself (``place_latents``, as in training)."""
 
     def __init__(self, model):
         self.model = model
@@ -72,16 +58,12 @@ class GeneratorRunner:
         self.rho = model.rho().to(self.device)  # fixed during decoding: weights do not change
         self.cache = None
 
-    def _fuse(self, input_ids, latents, latent_mask):
-        embeds = self.embed(input_ids)  # (B, T, d_G)
-        return self.model.fusion(embeds, latents.to(self.device), self.rho, latent_mask)
-
     def prefill(self, input_ids, attention_mask, position_ids, latents) -> torch.Tensor:  # -> (B, V)
-        """``latents`` (B, T, d_R) are R's prefill outputs; G uses them shifted by one."""
+        """``latents`` (B, T, d_R) are R's prefill outputs, placed as the training forward places them."""
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        shifted, latent_mask = shift_latents(latents.to(self.device), attention_mask)
+        embeds = self.model.place_latents(self.embed(input_ids), latents.to(self.device), attention_mask)
         out = self.net(
-            inputs_embeds=self._fuse(input_ids, shifted, latent_mask),
+            inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids.to(self.device),
             use_cache=True,
@@ -92,10 +74,10 @@ class GeneratorRunner:
 
     def step(self, tokens, latent, attention_mask, position_ids) -> torch.Tensor:
         """tokens (B,), latent (B, 1, d_R) from the previous step -> logits (B, V)."""
-        tokens = tokens.to(self.device).unsqueeze(1)
-        ones = torch.ones_like(tokens)
+        tokens = tokens.to(self.device).unsqueeze(1)  # (B, 1)
+        embeds = self.model.fusion(self.embed(tokens), latent.to(self.device), self.rho, torch.ones_like(tokens))
         out = self.net(
-            inputs_embeds=self._fuse(tokens, latent, ones),
+            inputs_embeds=embeds,
             attention_mask=attention_mask.to(self.device),
             position_ids=position_ids.to(self.device),
             **{self.cache_arg: self.cache},

@@ -8,7 +8,7 @@ One protocol for every multi-process backend; a decode is one *job*:
     G -> R   stop
 
 A *link* carries the messages: shared memory and semaphores (shm.py) or torch.distributed
-send/recv (distributed.py). This module only calls the link's methods.
+send/recv (dist_link.py). This module only calls the link's methods.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import torch
 from flythinker.decoding.steps import ReasonerRunner, RowState
 from flythinker.errors import UserError
 
-JOB, LOAD, CLOSE = 0, 1, 2
+JOB, LOAD, CLOSE = 0, 1, 2  # control messages
+STEP, STOP = 1, 0  # the first word of a step message: one more token, or the end of the job
 
 
 def serve_job(runner: ReasonerRunner, input_ids, attention_mask, link) -> None:
@@ -155,7 +156,7 @@ def _worker_main(conn, parent_end, make_link, args) -> None:
         raise SystemExit(1) from None
 
 
-_PRELOAD = ["flythinker.decoding.shm", "flythinker.decoding.distributed"]
+_PRELOAD = ["flythinker.decoding.shm", "flythinker.decoding.dist_link"]
 
 
 def context(start_method: str = "forkserver", preload: list[str] = ()):

@@ -15,41 +15,13 @@ from typing import Annotated
 
 import typer
 
+from flythinker.data.predictions import read_predictions
 from flythinker.errors import UserError
 
 
 def _few(ids) -> str:
     ids = list(ids)
     return ", ".join(repr(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
-
-
-def read_predictions(path: Path) -> dict[str, str]:
-    """``{id: prediction}`` from a JSONL file; bad lines and duplicated ids are UserErrors."""
-    if not path.is_file():
-        raise UserError(f"{path}: predictions file not found")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = e.object[:e.start].count(b"\n") + 1
-        raise UserError(f"{path}: line {line}: not valid UTF-8 "
-                        f"(bad byte 0x{e.object[e.start]:02x})") from None
-    preds, line_of = {}, {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {lineno}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("prediction"), str):
-            raise UserError(f"{path}: line {lineno}: need an object with 'id' and a string 'prediction'")
-        key = str(row["id"])
-        if key in preds:
-            raise UserError(f"{path}: id {key!r} appears twice (lines {line_of[key]} and {lineno})")
-        preds[key], line_of[key] = row["prediction"], lineno
-    if not preds:
-        raise UserError(f"{path}: no predictions")
-    return preds
 
 
 def _read_references(path: Path) -> list[dict]:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-COLUMNS = (("rouge1", "ROUGE-1"), ("rougeL", "ROUGE-L"), ("meteor", "METEOR"), ("bleu", "BLEU"), ("bertscore", "BERTScore"))
+METRIC_LABELS = {"rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "meteor": "METEOR", "bleu": "BLEU", "bertscore": "BERTScore"}
+COLUMNS = tuple(METRIC_LABELS.items())
 
 
-def _num(metric: str, x) -> str:
+def fmt_metric(metric: str, x, bleu_digits: int = 2, missing: str = "–") -> str:
+    """One metric value as the tables print it: BLEU (0–100) with ``bleu_digits`` decimals, the
+    0–1 metrics with 4.
+
+    >>> fmt_metric("bleu", 23.456), fmt_metric("bleu", 23.456, bleu_digits=3), fmt_metric("rougeL", 0.5), fmt_metric("meteor", None)
+    ('23.46', '23.456', '0.5000', '–')
+    """
     if x is None:
-        return "–"
-    return f"{x:.2f}" if metric == "bleu" else f"{x:.4f}"
+        return missing
+    return f"{x:.{bleu_digits}f}" if metric == "bleu" else f"{x:.4f}"
+
 
 
 def model_label(path: str | None) -> str:
@@ -32,16 +40,16 @@ def format_table(metrics: dict, *, max_users: int = 20) -> str:
     header += [f"{name} (n={row['n']})" for name, row in positions.items()]
     lines = ["| metric | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
     for m, name in COLUMNS:
-        cells = [_num(m, metrics.get(m))]
+        cells = [fmt_metric(m, metrics.get(m))]
         if ci:
-            cells.append(f"{_num(m, ci[m]['low'])}–{_num(m, ci[m]['high'])}" if m in ci else "–")
-        cells += [_num(m, row.get(m)) for row in positions.values()]
+            cells.append(f"{fmt_metric(m, ci[m]['low'])}–{fmt_metric(m, ci[m]['high'])}" if m in ci else "–")
+        cells += [fmt_metric(m, row.get(m)) for row in positions.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     users = sorted((metrics.get("by_user") or {}).items(), key=lambda kv: (-kv[1]["n"], kv[0]))
     if users:
         lines += ["", "| user | n | " + " | ".join(name for _, name in COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
         for user, row in users[:max_users]:
-            lines.append(f"| {user} | {row['n']} | " + " | ".join(_num(m, row.get(m)) for m, _ in COLUMNS) + " |")
+            lines.append(f"| {user} | {row['n']} | " + " | ".join(fmt_metric(m, row.get(m)) for m, _ in COLUMNS) + " |")
         if len(users) > max_users:
             lines.append(f"\n({len(users) - max_users} more users in metrics.json)")
     lines += ["", _footnote(metrics)]
@@ -74,10 +82,10 @@ def format_comparison(comparison: dict, name_a: str = "A", name_b: str = "B") ->
         row = comparison["metrics"].get(m)
         if row is None:
             continue
-        diff = ("+" if row["diff"] >= 0 else "") + _num(m, row["diff"])
-        ci = f"{_num(m, row['ci']['low'])} to {_num(m, row['ci']['high'])}" if row["ci"] else "–"
+        diff = ("+" if row["diff"] >= 0 else "") + fmt_metric(m, row["diff"])
+        ci = f"{fmt_metric(m, row['ci']['low'])} to {fmt_metric(m, row['ci']['high'])}" if row["ci"] else "–"
         p = f"{row['p_a_better']:.3f}" if row["p_a_better"] is not None else "–"
-        lines.append(f"| {name} | {_num(m, row['a'])} | {_num(m, row['b'])} | {diff} | {ci} | {p} |")
+        lines.append(f"| {name} | {fmt_metric(m, row['a'])} | {fmt_metric(m, row['b'])} | {diff} | {ci} | {p} |")
     lines += ["", f"A = {name_a}, B = {name_b}. Paired bootstrap over the same {comparison['n']} examples "
               f"({comparison['bootstrap']} resamples); P(A > B) is the fraction of resamples where A scores higher."]
     return "\n".join(lines)

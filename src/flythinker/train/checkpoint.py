@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from flythinker.errors import UserError
+from flythinker.saving import replace_dir, write_model_folder
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -54,18 +55,6 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint of a run, or None."""
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder into place; an old ``dst`` is deleted only after the rename."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -211,58 +200,42 @@ def export_model(accelerator, model, path: Path, tokenizer=None) -> Path | None:
 
     unwrapped = accelerator.unwrap_model(model)
     state = {k: v.detach().cpu() for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar inside the training bar
     try:
-        _write_model(unwrapped, state, tmp, tokenizer)
+        _write_model(unwrapped, state, path, tokenizer)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    replace_dir(tmp, path)
     accelerator.wait_for_everyone()
     return path
 
 
-def _write_model(unwrapped, state: dict, tmp: Path, tokenizer) -> None:
-    from safetensors.torch import save_file
-
-    from flythinker.model import CONFIG_NAME, FUSION_WEIGHTS, FlyThinker
+def _write_model(unwrapped, state: dict, path: Path, tokenizer) -> None:
+    """The gathered state dict as a model folder: LoRA merged, through the one folder writer."""
+    from flythinker.model import FlyThinker
 
     is_flythinker = isinstance(unwrapped, FlyThinker)
+    parts = {}
     for name in ("generator", "reasoner") if is_flythinker else ("generator",):
         lm, sub = getattr(unwrapped, name), _submodule_state(state, name)
         if hasattr(lm, "peft_config"):
             sub, lm = _merge_lora(sub, lm), lm.get_base_model()
-        folder = tmp / name if is_flythinker else tmp
-        lm.save_pretrained(folder, state_dict=sub, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(folder)
-    if is_flythinker:
-        (tmp / CONFIG_NAME).write_text(json.dumps(unwrapped.fusion_config(), indent=2) + "\n")
-        fusion = _submodule_state(state, "fusion")
-        if fusion:
-            save_file({k: v.contiguous() for k, v in fusion.items()}, str(tmp / FUSION_WEIGHTS))
+        parts[name if is_flythinker else ""] = (lm, sub)
+    write_model_folder(path, parts, config=unwrapped.fusion_config() if is_flythinker else None,
+                       fusion_state=_submodule_state(state, "fusion") if is_flythinker else None,
+                       tokenizer=tokenizer, overwrite=True)
 
 
 def load_trained(path: str | os.PathLike, **kwargs):
-    """Load a folder written by :func:`export_model`: a FlyThinker, or the SFT Generator.
+    """The model of a folder written by :func:`export_model`: a FlyThinker, or the SFT Generator
+    itself (``flythinker.auto.load_model`` without wrapping).
 
     >>> model = load_trained("runs/tiny/final")  # doctest: +SKIP
     """
-    from flythinker.model import CONFIG_NAME, FlyThinker
+    from flythinker.auto import load_model
 
-    path = Path(path)
-    if (path / CONFIG_NAME).is_file():
-        return FlyThinker.from_pretrained(path, **kwargs)
-    from transformers import AutoModelForCausalLM
-
-    from flythinker.safe_load import check_model_folder
-
-    check_model_folder(path, "model", kwargs.get("trust_remote_code", False))
-    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True, **kwargs).eval()
+    return load_model(path, wrap_plain=False, **kwargs)[0]
 
 
 def state_fingerprint(model: torch.nn.Module) -> float:

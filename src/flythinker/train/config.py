@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flythinker.errors import UserError
-from flythinker.train.fromdict import ConfigError, apply_overrides, build, suggest
+from flythinker.train.fromdict import ConfigError, apply_overrides, from_dict, suggest
 
-__all__ = ["TrainConfig", "ModelConfig", "ModelSpec", "TinyModel", "LoraSpec", "DataConfig", "OptimConfig",
-           "load_config", "check_paths", "apply_overrides", "build", "ConfigError"]
+__all__ = ["TrainConfig", "ModelConfig", "ModelSpec", "TinyModel", "LoraSpec", "DataConfig", "TrainSettings",
+           "load_config", "check_paths", "apply_overrides", "from_dict", "ConfigError"]
 
 MODES = ("flythinker", "sft")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -217,7 +217,7 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
+class TrainSettings:
     """The recipe (AdamW, warmup + decay, accumulation, clipping, precision) and the run's
     bookkeeping (checkpoints, evaluation, logging)."""
 
@@ -323,7 +323,7 @@ class TrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -350,7 +350,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> TrainCon
         raise UserError(f"{path}: expected a mapping with model/data/train sections")
     raw = apply_overrides(raw, list(overrides))
     try:
-        return build(TrainConfig, raw)
+        return from_dict(TrainConfig, raw)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from flythinker.lm import pad_id
 from flythinker.model import FlyThinker
 
 
@@ -25,7 +26,7 @@ def generation_metrics(model, tokenizer, examples, prompt_cfg, max_new_tokens: i
 
     was_training = model.training
     model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     predictions = []
     for ex in examples:

@@ -5,7 +5,7 @@ every problem is a :class:`UserError` that names the dotted key (``train.lr``), 
 "did you mean" for a misspelt key.
 
     >>> from flythinker.train.config import LoraSpec
-    >>> build(LoraSpec, {"r": "8"}).r
+    >>> from_dict(LoraSpec, {"r": "8"}).r
     8
 """
 
@@ -43,7 +43,7 @@ def _coerce(value, tp, key: str):
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserError(f"{key}: expected a mapping, got {value!r}")
-        return build(tp, value, key + ".")
+        return from_dict(tp, value, key + ".")
     if value is None:
         raise UserError(f"{key}: must not be null")
     if tp is bool:
@@ -76,7 +76,7 @@ def _coerce(value, tp, key: str):
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 
-def build(cls, raw: dict, prefix: str = ""):
+def from_dict(cls, raw: dict, prefix: str = ""):
     """A ``cls`` dataclass from a plain dict; unknown keys and bad values name their key."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -26,68 +26,24 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from flythinker.errors import UserError
-from flythinker.train import build
+from flythinker.lm import pad_id
+from flythinker.train import assemble
 from flythinker.train.checkpoint import (check_same_setup, export_model, latest_checkpoint, load_checkpoint,
                                          read_state, save_checkpoint, state_fingerprint)
 from flythinker.train.config import TrainConfig, check_paths
 from flythinker.train.curves import RunLog, plot_curves
 from flythinker.train.engine import cache_rho, is_sharded, make_accelerator
+from flythinker.train.result import TrainingDiverged, TrainResult
+from flythinker.train.schedule import lr_factor
+
+__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "lr_factor", "train"]
 
 RUN_FILES = ("config.yaml", "log.jsonl", "curves.png", "result.json", "checkpoints", "best", "final")
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns (also written to ``RUN/result.json``)."""
-
-    out_dir: Path
-    final_checkpoint: Path | None
-    """The trained model (FlyThinker folder, or a transformers folder for SFT)."""
-    best_checkpoint: Path | None
-    """The model with the lowest dev loss (None without a dev split)."""
-    last_checkpoint: Path | None
-    """The newest resumable training state."""
-    steps: int
-    losses: list[float] = field(default_factory=list)
-    """Training loss of every logged optimizer step, from step 1 (resumed runs included)."""
-    dev_losses: list[float] = field(default_factory=list)
-    """Dev loss after each epoch."""
-    best_dev_loss: float | None = None
-    train_time_s: float = 0.0
-    """Seconds spent in training steps (evaluation and saving excluded)."""
-    tokens_per_s: float = 0.0
-    """Non-padding tokens per second over all devices."""
-    trainable_parameters: int = 0
-    replica_fingerprints: list[float] | None = None
-    """Per-process weight checksums at the end (equal when DDP replicas are in sync)."""
-
-    def to_json(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
-
-class TrainingDiverged(UserError):
-    """The loss or the gradient norm became NaN/inf; the last good checkpoint is kept."""
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the peak lr before optimizer step ``step`` (0-based): linear warmup, then decay.
-
-    >>> [round(lr_factor(s, 10, 2, "linear", 0.0), 2) for s in (0, 1, 2, 6, 9)]
-    [0.5, 1.0, 1.0, 0.5, 0.12]
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
-    return min_ratio + (1 - min_ratio) * decay
 
 
 class Trainer:
@@ -137,10 +93,10 @@ class Trainer:
         d, t = self.cfg.data, self.cfg.train
         self.prompt_cfg = d.prompt_config()
         if self.train_examples is None:
-            self.train_examples = build.load_split(d, d.train_split, d.limit_train)
+            self.train_examples = assemble.load_split(d, d.train_split, d.limit_train)
         self.train_examples = list(self.train_examples)[: d.limit_train]
         if self.dev_examples is None and t.eval and d.dev_split and d.path is not None:
-            self.dev_examples = build.load_split(d, d.dev_split, d.limit_dev)
+            self.dev_examples = assemble.load_split(d, d.dev_split, d.limit_dev)
         self.dev_examples = list(self.dev_examples or [])[: d.limit_dev] if t.eval else []
         if not self.train_examples:
             raise UserError(f"data: no training examples in {d.path} (split {d.train_split!r})")
@@ -150,13 +106,13 @@ class Trainer:
         tok = self.tokenizer or getattr(self.model, "tokenizer", None)
         if tok is None and self.model is not None:
             raise UserError("train(): pass tokenizer= (the model passed in carries none)")
-        self.tokenizer = tok = tok or build.build_tokenizer(cfg.model, self.train_examples)
-        model = self.model if self.model is not None else build.build_model(cfg.model, tok, seed=cfg.train.seed)
-        model = build.as_trainable(model, cfg.model)
-        build.prepare_for_training(model, cfg.model, cfg.train.gradient_checkpointing)
+        self.tokenizer = tok = tok or assemble.build_tokenizer(cfg.model, self.train_examples)
+        model = self.model if self.model is not None else assemble.build_model(cfg.model, tok, seed=cfg.train.seed)
+        model = assemble.as_trainable(model, cfg.model)
+        assemble.prepare_for_training(model, cfg.model, cfg.train.gradient_checkpointing)
         if is_sharded(acc) and hasattr(model, "cache_rho"):
             cache_rho(model)  # before prepare(): the table is still whole
-        self.n_trainable, n_total = build.count_parameters(model)
+        self.n_trainable, n_total = assemble.count_parameters(model)
         if self.n_trainable == 0:
             raise UserError("nothing to train: every parameter is frozen")
         acc.print(f"model: {type(model).__name__}, {self.n_trainable:,} trainable of {n_total:,} parameters; "
@@ -170,10 +126,9 @@ class Trainer:
         from flythinker.data.prompts import collate
 
         t = self.cfg.train
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        collate_fn = functools.partial(collate, pad_token_id=pad, padding_side="left")
-        train_ds = build.EncodedExamples(self.train_examples, self.tokenizer, self.prompt_cfg)
-        self.sampler = build.EpochSampler(len(train_ds), t.batch_size * self.world * self.ga, t.seed)
+        collate_fn = functools.partial(collate, pad_token_id=pad_id(self.tokenizer), padding_side="left")
+        train_ds = assemble.EncodedExamples(self.train_examples, self.tokenizer, self.prompt_cfg)
+        self.sampler = assemble.EpochSampler(len(train_ds), t.batch_size * self.world * self.ga, t.seed)
         # an own generator: DataLoader iterators would otherwise draw from the global RNG,
         # and a resumed run would then see other dropout masks
         gen = torch.Generator().manual_seed(t.seed)
@@ -182,7 +137,7 @@ class Trainer:
                                    num_workers=workers, persistent_workers=workers > 0, generator=gen)
         self.dev_dl = None
         if self.dev_examples:
-            dev_ds = build.EncodedExamples(self.dev_examples, self.tokenizer, self.prompt_cfg)
+            dev_ds = assemble.EncodedExamples(self.dev_examples, self.tokenizer, self.prompt_cfg)
             self.dev_dl = DataLoader(dev_ds, batch_size=t.batch_size, shuffle=False, collate_fn=collate_fn,
                                      num_workers=workers, persistent_workers=workers > 0, generator=gen)
         self.steps_per_epoch = len(self.sampler) // (t.batch_size * self.world * self.ga)
@@ -331,15 +286,13 @@ class Trainer:
     @torch.no_grad()
     def dev_loss(self) -> tuple[float, int]:
         """Token-weighted cross-entropy over the dev split (each example counted once)."""
+        from flythinker.evaluate.nll import response_nll
+
         acc, model = self.acc, self.model
         model.eval()
         sums, counts = [], []
         for batch in self.dev_dl:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            labels = batch["labels"][:, 1:]  # (B, T-1): token i+1 is predicted at position i
-            ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
-                                                   ignore_index=-100, reduction="none")  # (B, T-1)
-            s, n = acc.gather_for_metrics((ce.sum(1), (labels != -100).sum(1)))
+            s, n = acc.gather_for_metrics(response_nll(model, batch))
             sums.append(s.double().cpu())
             counts.append(n.cpu())
         model.train()

@@ -1,8 +1,11 @@
-"""The reference decoder: R then G at every step, KV caches for both.
+"""The decoding loop that every decoder runs, and its reference Reasoner handles.
 
-Slow on purpose (per-token time T_R + T_G) and simple enough to check by eye; every
-concurrent decoder runs this same loop with R's step moved elsewhere (a thread, a stream, a
-worker process), so they produce its tokens exactly.
+``run_generator`` is the one loop: G's prefill and steps, sampling, EOS and padding. Where R's
+step runs is a *Reasoner handle* passed in: :class:`InlineReasoner` computes it in place (the
+sequential reference, per-token time T_R + T_G, simple enough to check by eye); the concurrent
+decoders pass handles that run it on a thread, a CUDA stream or a worker process, so they
+produce the reference's tokens exactly. :class:`StaticReasoner` (the static-reasoning baseline)
+and :class:`NoReasoner` (λ = 0) are handles of the same loop.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner, RowState
 @torch.no_grad()
 def run_generator(
     model,
-    reasoner,  # a Reasoner handle: InlineReasoner here; ThreadedReasoner, worker.RemoteReasoner, ...
+    reasoner,  # a Reasoner handle: InlineReasoner, StaticReasoner, NoReasoner; ThreadedReasoner, RemoteReasoner
     input_ids: torch.Tensor,  # (B, T) left-padded prompts
     attention_mask: torch.Tensor,  # (B, T)
     max_new_tokens: int,
@@ -71,6 +74,27 @@ class InlineReasoner:
         self.runner.cache = self.z = None
 
 
+class StaticReasoner:
+    """Static reasoning: R reads the prompt once; its last latent z_P is G's latent at every step."""
+
+    def __init__(self, model):
+        self.runner, self.z = ReasonerRunner(model), None
+
+    def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:  # (B, T, d_R)
+        latents = self.runner.prefill(input_ids, attention_mask, position_ids)
+        self.z, self.runner.cache = latents[:, -1:], None  # (B, 1, d_R); R is not run again
+        return latents
+
+    def launch(self, tokens, attention_mask, position_ids) -> None:
+        pass
+
+    def latent(self) -> torch.Tensor:
+        return self.z
+
+    def finish(self) -> None:
+        self.z = None
+
+
 class NoReasoner:
     """λ = 0 is SFT: R is never run; the fusion ignores these zero latents."""
 
@@ -97,7 +121,14 @@ def generate_sequential(
     pad_token_id: int,
     streamer=None,
 ) -> torch.Tensor:  # (B, T_new)
-    reasoner = InlineReasoner(model) if model.lam != 0.0 else NoReasoner()
     return run_generator(
-        model, reasoner, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer
+        model, reference_reasoner(model), input_ids, attention_mask, max_new_tokens, sampling, eos_token_id,
+        pad_token_id, streamer,
     )
+
+
+def reference_reasoner(model):
+    """The in-place Reasoner handle for ``model``: none at λ = 0, static for the static variant."""
+    if model.lam == 0.0:
+        return NoReasoner()
+    return StaticReasoner(model) if model.variant == "static" else InlineReasoner(model)

@@ -15,7 +15,7 @@ The tokenizer (byte-level BPE, :func:`flythinker.data.tokenizer.train_tokenizer`
 the same filtered texts. Output: a standard transformers folder (safetensors + tokenizer) that
 ``model.generator.path`` / ``model.reasoner.path`` of a training config load.
 
-    >>> from flythinker.pretrain import PretrainConfig, pretrain
+    >>> from flythinker.apps.experiment.pretrain import PretrainConfig, pretrain
     >>> pretrain(PretrainConfig(hidden_size=128, num_layers=4, steps=600),
     ...          "../shared/data/gitcommits", "runs/base-128")  # doctest: +SKIP
 """
@@ -144,14 +144,6 @@ def token_blocks(texts: list[str], tokenizer, block_size: int):
     return torch.tensor(ids[: n * block_size], dtype=torch.long).view(n, block_size)  # (N, block)
 
 
-def _lr(step: int, cfg: PretrainConfig) -> float:
-    warm = max(1, cfg.steps // 20)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    t = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def pretrain(cfg: PretrainConfig, data_root: str | Path, out_dir: str | Path, *, tokenizer=None,
              log=print) -> Path:
     """Pre-train one base LM on the filtered corpus; writes ``out_dir`` (model + tokenizer +
@@ -162,10 +154,7 @@ def pretrain(cfg: PretrainConfig, data_root: str | Path, out_dir: str | Path, *,
 
     >>> pretrain(PretrainConfig(steps=10), "../shared/data/gitcommits", "runs/base")  # doctest: +SKIP
     """
-    import torch
-    from transformers import Qwen2ForCausalLM
-
-    from flythinker.qwen2 import qwen2_config
+    from flythinker.tiny import qwen2_config, random_lm
 
     out = Path(out_dir)
     if (out / "pretrain.json").is_file() and (out / "model.safetensors").is_file():
@@ -177,8 +166,27 @@ def pretrain(cfg: PretrainConfig, data_root: str | Path, out_dir: str | Path, *,
     blocks = token_blocks(texts, tokenizer, cfg.block_size)  # (N, block)
     mcfg = qwen2_config(cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, None, len(tokenizer),
                         max_positions=cfg.max_positions, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
-    torch.manual_seed(cfg.seed)
-    model = Qwen2ForCausalLM(mcfg).train()
+    model = random_lm(mcfg, cfg.seed).train()
+    t0 = time.perf_counter()
+    held_loss, last_loss = _fit_blocks(model, blocks, cfg, log)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    info = {"config": asdict(cfg), "corpus": stats, "tokens": int(blocks.numel()), "final_loss": last_loss,
+            "heldout_loss": held_loss, "seconds": time.perf_counter() - t0,
+            "parameters": sum(p.numel() for p in model.parameters())}
+    (out / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")
+    log(f"pretrained {out}: held-out loss {held_loss:.3f}, {info['parameters']:,} parameters")
+    return out
+
+
+def _fit_blocks(model, blocks, cfg: PretrainConfig, log) -> tuple[float, float]:
+    """Plain LM training on token blocks (not prompts and responses, hence not the Trainer), with
+    the Trainer's schedule (``lr_factor``: 5% warmup, cosine to 10%); returns (held-out, last) loss."""
+    import torch
+
+    from flythinker.train.schedule import lr_factor
+
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)
     g = torch.Generator().manual_seed(cfg.seed)
     n_hold = max(cfg.batch_size, len(blocks) // 50)  # 2% of blocks: a held-out loss for the log
@@ -191,7 +199,7 @@ def pretrain(cfg: PretrainConfig, data_root: str | Path, out_dir: str | Path, *,
         batch = train_blocks[order[pos: pos + cfg.batch_size]]  # (B, block)
         pos += cfg.batch_size
         for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg)
+            group["lr"] = cfg.lr * lr_factor(step, cfg.steps, max(1, cfg.steps // 20), "cosine", 0.1)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -205,15 +213,7 @@ def pretrain(cfg: PretrainConfig, data_root: str | Path, out_dir: str | Path, *,
     with torch.no_grad():
         held_loss = sum(model(input_ids=held[i: i + 16], labels=held[i: i + 16]).loss.item()
                         for i in range(0, len(held), 16)) / math.ceil(len(held) / 16)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    info = {"config": asdict(cfg), "corpus": stats, "tokens": int(blocks.numel()), "final_loss": losses[-1],
-            "heldout_loss": held_loss, "seconds": time.perf_counter() - t0,
-            "parameters": sum(p.numel() for p in model.parameters())}
-    (out / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")
-    log(f"pretrained {out}: held-out loss {held_loss:.3f}, {info['parameters']:,} parameters")
-    return out
+    return held_loss, losses[-1]
 
 
 def corpus_tokenizer(texts: list[str], vocab_size: int):

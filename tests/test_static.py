@@ -1,4 +1,4 @@
-"""Baselines: the static-reasoning model (forward == decoder, save/load), think blocks, teacher."""
+"""The static-reasoning variant: forward == the one decoding loop with a static handle, save/load."""
 
 from __future__ import annotations
 
@@ -8,13 +8,9 @@ from torch.testing import assert_close
 
 from tiny_models import left_padded_batch, tiny_causal_lm
 from flythinker import FlyThinker
-from flythinker.baselines import (BASELINES, StaticThinker, get_baseline, last_prompt_index, profile_teacher,
-                                  static_prefill, strip_think, with_reasoning)
-from flythinker.data.longlamp import Example
 from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner
-from flythinker.errors import UserError
-from flythinker.evaluate.metrics import score_examples
-from flythinker.model import positions_from_mask
+from flythinker.lm import positions_from_mask
+from flythinker.static import StaticThinker, last_prompt_index
 
 
 def static_pair(d_g=32, d_r=32, lam=1.0, fusion="prefix"):
@@ -35,11 +31,10 @@ def test_static_forward_equals_static_decoder_step_by_step(d_g, d_r, fusion):
         row_ids, row_mask = ids[b: b + 1, T - n_real[b]:], mask[b: b + 1, T - n_real[b]:]
         p = int(P[b])
         pos = positions_from_mask(row_mask)
-        z = ReasonerRunner(model).prefill(row_ids[:, :p], row_mask[:, :p], pos[:, :p])[:, -1:]
-        g = GeneratorRunner(model)
-        where = torch.zeros(1, p, dtype=torch.long)
-        where[:, -1] = 1
-        steps = [static_prefill(g, row_ids[:, :p], row_mask[:, :p], pos[:, :p], z, where)]
+        latents = ReasonerRunner(model).prefill(row_ids[:, :p], row_mask[:, :p], pos[:, :p])  # (1, p, d_R)
+        z = latents[:, -1:]
+        g = GeneratorRunner(model)  # the loop's prefill places z_P itself (StaticThinker.place_latents)
+        steps = [g.prefill(row_ids[:, :p], row_mask[:, :p], pos[:, :p], latents)]
         for t in range(p, row_ids.shape[1] - 1):
             steps.append(g.step(row_ids[:, t], z, row_mask[:, : t + 1], pos[:, t: t + 1]))
         got = torch.stack(steps, dim=1)  # (1, n - p, V): logits at positions p-1 .. n-2
@@ -86,33 +81,3 @@ def test_static_save_load_remembers_the_variant(tmp_path):
     plain = FlyThinker(tiny_causal_lm(seed=0), tiny_causal_lm(seed=1))
     plain.save_pretrained(tmp_path / "f")
     assert type(FlyThinker.from_pretrained(tmp_path / "f")) is FlyThinker
-
-
-def test_registry_names_and_unknown_name():
-    assert set(BASELINES) == {"nonpers", "rag", "sft", "think_then_generate", "static", "flythinker"}
-    assert get_baseline("nonpers").retrieval == "none" and get_baseline("static").model == "static"
-    with pytest.raises(UserError, match="unknown method"):
-        get_baseline("cot")
-
-
-def test_think_block_is_stripped_before_scoring():
-    ref = "Teach the parser to accept empty lines."
-    pred = "<think>\nOpening: \"Teach the\".\n</think>\nTeach the parser to accept empty lines."
-    assert strip_think(pred) == ref
-    assert score_examples([strip_think(pred)], [ref], bertscore=False).rouge1[0] == 1.0
-    assert score_examples([pred], [ref], bertscore=False).rouge1[0] < 1.0
-    assert strip_think("<think> ran out of tokens") == ""
-    assert strip_think("plain answer") == "plain answer"
-
-
-def test_profile_teacher_reads_the_profile_never_the_output():
-    prof = [{"title": "a", "text": "Teach foo to bar.\n\nThe foo bar was slow."},
-            {"title": "b", "text": "Teach baz the foo bar trick."}]
-    ex = Example("e", "u", "q", "SECRET OUTPUT WORDS", prof, "generic")
-    plan = profile_teacher(ex)
-    assert "SECRET" not in plan and "Teach" in plan and '"foo bar"' in plan
-    assert plan == profile_teacher(Example("e", "u", "q", "other output", prof, "generic"))  # deterministic
-    wrapped = with_reasoning(ex)
-    assert wrapped.output.startswith("<think>\n") and wrapped.output.endswith("</think>\nSECRET OUTPUT WORDS")
-    given = with_reasoning(Example("e", "u", "q", "out", prof, "generic", reasoning="my plan"))
-    assert strip_think(given.output) == "out" and "my plan" in given.output

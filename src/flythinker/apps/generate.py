@@ -11,7 +11,6 @@ greedy or seeded sampling.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import typer
 
+from flythinker.auto import load_model
+from flythinker.data import predictions
 from flythinker.errors import UserError
 
 
@@ -58,52 +59,11 @@ class PredictionStats:
     seconds: float = 0.0
     new_tokens: int = 0  # non-pad generated tokens
     steps: int = 0  # decoding steps (batch columns)
+    last_seconds: float = 0.0  # the latest batch's decoding time
 
     @property
     def ms_per_step(self) -> float:
         return 1000 * self.seconds / max(1, self.steps)
-
-
-def read_done(path: Path) -> dict[str, dict]:
-    """Records already in a predictions file; a torn last line (crash mid-write) is cut off."""
-    if not path.exists():
-        return {}
-    if not path.is_file():
-        raise UserError(f"{path}: not a file (predictions are written to a JSONL file)")
-    raw = path.read_bytes()
-    end = raw.rfind(b"\n") + 1
-    try:
-        text = raw[:end].decode("utf-8")
-    except UnicodeDecodeError as e:  # checked before the cut below: a foreign file stays untouched
-        line = raw[:e.start].count(b"\n") + 1
-        raise UserError(f"{path}: line {line} is not valid UTF-8; "
-                        "not a predictions file (pass another --out)") from None
-    done = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rec = json.loads(line)
-                done[rec["id"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path}: line {n} is not a predictions record") from None
-    if end < len(raw):  # a half-written last line: drop it so appends stay line-aligned
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    return done
-
-
-def encode_records(records: list[dict]) -> bytes:
-    """The bytes of predictions JSONL lines, as written (UTF-8, not ASCII-escaped)."""
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-
-
-def _append(path: Path, records: list[dict]) -> None:
-    # one write per batch, then fsync: a kill leaves whole batches (at worst a torn last line)
-    data = encode_records(records)
-    with open(path, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def part_path(out: Path, rank: int, world_size: int) -> Path:
@@ -133,66 +93,67 @@ def generate_predictions(
     """
     from tqdm.auto import tqdm
 
-    from flythinker.data.prompts import PromptConfig, collate, encode_for_generation
+    from flythinker.data.prompts import PromptConfig
 
     prompt_cfg = prompt_cfg or PromptConfig()
     settings = settings or DecodeSettings()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     path = part_path(out, rank, world_size)
-    done = read_done(path)
     shard = examples[rank::world_size]
+    done = _resumable(path, shard)
+    batches = [shard[i : i + settings.batch_size] for i in range(0, len(shard), settings.batch_size)]
+    stats = PredictionStats(path=path)
+    bar = tqdm(total=len(shard), initial=sum(e.id in done for e in shard), desc=f"generate[{rank}]",
+               disable=not progress, unit="ex")
+    for b, batch in enumerate(batches):
+        if all(e.id in done for e in batch):
+            continue
+        texts, n_tokens = _decode_batch(model, tokenizer, batch, prompt_cfg, settings, seed=settings.seed + b,
+                                        stats=stats)
+        records = [{"id": e.id, "user_id": e.user_id, "prediction": text.strip(), **(extra or {})}
+                   for e, text in zip(batch, texts) if e.id not in done]
+        done.update((r["id"], r) for r in records)
+        predictions.append_records(path, records)
+        bar.update(len(records))
+        bar.set_postfix(tok_s=f"{n_tokens / max(stats.last_seconds, 1e-9):.0f}")
+    bar.close()
+    return stats
+
+
+def _resumable(path: Path, shard: list) -> dict[str, dict]:
+    """The records already in ``path``; refuse a file that holds ids of another dataset."""
+    done = predictions.read_records(path)
     shard_ids = {e.id for e in shard}
     foreign = [i for i in done if i not in shard_ids]
     if foreign:  # resuming into another dataset's file would mix two runs
         raise UserError(f"{path}: holds {len(foreign)} prediction(s) for ids not among the {len(shard)} examples "
                         f"being predicted (e.g. {', '.join(map(repr, foreign[:3]))}); it belongs to another "
                         "dataset, split or --limit: pass another --out")
-    batches = [shard[i : i + settings.batch_size] for i in range(0, len(shard), settings.batch_size)]
+    return done
+
+
+def _decode_batch(model, tokenizer, batch, prompt_cfg, settings: DecodeSettings, seed: int,
+                  stats: "PredictionStats") -> tuple[list[str], int]:
+    """Decode one batch (left-padded prompts); returns its texts and non-pad token count."""
+    from flythinker.data.prompts import collate, encode_for_generation
+
     device = next(model.generator.parameters()).device
-    stats = PredictionStats(path=path)
-    bar = tqdm(total=len(shard), initial=sum(e.id in done for e in shard), desc=f"generate[{rank}]",
-               disable=not progress, unit="ex")
-    for b, batch in enumerate(batches):
-        todo = [e for e in batch if e.id not in done]
-        if not todo:
-            continue
-        feats = [encode_for_generation(e, tokenizer, prompt_cfg) for e in batch]
-        enc = collate(feats, pad_token_id=tokenizer.pad_token_id, padding_side="left")
-        t0 = time.perf_counter()
-        new = model.generate(
-            enc["input_ids"].to(device),
-            attention_mask=enc["attention_mask"].to(device),
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=settings.do_sample,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            top_k=settings.top_k,
-            seed=settings.seed + b,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            mode=settings.mode,
-            backend=settings.backend,
-        )
-        elapsed = time.perf_counter() - t0
-        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        n_tokens = int((new != tokenizer.pad_token_id).sum())
-        stats.seconds += elapsed
-        stats.new_tokens += n_tokens
-        stats.steps += new.shape[1]
-        records = []
-        for e, text in zip(batch, texts):
-            if e.id in done:
-                continue
-            rec = {"id": e.id, "user_id": e.user_id, "prediction": text.strip(), **(extra or {})}
-            records.append(rec)
-            done[e.id] = rec
-        _append(path, records)
-        bar.update(len(records))
-        bar.set_postfix(tok_s=f"{n_tokens / elapsed:.0f}")
-    bar.close()
-    stats.path = path
-    return stats
+    feats = [encode_for_generation(e, tokenizer, prompt_cfg) for e in batch]
+    enc = collate(feats, pad_token_id=tokenizer.pad_token_id, padding_side="left")
+    t0 = time.perf_counter()
+    new = model.generate(
+        enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
+        max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, temperature=settings.temperature,
+        top_p=settings.top_p, top_k=settings.top_k, seed=seed, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, mode=settings.mode, backend=settings.backend,
+    )  # (B, T_new)
+    stats.last_seconds = time.perf_counter() - t0
+    n_tokens = int((new != tokenizer.pad_token_id).sum())
+    stats.seconds += stats.last_seconds
+    stats.new_tokens += n_tokens
+    stats.steps += new.shape[1]
+    return tokenizer.batch_decode(new, skip_special_tokens=True), n_tokens
 
 
 def merge_parts(out: str | Path, examples: list, world_size: int) -> Path:
@@ -201,7 +162,7 @@ def merge_parts(out: str | Path, examples: list, world_size: int) -> Path:
     records: dict[str, dict] = {}
     for rank in range(world_size):
         part = part_path(out, rank, world_size)
-        for rid, rec in read_done(part).items():
+        for rid, rec in predictions.read_records(part).items():
             if rid in records:
                 raise RuntimeError(f"id {rid!r} was written by two processes")
             records[rid] = rec
@@ -211,47 +172,10 @@ def merge_parts(out: str | Path, examples: list, world_size: int) -> Path:
     extra = set(records) - {e.id for e in examples}
     if extra:
         raise RuntimeError(f"{len(extra)} predictions match no example (e.g. {sorted(extra)[:3]})")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(records[e.id], ensure_ascii=False) + "\n" for e in examples))
-    os.replace(tmp, out)
+    predictions.write_records(out, [records[e.id] for e in examples])
     for rank in range(world_size):
         part_path(out, rank, world_size).unlink()
     return out
-
-
-def load_for_inference(path: str | Path, dtype=None, device=None, trust_remote_code: bool = False):
-    """A FlyThinker folder, or a plain causal-LM folder (an SFT model: wrapped with λ = 0).
-
-    Returns ``(model, tokenizer)``; local files only.
-    """
-    from transformers import AutoModelForCausalLM
-
-    from flythinker.model import CONFIG_NAME, FlyThinker, load_tokenizer_folder
-    from flythinker.safe_load import check_model_folder, first_line, load_errors
-
-    path = Path(path)
-    if (path / CONFIG_NAME).is_file():
-        model = FlyThinker.from_pretrained(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        tok = model.tokenizer
-    elif (check_model_folder(path, "--model", trust_remote_code) / "config.json").is_file():
-        kw = dict(local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code)
-        if dtype is not None:
-            kw["dtype"] = dtype
-        try:
-            g = AutoModelForCausalLM.from_pretrained(path, **kw)
-        except load_errors() as e:
-            raise UserError(f"{path}: cannot load the model ({first_line(e)})") from None
-        tok = load_tokenizer_folder(path, trust_remote_code)
-        model = FlyThinker(generator=g, reasoner=g, lam=0.0, generator_tokenizer=tok, reasoner_tokenizer=tok)
-        if device is not None:
-            model.to(device)
-    else:
-        raise UserError(f"{path}: neither a FlyThinker folder ({CONFIG_NAME}) nor a transformers model (config.json)")
-    if tok is None:
-        raise UserError(f"{path}: no tokenizer saved with the model")
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return model.eval(), tok
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -300,7 +224,7 @@ def generate_command(
     device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    net, tok = load_for_inference(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    net, tok = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     stats = generate_predictions(net, tok, examples, out, prompt_cfg=prompt_cfg, settings=settings,
                                  rank=rank, world_size=world)
     if world > 1:

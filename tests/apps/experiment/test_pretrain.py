@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 
-from flythinker.pretrain import author_user_id, example_id, filtered_corpus, held_out
+from flythinker.apps.experiment.pretrain import author_user_id, example_id, filtered_corpus, held_out
 
 
 def test_corpus_excludes_eval_outputs_and_heldout_authors(gitcommits):

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from flythinker.bench_decode import DecodeBenchConfig, random_pair, run_decode_bench
-from flythinker.qwen2 import qwen2_config
+from tiny_models import ROOT
+from flythinker.apps.bench.decode import DecodeBenchConfig, run_decode_bench
+from flythinker.tiny import qwen2_config, random_pair
 from flythinker.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, vocab=97, prompt=6, new=5,
             think_tokens=3, repeats=2, throughput_batch=3)
 
@@ -100,7 +100,7 @@ def test_gpu_script_fails_clearly_without_cuda():
 
 def test_reasoner_alone_runs_the_prefill_and_one_step_per_later_token():
     from tiny_models import left_padded_batch, tiny_pair
-    from flythinker.bench_decode import reasoner_alone
+    from flythinker.apps.bench.decode import reasoner_alone
 
     model = tiny_pair()
     calls = []

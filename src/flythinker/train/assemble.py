@@ -1,4 +1,4 @@
-"""Everything a run is made of, built from a :class:`TrainConfig`: tokenizer, models, data.
+"""Everything a run is made of, assembled from a :class:`TrainConfig`: tokenizer, models, data.
 
 Models come from local folders only (``local_files_only``, safetensors), or are ``tiny``
 random Qwen2s built from numbers so that the whole recipe runs on a laptop.
@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from flythinker import loading
 from flythinker.errors import UserError
-from flythinker.model import FlyThinker, positions_from_mask
+from flythinker.lm import pad_id, positions_from_mask
+from flythinker.model import FlyThinker
 from flythinker.train.config import DataConfig, ModelConfig, ModelSpec
 
 
@@ -61,57 +63,33 @@ def build_tokenizer(cfg: ModelConfig, train_examples):
         from flythinker.data.tokenizer import train_tokenizer
 
         return train_tokenizer(corpus_texts(train_examples), vocab_size=cfg.tokenizer_vocab_size)
-    from flythinker.model import load_tokenizer_folder
-
     folder = cfg.tokenizer or cfg.generator.path
     try:
-        tok = load_tokenizer_folder(folder, trust_remote_code=cfg.generator.trust_remote_code)
+        tok = loading.load_tokenizer(folder, trust_remote_code=cfg.generator.trust_remote_code)
     except (OSError, ValueError) as e:  # UserError included: name the config key
         raise UserError(f"model.tokenizer: cannot load a tokenizer from {folder} ({str(e).splitlines()[0]})") from None
-    if tok.pad_token_id is None:  # Llama-style tokenizers ship without one; padding is masked anyway
-        tok.pad_token = tok.eos_token
+    pad_id(tok)
     return tok
 
 
 # --- models --------------------------------------------------------------------------------------
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-
-
 def tiny_causal_lm(spec: ModelSpec, tokenizer, seed: int) -> nn.Module:
     """A random Qwen2ForCausalLM sized by ``spec.tiny``, its vocabulary the tokenizer's."""
-    from transformers import Qwen2ForCausalLM
-
-    from flythinker.qwen2 import qwen2_config
+    from flythinker.tiny import qwen2_config, random_lm
 
     t = spec.tiny
     cfg = qwen2_config(t.hidden_size, t.num_layers, t.num_heads, t.num_kv_heads, t.intermediate_size, len(tokenizer),
                        t.tie_embeddings, max_positions=t.max_positions, eos=tokenizer.eos_token_id,
-                       pad=tokenizer.pad_token_id, bos=tokenizer.bos_token_id)
-    if spec.attn_implementation:
-        cfg._attn_implementation = spec.attn_implementation
-    with torch.random.fork_rng(devices=[]):  # init must not disturb the run's RNG stream
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(cfg)
-    dtype = _DTYPES[spec.dtype]
-    return model.to(dtype) if dtype != "auto" else model
+                       pad=tokenizer.pad_token_id, bos=tokenizer.bos_token_id, attn=spec.attn_implementation)
+    dtype = loading.as_dtype(spec.dtype)
+    return random_lm(cfg, seed, dtype=None if dtype == "auto" else dtype, keep_rng=True)  # the run's RNG untouched
 
 
 def load_causal_lm(spec: ModelSpec, key: str) -> nn.Module:
-    """``AutoModelForCausalLM`` from a local folder (safetensors only, nothing downloaded)."""
-    from transformers import AutoModelForCausalLM
-
-    from flythinker.safe_load import check_model_folder, first_line, load_errors
-
-    check_model_folder(spec.path, f"{key}.path", spec.trust_remote_code)
-    kw = dict(local_files_only=True, use_safetensors=True, trust_remote_code=spec.trust_remote_code,
-              dtype=_DTYPES[spec.dtype])
-    if spec.attn_implementation:
-        kw["attn_implementation"] = spec.attn_implementation
-    try:
-        return AutoModelForCausalLM.from_pretrained(spec.path, **kw)
-    except load_errors() as e:  # a truncated or corrupted weights file, a garbled config
-        raise UserError(f"{key}.path: cannot load {spec.path} ({first_line(e)})") from None
+    """The local folder of a ``ModelSpec``, through the one loader (``flythinker.loading``)."""
+    return loading.load_causal_lm(spec.path, f"{key}.path", dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
+                                  attn_implementation=spec.attn_implementation)
 
 
 def _causal_lm(spec: ModelSpec, tokenizer, seed: int, key: str) -> nn.Module:
@@ -129,9 +107,7 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> nn.Module:
     reasoner = _causal_lm(cfg.reasoner, tokenizer, seed + 1, "model.reasoner")
     r_tok = tokenizer  # a reasoner folder with its own tokenizer must share the generator's vocabulary
     if cfg.reasoner.path is not None and (Path(cfg.reasoner.path) / "tokenizer.json").is_file():
-        from flythinker.model import load_tokenizer_folder
-
-        r_tok = load_tokenizer_folder(cfg.reasoner.path, trust_remote_code=cfg.reasoner.trust_remote_code)
+        r_tok = loading.load_tokenizer(cfg.reasoner.path, trust_remote_code=cfg.reasoner.trust_remote_code)
     try:
         return FlyThinker(generator, reasoner, lam=cfg.lam, fusion=cfg.fusion,
                           generator_tokenizer=tokenizer, reasoner_tokenizer=r_tok)

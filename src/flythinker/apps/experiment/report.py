@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from flythinker.apps.experiment.cells import cell_latents
+from flythinker.apps.experiment.config import ExperimentConfig, cell_dir
 from flythinker.errors import UserError
-from flythinker.experiment import ExperimentConfig, cell_dir, cell_latents
-
-METRIC_LABELS = {"rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "meteor": "METEOR", "bleu": "BLEU", "bertscore": "BERTScore"}
+from flythinker.evaluate.report import METRIC_LABELS, fmt_metric
 
 
 def pooled_scores(folders: list[Path]):
@@ -44,7 +44,7 @@ def collect(exp: ExperimentConfig) -> dict:
 
 
 def _fmt(metric: str, x: float | None) -> str:
-    return "–" if x is None else (f"{x:.3f}" if metric == "bleu" else f"{x:.4f}")  # BLEU is 0-100
+    return fmt_metric(metric, x, bleu_digits=3)  # BLEU (0-100) with 3 decimals in these tables
 
 
 def write_report(exp: ExperimentConfig) -> Path:

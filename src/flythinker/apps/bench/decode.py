@@ -30,8 +30,9 @@ from pathlib import Path
 
 import typer
 
+from flythinker.apps.bench.machine import all_threads, loadavg, machine_info
 from flythinker.errors import UserError
-from flythinker.qwen2 import qwen2_config
+from flythinker.tiny import qwen2_config, random_pair
 
 TARGETS = {  # ratio: bound (batch 1 unless said otherwise)
     "concurrent_over_max_single": 1.05,
@@ -74,21 +75,6 @@ class DecodeBenchConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         if self.think_tokens < 0:
             raise UserError(f"--think-tokens must be ≥ 0, got {self.think_tokens}")
-
-
-def random_pair(g_config, r_config, lam: float, device="cpu", dtype=None, seed: int = 0):
-    """FlyThinker over two randomly initialised Qwen2 models, built directly on ``device``."""
-    import torch
-    from transformers import Qwen2ForCausalLM
-
-    from flythinker import FlyThinker
-
-    models = []
-    for i, cfg in enumerate((g_config, r_config)):
-        torch.manual_seed(seed + i)
-        with torch.device(device):
-            models.append(Qwen2ForCausalLM._from_config(cfg, dtype=dtype or torch.float32).eval())
-    return FlyThinker(generator=models[0], reasoner=models[1], lam=lam).eval()
 
 
 def n_params(module) -> int:
@@ -163,8 +149,8 @@ def _runs(model, sft, cfg: DecodeBenchConfig, decoders: dict, on_cpu: bool) -> d
         "reasoner": (per_model, lambda ids, mask, new: reasoner_alone(model, ids, mask, new)),
         "sequential": (per_model, lambda ids, mask, new: model.generate(ids, mask, max_new_tokens=new, **eos)),
     }
-    if on_cpu and per_model < _all_threads():
-        runs["sequential_all_threads"] = (_all_threads(), runs["sequential"][1])
+    if on_cpu and per_model < all_threads():
+        runs["sequential_all_threads"] = (all_threads(), runs["sequential"][1])
     for name, dec in decoders.items():  # a decoder sets its own threads
         runs[f"concurrent_{name}"] = (None, lambda ids, mask, new, dec=dec: dec.generate(ids, mask, max_new_tokens=new, **eos))
     k = cfg.think_tokens
@@ -173,23 +159,8 @@ def _runs(model, sft, cfg: DecodeBenchConfig, decoders: dict, on_cpu: bool) -> d
     return runs
 
 
-def _all_threads() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _loadavg() -> str | None:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return None
-
-
 def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", log=print) -> dict:
     """Time every decoder on ``model`` (default: the random ≈40M pair); returns the JSON dict."""
-    import platform
-
     import torch
 
     from flythinker import FlyThinker
@@ -211,11 +182,9 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
               torch.ones(b, cfg.prompt, dtype=torch.long, device=device))
         for key, b in batches.items()
     }
-    result = {"settings": asdict(cfg), "device": device, "loadavg_start": _loadavg(), "backends": backends,
-              "machine": {"cpus": _all_threads(), "torch": torch.__version__, "python": platform.python_version(),
-                          "processor": platform.processor() or platform.machine()},
-              "params": {"generator": n_params(model.generator), "reasoner": n_params(model.reasoner)},
-              "startup_s": {}}
+    result = {"settings": asdict(cfg), "device": device, "loadavg_start": loadavg(), "backends": backends,
+              "machine": machine_info(), "startup_s": {},
+              "params": {"generator": n_params(model.generator), "reasoner": n_params(model.reasoner)}}
     decoders = {}
     try:
         for name in backends:
@@ -225,28 +194,34 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
         runs = _runs(model, sft, cfg, decoders, on_cpu)
         keep = set(cfg.only) | {"generator", "reasoner", "sequential"} | {f"concurrent_{b}" for b in backends}
         runs = {name: run for name, run in runs.items() if not cfg.only or name in keep}
-        times = {name: {key: [] for key in batches} for name in runs}
-        outputs = {key: {} for key in batches}
-        for rep in range(-1, cfg.repeats):  # repeat -1 is the warm-up, with a few tokens
-            new = cfg.new if rep >= 0 else min(4, cfg.new)
-            for name, (threads, fn) in runs.items():
-                for key, (ids, mask) in inputs.items():
-                    log(f"repeat {rep + 1}/{cfg.repeats}  {name}  batch {ids.shape[0]}" if rep >= 0 else
-                        f"warm-up  {name}  batch {ids.shape[0]}")
-                    with _threads(threads):
-                        _sync(device)
-                        t0 = time.perf_counter()
-                        out = fn(ids, mask, new)
-                        _sync(device)
-                        times[name][key].append(time.perf_counter() - t0)
-                    if rep == 0 and out is not None:
-                        outputs[key][name] = out.cpu()
+        times, outputs = _time_runs(runs, inputs, cfg, device, log)
         result.update(_summarise(cfg, times, outputs, batches))
     finally:
         for dec in decoders.values():
             dec.close()
-    result["loadavg_end"] = _loadavg()
+    result["loadavg_end"] = loadavg()
     return result
+
+
+def _time_runs(runs: dict, inputs: dict, cfg: DecodeBenchConfig, device, log) -> tuple[dict, dict]:
+    """Interleaved repeats of every run at every batch: seconds, and the first repeat's tokens."""
+    times = {name: {key: [] for key in inputs} for name in runs}
+    outputs = {key: {} for key in inputs}
+    for rep in range(-1, cfg.repeats):  # repeat -1 is the warm-up, with a few tokens
+        new = cfg.new if rep >= 0 else min(4, cfg.new)
+        for name, (threads, fn) in runs.items():
+            for key, (ids, mask) in inputs.items():
+                log(f"repeat {rep + 1}/{cfg.repeats}  {name}  batch {ids.shape[0]}" if rep >= 0 else
+                    f"warm-up  {name}  batch {ids.shape[0]}")
+                with _threads(threads):
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    out = fn(ids, mask, new)
+                    _sync(device)
+                    times[name][key].append(time.perf_counter() - t0)
+                if rep == 0 and out is not None:
+                    outputs[key][name] = out.cpu()
+    return times, outputs
 
 
 def _sync(device) -> None:

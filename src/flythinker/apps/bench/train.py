@@ -26,6 +26,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from flythinker.apps.bench.machine import loadavg
 
 CONFIGS = ("sft_generator", "sft_reasoner", "flythinker")
 TARGET = 1.05  # FlyThinker step ≤ TARGET × (SFT(G) step + SFT(R) step)
@@ -55,23 +60,19 @@ def _device(cfg: BenchConfig) -> str:
 
 
 def _lm(cfg: BenchConfig, seed: int):
-    import torch
-    from transformers import Qwen2ForCausalLM
+    from flythinker.tiny import qwen2_config, random_lm
 
-    from flythinker.qwen2 import qwen2_config
-
-    torch.manual_seed(seed)
     qcfg = qwen2_config(cfg.hidden, cfg.layers, max(1, cfg.hidden // 64), max(1, cfg.hidden // 128), None, cfg.vocab,
                         tie=False, max_positions=max(512, cfg.seq_len), eos=1, pad=0)
-    return Qwen2ForCausalLM(qcfg)
+    return random_lm(qcfg, seed)
 
 
-def build(name: str, cfg: BenchConfig):
+def make_configuration(name: str, cfg: BenchConfig):
     """(model, optimizer) for one configuration, set up as the trainer sets it up."""
     import torch
 
     from flythinker.model import FlyThinker
-    from flythinker.train.build import SFTModel, prepare_for_training
+    from flythinker.train.assemble import SFTModel, prepare_for_training
     from flythinker.train.config import ModelConfig
 
     g, r = _lm(cfg, cfg.seed), _lm(cfg, cfg.seed + 1)
@@ -111,7 +112,7 @@ def train_step(model, opt, batch) -> float:
 def time_steps(cfg: BenchConfig) -> dict[str, list[float]]:
     """Seconds per step of every configuration, ``repeats`` each, interleaved."""
     batch = make_batch(cfg)
-    setups = {name: build(name, cfg) for name in CONFIGS}
+    setups = {name: make_configuration(name, cfg) for name in CONFIGS}
     for name, (model, opt) in setups.items():
         for _ in range(cfg.warmup):
             train_step(model, opt, batch)
@@ -149,7 +150,7 @@ def measure_memory(name: str, cfg: BenchConfig) -> int:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        model, opt = build(name, cfg)
+        model, opt = make_configuration(name, cfg)
         batch = make_batch(cfg)
         for _ in range(cfg.warmup + 2):
             train_step(model, opt, batch)
@@ -157,7 +158,7 @@ def measure_memory(name: str, cfg: BenchConfig) -> int:
         del model, opt
         return peak
     base = _peak_rss_bytes()  # torch + transformers imported, nothing built yet
-    model, opt = build(name, cfg)
+    model, opt = make_configuration(name, cfg)
     batch = make_batch(cfg)
     for _ in range(cfg.warmup + 2):
         train_step(model, opt, batch)
@@ -165,7 +166,7 @@ def measure_memory(name: str, cfg: BenchConfig) -> int:
 
 
 def _memory_in_fresh_process(name: str, cfg: BenchConfig) -> int:
-    cmd = [sys.executable, "-m", "flythinker.train.bench", name, json.dumps(asdict(cfg))]
+    cmd = [sys.executable, "-m", "flythinker.apps.bench.train", name, json.dumps(asdict(cfg))]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -174,14 +175,14 @@ def run_bench(cfg: BenchConfig) -> dict:
     """Time and measure the three configurations; returns the JSON-able result."""
     import torch
 
-    from flythinker.train.build import count_parameters
+    from flythinker.train.assemble import count_parameters
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg)
     params = {}
     for name in CONFIGS:
-        model, _ = build(name, cfg)
+        model, _ = make_configuration(name, cfg)
         params[name] = dict(zip(("trainable", "total"), count_parameters(model)))
         del model
     times = time_steps(cfg)
@@ -200,15 +201,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         "memory_method": None if memory is None else ("cuda.max_memory_allocated" if device.startswith("cuda")
                                                       else "peak RSS growth (VmHWM), fresh process per config"),
         "flythinker_over_sum": ratio, "target": TARGET, "meets_target": ratio <= TARGET,
-        "loadavg": _loadavg(),
+        "loadavg": loadavg(),
     }
-
-
-def _loadavg() -> str | None:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return None
 
 
 def print_table(result: dict) -> None:
@@ -238,6 +232,30 @@ def write_json(result: dict, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def bench_train_command(
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    hidden: Annotated[int, typer.Option(help="Hidden size of G and R.")] = 256,
+    layers: Annotated[int, typer.Option(help="Decoder layers of G and R.")] = 6,
+    vocab: Annotated[int, typer.Option(help="Vocabulary size.")] = 4096,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 4,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence (half prompt, half response).")] = 256,
+    repeats: Annotated[int, typer.Option(help="Timed steps per configuration (interleaved).")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed steps per configuration first.")] = 2,
+    memory: Annotated[bool, typer.Option(help="Measure peak memory (one fresh process per configuration on CPU).")] = True,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+) -> None:
+    """Step time and peak memory of SFT(G), SFT(R) and FlyThinker(G+R), same data and batch."""
+    cfg = BenchConfig(hidden=hidden, layers=layers, vocab=vocab, batch_size=batch_size, seq_len=seq_len,
+                      repeats=repeats, warmup=warmup, memory=memory, device=device,
+                      threads=threads)
+    result = run_bench(cfg)
+    print_table(result)
+    if json_path is not None:
+        write_json(result, json_path)
+        print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":  # child process of the CPU memory measurement: NAME CONFIG_JSON

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from flythinker.baselines import BASELINES
+from tiny_models import ROOT
+from flythinker.apps.experiment.methods import BASELINES
 from flythinker.errors import UserError
-from flythinker.experiment import cell_dir, cell_train_config, load_experiment, run_experiment
+from flythinker.apps.experiment.cells import cell_train_config
+from flythinker.apps.experiment.config import cell_dir, load_experiment
+from flythinker.apps.experiment.run import run_experiment
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "src" / "flythinker" / "configs" / "experiment_tiny.yaml"
 
 
@@ -83,7 +85,8 @@ def test_latent_diagnostics_agree_with_the_model(saved_tiny_model, gitcommits):
     from flythinker import FlyThinker
     from flythinker.data.longlamp import load_examples
     from flythinker.data.prompts import PromptConfig
-    from flythinker.experiment import latent_diagnostics, teacher_forced_nll
+    from flythinker.evaluate.diagnostics import latent_diagnostics
+    from flythinker.evaluate.nll import mean_nll as teacher_forced_nll
 
     model = FlyThinker.from_pretrained(saved_tiny_model)
     tok = model.tokenizer

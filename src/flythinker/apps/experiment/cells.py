@@ -1,0 +1,146 @@
+"""One cell of the experiment: fine-tune a method on a split with a seed, generate the test split,
+score it, measure NLL and latent diagnostics; a cell with ``metrics.json`` is finished."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from flythinker.apps.experiment.config import CellGroup, ExperimentConfig, cell_dir
+from flythinker.apps.experiment.methods import get_baseline, strip_think, with_reasoning
+from flythinker.auto import load_model
+from flythinker.evaluate.nll import mean_nll
+
+
+def cell_train_config(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bases: dict[str, Path]):
+    """The TrainConfig of one cell: the shared recipe + the method's settings + the row's overrides."""
+    from flythinker.train.config import TrainConfig, apply_overrides, from_dict
+
+    b = get_baseline(group.method)
+    raw = copy.deepcopy(exp.train)
+    model = raw.setdefault("model", {})
+    model["mode"] = "sft" if b.model == "sft" else "flythinker"
+    model["generator"] = {**model.get("generator", {}), "path": str(bases[exp.generator])}
+    model["reasoner"] = {**model.get("reasoner", {}), "path": str(bases[group.reasoner or exp.reasoner])}
+    model["tokenizer"] = str(bases[exp.generator])
+    data = raw.setdefault("data", {})
+    data["path"] = str(Path(exp.data) / split)
+    prompt = data.setdefault("prompt", {})
+    if b.retrieval is not None:
+        prompt["retrieval"] = b.retrieval
+    if b.think:
+        prompt["target_tokens"] = prompt.get("target_tokens", 1000) + exp.think_extra_tokens
+    t = raw.setdefault("train", {})
+    t.update(seed=seed, eval=False, resume=True, overwrite=False)
+    raw = apply_overrides(raw, list(group.set))
+    return from_dict(TrainConfig, raw)
+
+
+def build_cell_model(cfg, method: str, tokenizer):
+    """G alone (sft-style methods), a FlyThinker or a StaticThinker, from the base folders."""
+    from flythinker.model import FlyThinker
+    from flythinker.static import StaticThinker
+    from flythinker.train.assemble import load_causal_lm
+
+    g = load_causal_lm(cfg.model.generator, "model.generator")
+    kind = get_baseline(method).model
+    if kind == "sft":
+        return g
+    r = load_causal_lm(cfg.model.reasoner, "model.reasoner")
+    cls = StaticThinker if kind == "static" else FlyThinker
+    return cls(g, r, lam=cfg.model.lam, fusion=cfg.model.fusion, generator_tokenizer=tokenizer,
+               reasoner_tokenizer=tokenizer)
+
+
+def cell_latents(exp: ExperimentConfig, group: CellGroup, split: str, seed: int) -> dict | None:
+    """:func:`latent_diagnostics` of a finished FlyThinker cell on its test split (cached in
+    ``latents.json``); None for other methods or unfinished cells."""
+    out = cell_dir(exp, group, split, seed)
+    if get_baseline(group.method).model != "flythinker" or not (out / "train" / "final").is_dir():
+        return None
+    if not (out / "latents.json").is_file():
+        from flythinker.data.longlamp import load_examples
+        from flythinker.evaluate.diagnostics import latent_diagnostics
+
+        model, tok = load_model(out / "train" / "final")
+        exs = load_examples(Path(exp.data) / split, split="test", limit=exp.limit_eval)
+        prompt_cfg = cell_train_config(exp, group, split, seed, {k: Path(k) for k in exp.bases}).data.prompt_config()
+        (out / "latents.json").write_text(json.dumps(latent_diagnostics(model, tok, exs, prompt_cfg), indent=2) + "\n")
+    return json.loads((out / "latents.json").read_text())
+
+
+def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bases: dict[str, Path], log=print) -> Path:
+    """Train, predict, score one cell; returns its folder (skips a finished one)."""
+    from flythinker.apps.generate import DecodeSettings, generate_predictions
+    from flythinker.data.longlamp import load_examples
+
+    out = cell_dir(exp, group, split, seed)
+    if (out / "metrics.json").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    b = get_baseline(group.method)
+    cfg = cell_train_config(exp, group, split, seed, bases)
+    prompt_cfg = cfg.data.prompt_config()
+    folder = Path(exp.data) / split
+    train_exs = load_examples(folder, split="train", limit=exp.limit_train)
+    dev_exs = load_examples(folder, split="dev", limit=exp.limit_eval)
+    test_exs = load_examples(folder, split="test", limit=exp.limit_eval)
+    train_s = _train_cell(cfg, group, [with_reasoning(e) for e in train_exs] if b.think else train_exs, out)
+    model, tok = load_model(out / "train" / "final")
+    # NLL of the references (response tokens only): a think model is scored on the plan too,
+    # so its NLL is not comparable and left out
+    nll = {} if b.think else {f"{name}_nll": mean_nll(model, tok, exs, prompt_cfg)
+                              for name, exs in (("dev", dev_exs), ("test", test_exs))}
+    settings = DecodeSettings(**{**exp.decode, "seed": 1000 * seed})
+    if b.think:
+        settings.max_new_tokens += exp.think_extra_tokens
+    stats = generate_predictions(model, tok, test_exs, out / "predictions.jsonl", prompt_cfg=prompt_cfg,
+                                 settings=settings, progress=False)
+    metrics = score_cell(exp, out, test_exs, think=b.think, seed=seed)
+    metrics.update(nll, name=group.name, method=group.method, split=split, seed=seed, train_s=train_s,
+                   decode_ms_per_step=stats.ms_per_step or None)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    cell_latents(exp, group, split, seed)
+    log(f"[{split}/{group.name}/seed{seed}] " + " ".join(
+        f"{k}={metrics[k]:.4g}" for k in ("rougeL", "meteor", "bleu", "test_nll") if metrics.get(k) is not None))
+    return out
+
+
+def _train_cell(cfg, group: CellGroup, train_exs, out: Path) -> float:
+    """Fine-tune the cell's model unless ``out/train/final`` exists; returns the seconds spent."""
+    from flythinker.train.assemble import build_tokenizer
+    from flythinker.train.trainer import train
+
+    t0 = time.perf_counter()
+    if not (out / "train" / "final").is_dir():
+        tok = build_tokenizer(cfg.model, train_exs)
+        train(cfg, out / "train", model=build_cell_model(cfg, group.method, tok), tokenizer=tok,
+              train_examples=train_exs)
+    return time.perf_counter() - t0
+
+
+def score_cell(exp: ExperimentConfig, out: Path, test_exs, think: bool, seed: int) -> dict:
+    """Score ``out/predictions.jsonl``: the metrics dict (CIs, by position) and ``out/scores.npz``."""
+    import numpy as np
+
+    from flythinker.data.predictions import read_predictions
+    from flythinker.evaluate.metrics import metrics_from_scores, score_examples, summarize
+
+    by_id = read_predictions(out / "predictions.jsonl")
+    raw_preds = [by_id[e.id] for e in test_exs]
+    preds = [strip_think(p) for p in raw_preds] if think else raw_preds
+    refs = [e.output for e in test_exs]
+    scores = score_examples(preds, refs, bertscore=exp.bertscore)
+    np.savez(out / "scores.npz", ids=np.array([e.id for e in test_exs]), rouge1=scores.rouge1, rougeL=scores.rougeL,
+             meteor=scores.meteor, bleu_stats=scores.bleu_stats,
+             **({"bertscore": scores.bertscore} if scores.bertscore is not None else {}))
+    # by position without BERTScore (re-encoding every segment costs more than the whole cell's scoring)
+    metrics = metrics_from_scores(replace(scores, bertscore=None), preds, refs, bootstrap=0)
+    metrics.update(summarize(scores, bootstrap=exp.bootstrap, seed=seed))
+    metrics.pop("by_user", None)
+    metrics.update(mean_words=float(np.mean([len(p.split()) for p in preds])),
+                   think_closed=(float(np.mean(["</think>" in p for p in raw_preds])) if think else None))
+    return metrics

@@ -1,0 +1,72 @@
+"""``flythinker experiment CONFIG``: the paper's comparison as one resumable matrix.
+
+A run (1) pre-trains the base LMs on the corpus (:mod:`.pretrain`), (2) fine-tunes
+every cell — a method (:mod:`.methods`) on a split with a seed — with the one trainer
+(:func:`flythinker.train.trainer.train`), (3) generates the test split (paper sampling: T 0.8,
+top-p 0.95), (4) scores it (ROUGE-1/L, METEOR, BLEU, BERTScore, by position, teacher-forced
+NLL on dev and test) and (5) writes ``OUT/results.md``, ``OUT/results.json`` and
+``OUT/results.png`` (:mod:`.report`): methods × metrics × splits,
+seed-averaged, with bootstrap CIs and paired comparisons (e.g. FlyThinker − SFT).
+
+Every cell lives in ``OUT/cells/SPLIT/NAME/seedS/`` (:mod:`.cells`; the matrix is :mod:`.config`);
+a cell with ``metrics.json`` is finished and skipped, an interrupted one resumes (trainer
+checkpoints, appended predictions).
+
+    flythinker experiment src/flythinker/configs/experiment_gitcommits.yaml
+    flythinker experiment src/flythinker/configs/experiment_tiny.yaml --only sft,flythinker
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+from flythinker.apps.experiment.cells import run_cell
+from flythinker.apps.experiment.config import ExperimentConfig, cell_dir, load_experiment
+from flythinker.apps.experiment.report import write_report
+from flythinker.errors import UserError
+
+
+def run_experiment(exp: ExperimentConfig, only: list[str] | None = None, log=print) -> Path:
+    """Pre-train the bases, run every unfinished cell, write the report; returns OUT/results.md.
+
+    >>> run_experiment(load_experiment("src/flythinker/configs/experiment_tiny.yaml"))  # doctest: +SKIP
+    """
+    import logging
+
+    from flythinker.apps.experiment.pretrain import PretrainConfig, pretrain_bases
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # one DEBUG line per query otherwise
+    out = Path(exp.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "experiment.json").write_text(json.dumps(asdict(exp), indent=2) + "\n")
+    bases = pretrain_bases({k: PretrainConfig(**v) for k, v in exp.bases.items()}, exp.corpus, out / "bases", log=log)
+    cells = exp.cells(only)
+    for i, (group, split, seed) in enumerate(cells, 1):
+        done = (cell_dir(exp, group, split, seed) / "metrics.json").is_file()
+        log(f"cell {i}/{len(cells)}: {split}/{group.name}/seed{seed}" + (" (done, skipped)" if done else ""))
+        run_cell(exp, group, split, seed, bases, log=log)
+    return write_report(exp)
+
+
+def experiment_command(
+    config: Path = typer.Argument(..., help="Experiment YAML (e.g. src/flythinker/configs/experiment_gitcommits.yaml)."),
+    overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE override, e.g. --set seeds=[0]."),
+    only: str = typer.Option("", "--only", help="Comma-separated row names to run (default: all)."),
+    report_only: bool = typer.Option(False, "--report-only", help="Only rewrite the report from finished cells."),
+) -> None:
+    """Run the baselines × splits × seeds matrix (resumable) and write BENCHMARKS-ready tables."""
+    exp = load_experiment(config, overrides)
+    names = [n.strip() for n in only.split(",") if n.strip()] or None
+    if names:
+        unknown = set(names) - {g.name for g in exp.groups()}
+        if unknown:
+            raise UserError(f"--only: unknown row(s) {sorted(unknown)}")
+    if report_only:
+        path = write_report(exp)
+    else:
+        path = run_experiment(exp, names)
+    print(f"report: {path}")

@@ -1,0 +1,50 @@
+"""Teacher-forced NLL of reference texts: nats per response token (labels −100 elsewhere).
+
+One computation for the trainer's dev loss, the experiment's dev/test NLL, the latent
+diagnostics and the profile-use probe.
+
+    >>> total, count = response_nll(model, batch)   # one batch of collate(...)  # doctest: +SKIP
+    >>> mean_nll(model, tokenizer, examples, prompt_cfg)                         # doctest: +SKIP
+    3.138
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy (B, T-1): token i+1 is predicted at position i; 0 where labels are −100.
+
+    logits (B, T, V), labels (B, T).
+    """
+    return torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:],
+                                             ignore_index=-100, reduction="none")
+
+
+@torch.no_grad()
+def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row summed NLL (B,) and response-token counts (B,) of one collated batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    labels = batch["labels"]
+    return token_nll(logits, labels).sum(1), (labels[:, 1:] != -100).sum(1)
+
+
+def batches(examples, tokenizer, prompt_cfg, batch_size: int = 16):
+    """Collated, left-padded training batches of ``examples`` (prompt + reference), in order."""
+    from flythinker.data.prompts import collate, encode_for_training
+    from flythinker.lm import pad_id
+
+    for i in range(0, len(examples), batch_size):
+        feats = [encode_for_training(e, tokenizer, prompt_cfg) for e in examples[i: i + batch_size]]
+        yield collate(feats, pad_token_id=pad_id(tokenizer), padding_side="left")
+
+
+def mean_nll(model, tokenizer, examples, prompt_cfg, batch_size: int = 16) -> float:
+    """Mean cross-entropy (nats per response token) of the references under the model."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches(examples, tokenizer, prompt_cfg, batch_size):
+        s, n = response_nll(model, batch)
+        total, count = total + s.sum().item(), count + int(n.sum())
+    return total / max(count, 1)

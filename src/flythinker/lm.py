@@ -1,0 +1,67 @@
+"""What FlyThinker needs of a causal LM, for any ``AutoModelForCausalLM`` (peft-wrapped or not).
+
+The decoder stack without its LM head (R's logits are never needed), position ids that make
+left padding invisible, the KV-cache keyword of the installed transformers, and the pad-token
+rule for tokenizers that ship without one.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids (B, T) counted over real tokens only, so left padding changes nothing.
+
+    Same rule as transformers' ``generate`` (pads get position 1; they are masked anyway).
+
+    >>> positions_from_mask(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])).tolist()
+    [[1, 1, 0, 1], [0, 1, 2, 3]]
+    """
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 1)
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack of a causal LM without its LM head (R's logits are never needed).
+
+    Works for stock ``AutoModelForCausalLM`` models and for peft-wrapped ones (LoRA layers are
+    injected in place, so the unwrapped decoder still runs them).
+    """
+    if hasattr(model, "get_base_model"):  # peft.PeftModel
+        model = model.get_base_model()
+    if hasattr(model, "get_decoder") and model.get_decoder() is not None:
+        return model.get_decoder()
+    return model.base_model
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where a causal LM's input embeddings live (the device its inputs go to)."""
+    return model.get_input_embeddings().weight.device
+
+
+def cache_argument(model) -> str:
+    """Name of the KV-cache keyword: transformers ≥ 5.2x says ``cache``, older ``past_key_values``."""
+    params = inspect.signature(backbone(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_of(out):
+    """The KV cache returned by a forward, under either name."""
+    cache = out.get("cache")
+    return cache if cache is not None else out.get("past_key_values")
+
+
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, set to EOS first where it has none (Llama-style vocabularies ship
+    without one; padding is masked everywhere, so any id serves).
+
+    >>> pad_id(tokenizer)  # doctest: +SKIP
+    2
+    """
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer.pad_token_id
