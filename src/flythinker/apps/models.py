@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -139,7 +140,7 @@ def _convert_into(gguf: Path, folder: Path, log) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
                                                          local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError, RuntimeError, KeyError, IndexError, EOFError) as e:  # a truncated or foreign file
+    except (OSError, ValueError, RuntimeError, KeyError, IndexError, EOFError, struct.error) as e:  # a cut-off file
         raise UserError(f"{gguf}: cannot read this GGUF file ({first_line(e)})") from None
     config = quantized.config
     if hasattr(config, "quantization_config"):

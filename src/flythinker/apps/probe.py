@@ -1,0 +1,75 @@
+"""`flythinker probe`: can this model be personalized at all? The profile-use probe.
+
+Teacher-forced NLL of real references with the user's own profile in the prompt, with none, and
+with another user's; paired differences with bootstrap CIs and win rates. A base model whose NLL
+does not drop with its user's own profile gives FlyThinker's Reasoner nothing to build on.
+
+    flythinker probe --model $(flythinker models pull smollm2-135m-instruct) \\
+        --data ../shared/data/gitcommits/user_based --split test --limit 40
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import typer
+
+from flythinker.errors import UserError
+
+
+def run_probe(model_dir: Path, data: Path, split: str = "test", limit: int = 40, k: int = 2, seed: int = 0,
+              bootstrap: int = 1000, batch_size: int = 8, prompt: dict | None = None, dtype: str | None = None) -> dict:
+    """The probe's result (``flythinker.evaluate.diagnostics.profile_use``) for a model folder."""
+    from flythinker.auto import load_model
+    from flythinker.data.longlamp import load_examples
+    from flythinker.data.prompts import PromptConfig
+    from flythinker.evaluate.diagnostics import profile_use
+
+    examples = load_examples(data, split=split)
+    if len(examples) < 2:
+        raise UserError(f"--data {data}: split {split!r} has {len(examples)} example(s); the probe needs two users or more")
+    if limit and limit < len(examples):  # a seeded random subset, not the file's first rows
+        examples = [examples[i] for i in sorted(random.Random(seed).sample(range(len(examples)), limit))]
+    cfg = PromptConfig(**{"retrieval": "recent", "k": k, "profile_tokens": 256, "query_tokens": 64,
+                          "target_tokens": 128, **(prompt or {})})
+    model, tok = load_model(model_dir, dtype=dtype)
+    result = profile_use(model, tok, examples, cfg, bootstrap=bootstrap, seed=seed, batch_size=batch_size)
+    return {"model": str(model_dir), "data": str(data), "split": split, "prompt": vars(cfg), **result}
+
+
+def format_probe(result: dict) -> str:
+    """Markdown: NLL per condition, then own − none and own − other with CIs and win rates."""
+    nll = result["nll"]
+    lines = [f"Profile-use probe: {result['n']} examples ({result['tokens']} reference tokens), teacher-forced "
+             "NLL in nats per token", "", "| profile in the prompt | NLL |", "|---|---:|"]
+    lines += [f"| {name} | {value:.3f} |" for name, value in nll.items()]
+    lines += ["", "| paired | difference | 95% CI | own wins |", "|---|---:|---:|---:|"]
+    for name, row in result["paired"].items():
+        ci = f"[{row['ci']['low']:+.3f}, {row['ci']['high']:+.3f}]" if "ci" in row else "–"
+        lines.append(f"| {name} | {row['diff']:+.3f} | {ci} | {row['win_rate']:.0%} |")
+    return "\n".join(lines)
+
+
+def probe_command(
+    model: Path = typer.Option(..., "--model", help="A FlyThinker folder or a plain causal-LM folder."),
+    data: Path = typer.Option(..., "--data", help="LongLaMP-format file or folder."),
+    split: str = typer.Option("test", "--split", help="Split to probe when --data is a folder."),
+    limit: int = typer.Option(40, "--limit", help="A seeded random subset of N examples (0 = all)."),
+    k: int = typer.Option(2, "--k", help="The user's k most recent profile items in the prompt."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subset, the other-user pairing and the bootstrap."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the CIs (0: none)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Examples per forward pass."),
+    dtype: str = typer.Option(None, "--dtype", help="Model dtype (float32, bfloat16)."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the result (with per-example NLLs) here."),
+) -> None:
+    """Does the model read the profile? NLL with own / no / another user's profile, paired, with CIs."""
+    if limit < 0 or k < 1 or bootstrap < 0 or batch_size < 1:
+        raise UserError("--limit and --bootstrap must be ≥ 0, --k and --batch-size ≥ 1")
+    result = run_probe(model, data, split, limit, k, seed, bootstrap, batch_size, dtype=dtype)
+    print(format_probe(result))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {json_path}")
