@@ -111,3 +111,39 @@ def test_shipped_experiment_configs_load_and_every_cell_builds_a_train_config(pa
     bases = {name: Path("bases") / name for name in exp.bases}
     for group, split, seed in cells:
         cell_train_config(exp, group, split, seed, bases)  # every override applies and validates
+
+
+def test_a_given_base_zero_shot_rows_the_probe_and_committed_cells(tmp_path, gitcommits, monkeypatch, sample_tokenizer):
+    """A base folder as it is ({path: DIR}, like a pulled model): zero-shot rows train nothing, every
+    cell gets probe.json, and a cell folder holding only the committed files counts as finished."""
+    import shutil
+
+    from tiny_models import tiny_llama
+
+    monkeypatch.chdir(ROOT)
+    base = tmp_path / "base"
+    lm = tiny_llama(hidden=32, vocab=len(sample_tokenizer))
+    lm.config.eos_token_id = sample_tokenizer.eos_token_id
+    lm.save_pretrained(base)
+    sample_tokenizer.save_pretrained(base)
+    exp = load_experiment(TINY, [f"out={tmp_path / 'exp'}", "splits=[user_based]", f"bases={{b: {{path: {base}}}}}",
+                                 "generator=b", "reasoner=b", "methods=[flythinker]", "probe=true",
+                                 "ablations=[{name: base_zeroshot, method: sft, zero_shot: true}]"])
+    import flythinker.train.trainer as trainer
+
+    calls = []
+    real_train = trainer.train
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    run_experiment(exp)
+    assert len(calls) == 1  # flythinker only: the zero-shot row trained nothing
+    zs = cell_dir(exp, next(g for g in exp.groups() if g.name == "base_zeroshot"), "user_based", 0)
+    m = json.loads((zs / "metrics.json").read_text())
+    assert m["zero_shot"] and m["train_s"] == 0.0 and not (zs / "train").exists() and m["cell_s"] > 0
+    probe = json.loads((zs / "probe.json").read_text())
+    assert set(probe["nll"]) >= {"own", "none"} and probe["n"] == 3
+    # a fresh machine with the committed files only: nothing reruns, the report (latents included) is rebuilt
+    ft = cell_dir(exp, next(g for g in exp.groups() if g.name == "flythinker"), "user_based", 0)
+    shutil.rmtree(ft / "train")
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a committed cell was run again"))
+    text = run_experiment(exp).read_text()
+    assert "| flythinker |" in text and "Do the latents matter?" in text

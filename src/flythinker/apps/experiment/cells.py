@@ -59,16 +59,19 @@ def cell_latents(exp: ExperimentConfig, group: CellGroup, split: str, seed: int)
     """:func:`latent_diagnostics` of a finished FlyThinker cell on its test split (cached in
     ``latents.json``); None for other methods or unfinished cells."""
     out = cell_dir(exp, group, split, seed)
-    if get_baseline(group.method).model != "flythinker" or not (out / "train" / "final").is_dir():
+    if get_baseline(group.method).model != "flythinker":
         return None
-    if not (out / "latents.json").is_file():
-        from flythinker.data.longlamp import load_examples
-        from flythinker.evaluate.diagnostics import latent_diagnostics
+    if (out / "latents.json").is_file():  # also on a machine that has only the committed results
+        return json.loads((out / "latents.json").read_text())
+    if not (out / "train" / "final").is_dir():
+        return None
+    from flythinker.data.longlamp import load_examples
+    from flythinker.evaluate.diagnostics import latent_diagnostics
 
-        model, tok = load_model(out / "train" / "final")
-        exs = load_examples(Path(exp.data) / split, split="test", limit=exp.limit_eval)
-        prompt_cfg = cell_train_config(exp, group, split, seed, {k: Path(k) for k in exp.bases}).data.prompt_config()
-        (out / "latents.json").write_text(json.dumps(latent_diagnostics(model, tok, exs, prompt_cfg), indent=2) + "\n")
+    model, tok = load_model(out / "train" / "final")
+    exs = load_examples(Path(exp.data) / split, split="test", limit=exp.limit_eval)
+    prompt_cfg = cell_train_config(exp, group, split, seed, {k: Path(k) for k in exp.bases}).data.prompt_config()
+    (out / "latents.json").write_text(json.dumps(latent_diagnostics(model, tok, exs, prompt_cfg), indent=2) + "\n")
     return json.loads((out / "latents.json").read_text())
 
 
@@ -88,8 +91,12 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
     train_exs = load_examples(folder, split="train", limit=exp.limit_train)
     dev_exs = load_examples(folder, split="dev", limit=exp.limit_eval)
     test_exs = load_examples(folder, split="test", limit=exp.limit_eval)
-    train_s = _train_cell(cfg, group, [with_reasoning(e) for e in train_exs] if b.think else train_exs, out)
-    model, tok = load_model(out / "train" / "final")
+    t0 = time.perf_counter()
+    if group.zero_shot:  # the base as it is: nothing trained
+        train_s, (model, tok) = 0.0, load_model(bases[exp.generator])
+    else:
+        train_s = _train_cell(cfg, group, [with_reasoning(e) for e in train_exs] if b.think else train_exs, out)
+        model, tok = load_model(out / "train" / "final")
     # NLL of the references (response tokens only): a think model is scored on the plan too,
     # so its NLL is not comparable and left out
     nll = {} if b.think else {f"{name}_nll": mean_nll(model, tok, exs, prompt_cfg)
@@ -101,7 +108,11 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
                                  settings=settings, progress=False)
     metrics = score_cell(exp, out, test_exs, think=b.think, seed=seed)
     metrics.update(nll, name=group.name, method=group.method, split=split, seed=seed, train_s=train_s,
-                   decode_ms_per_step=stats.ms_per_step or None)
+                   decode_ms_per_step=stats.ms_per_step or None, zero_shot=group.zero_shot,
+                   cell_s=time.perf_counter() - t0)
+    if exp.probe:
+        _probe(model, tok, test_exs, prompt_cfg, out, exp, seed)
+        metrics["cell_s"] = time.perf_counter() - t0
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     cell_latents(exp, group, split, seed)
     log(f"[{split}/{group.name}/seed{seed}] " + " ".join(
@@ -144,3 +155,14 @@ def score_cell(exp: ExperimentConfig, out: Path, test_exs, think: bool, seed: in
     metrics.update(mean_words=float(np.mean([len(p.split()) for p in preds])),
                    think_closed=(float(np.mean(["</think>" in p for p in raw_preds])) if think else None))
     return metrics
+
+
+def _probe(model, tok, test_exs, prompt_cfg, out: Path, exp: ExperimentConfig, seed: int) -> None:
+    """``probe.json``: the profile-use probe of this cell's model, with the experiment's profile
+    prompt (a query-only row is probed with the profile the other rows see)."""
+    from flythinker.evaluate.diagnostics import profile_use
+
+    if prompt_cfg.retrieval == "none":
+        prompt_cfg = replace(prompt_cfg, retrieval=exp.train.get("data", {}).get("prompt", {}).get("retrieval", "all"))
+    result = profile_use(model, tok, test_exs, prompt_cfg, bootstrap=exp.bootstrap, seed=seed)
+    (out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -25,6 +25,8 @@ class CellGroup:
     """Splits to run (None: all of the experiment's)."""
     seeds: list[int] | None = None
     """Seeds to run (None: all of the experiment's)."""
+    zero_shot: bool = False
+    """Score the base G as it is, with the method's prompts (no fine-tuning; G-alone methods only)."""
 
 
 @dataclass
@@ -42,7 +44,8 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Fine-tuning seeds (data order) and sampling seeds."""
     bases: dict = field(default_factory=dict)
-    """Base LMs to pre-train: name -> flythinker.apps.experiment.pretrain.PretrainConfig fields."""
+    """Base LMs: name -> ``{pull: NAME}`` (a model of `flythinker models list`), ``{path: DIR}``
+    (a local folder), or flythinker.apps.experiment.pretrain.PretrainConfig fields (pre-trained here)."""
     generator: str = "g"
     """Base of G (a key of ``bases``)."""
     reasoner: str = "r"
@@ -69,6 +72,9 @@ class ExperimentConfig:
     """Bootstrap resamples for CIs and paired comparisons."""
     compare: list[list[str]] = field(default_factory=lambda: [["flythinker", "sft"], ["static", "sft"]])
     """Paired comparisons [A, B] written to the report (A − B)."""
+    probe: bool = False
+    """Also run the profile-use probe (NLL with own / no / another user's profile) on every cell's
+    model and test split: ``probe.json`` (does fine-tuning keep, lose or grow the profile's use?)."""
 
     def groups(self) -> list[CellGroup]:
         from flythinker.apps.experiment.methods import get_baseline
@@ -79,6 +85,8 @@ class ExperimentConfig:
         if len(set(names)) != len(names):
             raise UserError(f"experiment: duplicate row names {sorted(n for n in set(names) if names.count(n) > 1)}")
         for g in rows:
+            if g.zero_shot and get_baseline(g.method).model != "sft":
+                raise UserError(f"ablations.{g.name}.zero_shot: only for methods of G alone, not {g.method!r}")
             get_baseline(g.method)
             if g.reasoner is not None and g.reasoner not in self.bases:
                 raise UserError(f"ablations.{g.name}.reasoner: {g.reasoner!r} is not one of bases ({', '.join(self.bases)})")
@@ -115,7 +123,8 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> ExperimentCo
     try:
         exp = from_dict(ExperimentConfig, raw)
         for name, spec in exp.bases.items():
-            from_dict(PretrainConfig, spec, f"bases.{name}.")
+            if not is_given_base(spec):
+                from_dict(PretrainConfig, spec, f"bases.{name}.")
         for key in ("generator", "reasoner"):
             if getattr(exp, key) not in exp.bases:
                 raise UserError(f"{key}: {getattr(exp, key)!r} is not one of bases ({', '.join(exp.bases) or 'none'})")
@@ -127,3 +136,8 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> ExperimentCo
 
 def cell_dir(exp: ExperimentConfig, group: CellGroup, split: str, seed: int) -> Path:
     return Path(exp.out) / "cells" / split / group.name / f"seed{seed}"
+
+
+def is_given_base(spec: dict) -> bool:
+    """A base that exists already (``{pull: NAME}`` or ``{path: DIR}``), not one to pre-train."""
+    return isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in ("pull", "path")

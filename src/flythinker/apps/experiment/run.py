@@ -37,19 +37,39 @@ def run_experiment(exp: ExperimentConfig, only: list[str] | None = None, log=pri
     """
     import logging
 
-    from flythinker.apps.experiment.pretrain import PretrainConfig, pretrain_bases
-
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # one DEBUG line per query otherwise
     out = Path(exp.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(asdict(exp), indent=2) + "\n")
-    bases = pretrain_bases({k: PretrainConfig(**v) for k, v in exp.bases.items()}, exp.corpus, out / "bases", log=log)
+    bases = resolve_bases(exp, out, log)
     cells = exp.cells(only)
     for i, (group, split, seed) in enumerate(cells, 1):
         done = (cell_dir(exp, group, split, seed) / "metrics.json").is_file()
         log(f"cell {i}/{len(cells)}: {split}/{group.name}/seed{seed}" + (" (done, skipped)" if done else ""))
         run_cell(exp, group, split, seed, bases, log=log)
     return write_report(exp)
+
+
+def resolve_bases(exp: ExperimentConfig, out: Path, log=print) -> dict[str, Path]:
+    """Every base's folder: pulled (``flythinker models pull``), given, or pre-trained here."""
+    from flythinker.apps.experiment.config import is_given_base
+
+    bases, to_train = {}, {}
+    for name, spec in exp.bases.items():
+        if not is_given_base(spec):
+            to_train[name] = spec
+        elif "pull" in spec:
+            from flythinker.apps.models import pull
+
+            bases[name] = pull(spec["pull"], log=log)
+        else:
+            bases[name] = Path(spec["path"]).expanduser()
+    if to_train:
+        from flythinker.apps.experiment.pretrain import PretrainConfig, pretrain_bases
+
+        bases.update(pretrain_bases({k: PretrainConfig(**v) for k, v in to_train.items()}, exp.corpus,
+                                    out / "bases", log=log))
+    return bases
 
 
 def experiment_command(
