@@ -122,3 +122,29 @@ def test_chat_prompts_lora_bf16_checkpointing_train_export_and_generate(chat_tok
                                  settings=DecodeSettings(max_new_tokens=5, batch_size=3, do_sample=False,
                                                          mode="concurrent"), progress=False)
     assert stats.steps >= 1 and len((tmp_path / "p.jsonl").read_text().splitlines()) == 3
+
+
+def test_full_fine_tuning_of_both_tied_models_exports_them_tied(chat_tokenizer, tmp_path):
+    from flythinker.auto import load_model
+    from flythinker.data.longlamp import load_examples
+    from flythinker.train.config import TrainConfig, from_dict
+    from flythinker.train.trainer import train
+
+    tok = chat_tokenizer
+    model = pair(lam=0.5, vocab=len(tok))
+    before = model.generator.get_input_embeddings().weight.detach().clone()
+    cfg = from_dict(TrainConfig, {
+        "model": {"mode": "flythinker", "lam": 0.5, "generator": {"path": "unused"}, "reasoner": {"path": "unused"},
+                  "tokenizer": "unused"},
+        "data": {"prompt": dict(retrieval="recent", k=1, profile_tokens=48, query_tokens=32, target_tokens=32)},
+        "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-2, "eval": False, "save_every": 0}})
+    examples = load_examples(GITCOMMITS / "sample" / "user_based", split="train", limit=4)
+    train(cfg, tmp_path / "run", model=model, tokenizer=tok, train_examples=examples)
+    g = model.generator
+    assert not torch.equal(g.get_input_embeddings().weight, before)  # the shared table itself was trained
+    assert g.get_output_embeddings().weight is g.get_input_embeddings().weight
+    loaded, _ = load_model(tmp_path / "run" / "final")
+    for lm in (loaded.generator, loaded.reasoner):
+        assert lm.get_output_embeddings().weight is lm.get_input_embeddings().weight
+    assert_close(loaded.generator.get_input_embeddings().weight, g.get_input_embeddings().weight)
+    assert loaded.rho().item() == pytest.approx(model.rho().item())
