@@ -75,13 +75,17 @@ def other_user_profiles(examples, seed: int = 0) -> list:
     return out
 
 
-def per_example_nll(model, tokenizer, examples, prompt_cfg, batch_size: int = 8):
+def per_example_nll(model, tokenizer, examples, prompt_cfg, batch_size: int = 8, desc: str | None = None):
     """(summed NLL, response tokens) per example, in order: two float64 / int64 arrays (N,)."""
+    import math
+
     import numpy as np
+    from tqdm.auto import tqdm
 
     sums, counts = [], []
     model.eval()
-    for batch in batches(examples, tokenizer, prompt_cfg, batch_size):
+    for batch in tqdm(batches(examples, tokenizer, prompt_cfg, batch_size), total=math.ceil(len(examples) / batch_size),
+                      desc=desc, disable=desc is None, leave=False):
         s, n = response_nll(model, batch)
         sums += s.double().tolist()
         counts += n.tolist()
@@ -108,7 +112,7 @@ def profile_use(model, tokenizer, examples, prompt_cfg, *, bootstrap: int = 1000
         conditions["other"] = (others, prompt_cfg)
     sums, counts = {}, None
     for name, (exs, cfg) in conditions.items():
-        sums[name], n = per_example_nll(model, tokenizer, exs, cfg, batch_size)
+        sums[name], n = per_example_nll(model, tokenizer, exs, cfg, batch_size, desc=f"NLL, {name} profile")
         assert counts is None or np.array_equal(n, counts), "the reference tokens must not depend on the prompt"
         counts = n
     rng = np.random.default_rng(seed)

@@ -109,3 +109,28 @@ def test_reasoner_alone_runs_the_prefill_and_one_step_per_later_token():
     ids, mask = left_padded_batch([5, 3], seed=0)
     reasoner_alone(model, ids, mask, new=4)
     assert calls == [(2, 5)] + [(2, 1)] * 3
+
+
+def test_a_local_model_pair_with_all_cores_generate_and_the_bandwidth_bound(tmp_path, sample_tokenizer):
+    from tiny_models import tiny_llama
+    from flythinker.cli import main
+
+    folder = tmp_path / "lm"
+    tiny_llama(vocab=len(sample_tokenizer)).save_pretrained(folder)
+    sample_tokenizer.save_pretrained(folder)
+    out = tmp_path / "bench.json"
+    main(["bench", "decode", "--generator", str(folder), "--json", str(out), "--backends", "threads", "--repeats", "1",
+          "--new", "4", "--prompt", "8", "--think-tokens", "2", "--threads-per-model", "1"])
+    result = json.loads(out.read_text())
+    from flythinker.apps.bench.machine import all_threads
+
+    keys = {"generator", "reasoner", "sequential", "concurrent", "hf_generate"}
+    keys |= {"hf_generate_all_cores"} if all_threads() > 1 else set()  # (one core: all cores = one thread)
+    assert keys <= set(result["ms_per_token"])
+    assert all(result["tokens_equal"].values())
+    bw = result["bandwidth"]
+    assert bw["one_thread_gb_s"] > 0 and bw["all_threads_gb_s"] > 0
+    wb = result["weight_bytes"]
+    emb = len(sample_tokenizer) * 32 * 4  # the tied table, fp32
+    assert wb["generator"] - wb["reasoner"] == emb  # R skips the table G's LM head reads
+    assert result["bandwidth_bound_ms"] == pytest.approx(1000 * (wb["generator"] + wb["reasoner"]) / (bw["all_threads_gb_s"] * 1e9))

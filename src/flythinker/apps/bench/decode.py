@@ -68,6 +68,12 @@ class DecodeBenchConfig:
     only: list[str] = field(default_factory=list)
     """Configurations to time (empty: all; generator, reasoner and sequential always run)."""
     seed: int = 0
+    generator: str | None = None
+    """A local causal-LM folder for G instead of the random model (e.g. the pulled SmolLM2)."""
+    reasoner: str | None = None
+    """A local causal-LM folder for R (default: the generator's folder, loaded a second time)."""
+    dtype: str = "float32"
+    """Weights dtype of the models: float32 or bfloat16."""
 
     def __post_init__(self):
         for name in ("batch", "throughput_batch", "prompt", "new", "repeats", "hidden", "layers", "heads", "vocab"):
@@ -75,6 +81,55 @@ class DecodeBenchConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         if self.think_tokens < 0:
             raise UserError(f"--think-tokens must be ≥ 0, got {self.think_tokens}")
+        if self.reasoner and not self.generator:
+            raise UserError("--reasoner needs --generator (a random pair has no folders)")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise UserError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
+
+
+def local_pair(cfg: DecodeBenchConfig):
+    """FlyThinker over the local folders of ``cfg`` (R defaults to a second copy of G)."""
+    from flythinker.loading import load_causal_lm, load_tokenizer
+    from flythinker.model import FlyThinker
+
+    folders = (cfg.generator, cfg.reasoner or cfg.generator)
+    g, r = (load_causal_lm(f, key, dtype=cfg.dtype).eval() for f, key in zip(folders, ("--generator", "--reasoner")))
+    toks = [load_tokenizer(f) for f in folders]
+    g.generation_config.eos_token_id = None  # a benchmark run never stops early (ours ignores EOS too)
+    return FlyThinker(g, r, lam=cfg.lam, generator_tokenizer=toks[0], reasoner_tokenizer=toks[1]).eval()
+
+
+def weight_bytes(model) -> dict:
+    """Bytes each model reads per decoded token: G all its weights (the LM head reads the whole
+    table), R all but its embedding table (a lookup reads one row; R runs no LM head)."""
+    def unique(params):
+        return sum({p.data_ptr(): p.numel() * p.element_size() for p in params}.values())
+
+    g, r = model.generator, model.reasoner
+    table = r.get_input_embeddings().weight
+    r_bytes = unique(p for p in r.parameters() if p.data_ptr() != table.data_ptr())
+    head = r.get_output_embeddings()
+    if head is not None and head.weight.data_ptr() != table.data_ptr():
+        r_bytes -= head.weight.numel() * head.weight.element_size()
+    return {"generator": unique(g.parameters()), "reasoner": r_bytes}
+
+
+def measure_bandwidth(mib: int = 256, repeats: int = 5) -> dict:
+    """Memory bandwidth of this machine in GB/s (a copy reads and writes every byte), one thread
+    and all threads: the floor of batch-1 decoding, whose every token reads every weight."""
+    import torch
+
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    out = {}
+    for key, n in (("one_thread", 1), ("all_threads", all_threads())):
+        with _threads(n):
+            dst.copy_(src)  # warm-up: pages touched
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                dst.copy_(src)
+            out[f"{key}_gb_s"] = 2 * src.numel() * 4 * repeats / (time.perf_counter() - t0) / 1e9
+    return out
 
 
 def n_params(module) -> int:
@@ -156,6 +211,8 @@ def _runs(model, sft, cfg: DecodeBenchConfig, decoders: dict, on_cpu: bool) -> d
     k = cfg.think_tokens
     runs["think_then_generate"] = (per_model, lambda ids, mask, new: sft.generate(ids, mask, max_new_tokens=new + k, **eos))
     runs["hf_generate"] = (per_model, hf)
+    if on_cpu and per_model < all_threads():  # what a user of plain SFT decoding runs
+        runs["hf_generate_all_cores"] = (all_threads(), hf)
     return runs
 
 
@@ -166,11 +223,15 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
     from flythinker import FlyThinker
     from flythinker.decoding.concurrent import ConcurrentDecoder, default_threads
 
+    if model is None and cfg.generator:
+        model = local_pair(cfg)
+        cfg.vocab = min(cfg.vocab, model.generator.get_input_embeddings().num_embeddings)
     if model is None:
         g = qwen2_config(cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads, cfg.intermediate, cfg.vocab)
         r = qwen2_config(cfg.reasoner_hidden or cfg.hidden, cfg.reasoner_layers or cfg.layers, cfg.heads,
                          cfg.kv_heads, cfg.intermediate, cfg.vocab)
-        model = random_pair(g, r, cfg.lam, device=device, seed=cfg.seed)
+        model = random_pair(g, r, cfg.lam, device=device, seed=cfg.seed,
+                            dtype=torch.bfloat16 if cfg.dtype == "bfloat16" else None)
     sft = FlyThinker(generator=model.generator, reasoner=model.reasoner, lam=0.0).eval()  # same weights, λ = 0
     on_cpu = device == "cpu"
     cfg.threads_per_model = cfg.threads_per_model or (default_threads() if on_cpu else None)
@@ -184,7 +245,8 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
     }
     result = {"settings": asdict(cfg), "device": device, "loadavg_start": loadavg(), "backends": backends,
               "machine": machine_info(), "startup_s": {},
-              "params": {"generator": n_params(model.generator), "reasoner": n_params(model.reasoner)}}
+              "params": {"generator": n_params(model.generator), "reasoner": n_params(model.reasoner)},
+              "weight_bytes": weight_bytes(model), "bandwidth": measure_bandwidth() if on_cpu else None}
     decoders = {}
     try:
         for name in backends:
@@ -200,6 +262,9 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
         for dec in decoders.values():
             dec.close()
     result["loadavg_end"] = loadavg()
+    if result["bandwidth"]:  # the floor per token when both models share one memory system
+        result["bandwidth_bound_ms"] = (1000 * sum(result["weight_bytes"].values())
+                                        / (result["bandwidth"]["all_threads_gb_s"] * 1e9))
     return result
 
 
@@ -290,6 +355,11 @@ def print_table(result: dict, console=None) -> None:
                   f"{len(equal)}" + (f"; DIFFERENT: {', '.join(differ)}" if differ else ""))
     met = ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in result["targets_met"].items())
     console.print(f"targets met: {met}")
+    if result.get("bandwidth"):
+        bw, wb = result["bandwidth"], result["weight_bytes"]
+        console.print(f"bandwidth bound: (G {wb['generator'] / 1e6:.0f} MB + R {wb['reasoner'] / 1e6:.0f} MB) / "
+                      f"{bw['all_threads_gb_s']:.1f} GB/s (measured, all threads; {bw['one_thread_gb_s']:.1f} GB/s "
+                      f"one thread) = {result['bandwidth_bound_ms']:.2f} ms per token")
     console.print(f"load average: {result['loadavg_start']} → {result['loadavg_end']}")
 
 
@@ -313,6 +383,9 @@ def bench_decode_command(
     backends: str = typer.Option("", "--backends", help="Comma-separated concurrent backends (default: all here)."),
     only: str = typer.Option("", "--only", help="Comma-separated configurations to time (default: all)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and prompts."),
+    generator: Path = typer.Option(None, "--generator", help="A local model folder for G (default: a random model)."),
+    reasoner: Path = typer.Option(None, "--reasoner", help="A local model folder for R (default: the generator's)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weights dtype: float32 or bfloat16."),
 ) -> None:
     """Per-token latency and throughput: G alone, R alone, sequential, concurrent, think-then-generate, HF."""
     cfg = DecodeBenchConfig(
@@ -320,7 +393,8 @@ def bench_decode_command(
         repeats=repeats, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
         vocab=vocab, reasoner_hidden=reasoner_hidden, reasoner_layers=reasoner_layers,
         threads_per_model=threads_per_model, backends=[b for b in backends.split(",") if b],
-        only=[c for c in only.split(",") if c], seed=seed,
+        only=[c for c in only.split(",") if c], seed=seed, generator=str(generator) if generator else None,
+        reasoner=str(reasoner) if reasoner else None, dtype=dtype,
     )
     from rich.console import Console
 
