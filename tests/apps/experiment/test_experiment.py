@@ -146,4 +146,26 @@ def test_a_given_base_zero_shot_rows_the_probe_and_committed_cells(tmp_path, git
     shutil.rmtree(ft / "train")
     monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a committed cell was run again"))
     text = run_experiment(exp).read_text()
-    assert "| flythinker |" in text and "Do the latents matter?" in text
+    assert "| flythinker |" in text and "Do the latents matter?" in text and "| user_based | base_zeroshot | 1 |" in text
+
+
+def test_committed_predictions_rescore_to_the_committed_metrics(tiny_experiment, capsys):
+    """`flythinker evaluate` on a cell's predictions.jsonl gives its metrics.json's numbers."""
+    from flythinker.cli import main
+
+    exp = tiny_experiment
+    exp.methods, exp.compare = ["sft"], []
+    run_experiment(exp)
+    cell = cell_dir(exp, exp.groups()[0], "user_based", 0)
+    committed = json.loads((cell / "metrics.json").read_text())
+    refs = ROOT / exp.data / "user_based" / "test.json"
+    from flythinker.data.longlamp import load_examples
+
+    subset = cell / "refs.json"  # the experiment scored limit_eval examples: the same references
+    rows = json.loads(refs.read_text())[: len(load_examples(refs, limit=exp.limit_eval))]
+    subset.write_text(json.dumps(rows))
+    main(["evaluate", "--predictions", str(cell / "predictions.jsonl"), "--references", str(subset),
+          "--out", str(cell / "rescored"), "--no-bertscore", "--bootstrap", "0"])
+    rescored = json.loads((cell / "rescored" / "metrics.json").read_text())
+    for m in ("rouge1", "rougeL", "meteor", "bleu"):
+        assert rescored[m] == pytest.approx(committed[m], rel=1e-9), m

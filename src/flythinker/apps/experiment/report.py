@@ -96,6 +96,7 @@ def write_report(exp: ExperimentConfig) -> Path:
             lines += [f"| {n} | " + " | ".join(_fmt("rougeL", pos[n].get(p)) for p in segs) + " |" for n in rows]
             lines.append("")
     lines += latent_table(exp)
+    lines += probe_table(exp)
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     if summary:
@@ -122,6 +123,28 @@ def latent_table(exp: ExperimentConfig) -> list[str]:
     return ["## Do the latents matter? (test split, teacher forcing, seed means)", "",
             "| split | row | seeds | λ | ρ | λρ (offset norm) | mean ‖E_G(s)‖ | cos(z_i-1, z_i) | NLL own latents "
             "| NLL no latent (λ=0) | NLL other example's latents |", "|---|---|---|" + "---|" * len(keys), *rows, ""]
+
+
+def probe_table(exp: ExperimentConfig) -> list[str]:
+    """Markdown rows of every cell's ``probe.json`` (seed means): does fine-tuning keep, lose or
+    grow the model's use of the profile?"""
+    import numpy as np
+
+    rows = []
+    for split in exp.splits:
+        for g in exp.groups():
+            found = [json.loads(p.read_text()) for s in (g.seeds or exp.seeds) if split in (g.splits or exp.splits)
+                     and (p := cell_dir(exp, g, split, s) / "probe.json").is_file()]
+            if found:
+                nll = {k: np.mean([d["nll"][k] for d in found]) for k in ("own", "none", "other") if k in found[0]["nll"]}
+                win = np.mean([d["paired"]["own-none"]["win_rate"] for d in found])
+                rows.append(f"| {split} | {g.name} | {len(found)} | " + " | ".join(f"{v:.3f}" for v in nll.values())
+                            + f" | {nll['own'] - nll['none']:+.3f} | {win:.0%} |")
+    if not rows:
+        return []
+    return ["## Profile use (test split, teacher forcing, seed means)", "",
+            "| split | row | seeds | NLL own profile | NLL no profile | NLL another user's | own − none | own wins |",
+            "|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def plot_results(summary: dict, path: Path) -> None:
