@@ -1,0 +1,1 @@
+"""`flythinker serve`: the personalization server (issue in progress: the profile store first)."""
