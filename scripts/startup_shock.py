@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,7 @@ def main() -> None:
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         (res / f"{name}.json").write_text(json.dumps({"overrides": RUNS[name] + args.set, **curve(run)}, indent=2) + "\n")
+        shutil.copyfile(run / "log.jsonl", res / f"{name}.log.jsonl")  # the whole curve, per step
     done = {n: json.loads((res / f"{n}.json").read_text()) for n in RUNS if (res / f"{n}.json").is_file()}
     steps = sorted({int(s) for d in done.values() for s in d["dev_nll"]})
     lines = ["| run | " + " | ".join(f"dev NLL @ {s}" for s in steps) + " | first train loss | s/step |",
@@ -65,6 +67,29 @@ def main() -> None:
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {d['train_loss_first']:.3f} | {d['median_step_s']:.1f} |")
     (res / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    plot(done, res / "dev_nll.png")
+
+
+def plot(done: dict, path: Path) -> None:
+    """Dev NLL against optimizer steps, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (full, zoom) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, d in done.items():
+        steps = sorted(int(s) for s in d["dev_nll"])
+        values = [d["dev_nll"][str(s)] for s in steps]
+        style = dict(marker="o", lw=2 if name == "sft" else 1.2, color="black" if name == "sft" else None)
+        full.plot(steps, values, label=name, **style)
+        zoom.plot(steps, values, label=name, **style)
+    full.set(title="dev NLL while fine-tuning (SmolLM2-135M, LoRA r=8)", xlabel="optimizer step", ylabel="nats/token")
+    zoom.set(title="the same, near SFT", xlabel="optimizer step", ylim=(3.25, 3.75))
+    full.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -200,6 +200,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not acc.is_main_process,
                    desc=f"train {self.cfg.model.mode}", dynamic_ncols=True)
         if t.eval_every and self.step == 0:
+            self._startup_lam()  # (with a λ warm-up: the first step's λ)
             self._evaluate_step()  # the start: what fine-tuning begins from
         while self.step < self.total_steps and self.epoch < self.epochs:
             self._train_epoch(bar)
