@@ -100,3 +100,22 @@ def test_duplicated_reference_ids_exit_2(sample, tmp_path, capsys):
     preds = _copy_input(tmp_path, examples)
     assert _run("evaluate", "--predictions", preds, "--references", refs, "--out", tmp_path / "o", "--no-bertscore") == 2
     assert examples[0]["id"] in capsys.readouterr().err
+
+
+def test_limit_scores_the_first_n_references_as_generate_limit_writes_them(tmp_path, gitcommits):
+    import json
+
+    from flythinker.cli import main
+    from flythinker.data.longlamp import load_examples
+
+    refs = gitcommits / "sample" / "user_based" / "test.json"
+    first = load_examples(refs, limit=3)
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps({"id": e.id, "prediction": e.output}) + "\n" for e in first))
+    main(["evaluate", "--predictions", str(preds), "--references", str(refs), "--out", str(tmp_path / "e"),
+          "--no-bertscore", "--bootstrap", "0", "--limit", "3"])
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["n"] == 3 and m["rouge1"] == 1.0
+    with pytest.raises(SystemExit):  # without --limit the other references have no prediction
+        main(["evaluate", "--predictions", str(preds), "--references", str(refs), "--out", str(tmp_path / "f"),
+              "--no-bertscore"])

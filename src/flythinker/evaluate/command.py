@@ -24,10 +24,10 @@ def _few(ids) -> str:
     return ", ".join(repr(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
 
 
-def _read_references(path: Path) -> list[dict]:
+def _read_references(path: Path, limit: int | None = None) -> list[dict]:
     from flythinker.data.longlamp import load_examples  # validates rows, rejects repeated ids
 
-    return [{"id": str(e.id), "output": e.output, "user_id": str(e.user_id)} for e in load_examples(path)]
+    return [{"id": str(e.id), "output": e.output, "user_id": str(e.user_id)} for e in load_examples(path, limit=limit)]
 
 
 def align(preds: dict[str, str], refs: list[dict], pred_path: Path, ref_path: Path) -> list[str]:
@@ -55,6 +55,7 @@ def evaluate_command(
     compare: Annotated[Path | None, typer.Option("--compare", help="Second predictions file: paired comparison A (--predictions) − B.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resampling.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT/metrics.json.")] = False,
+    limit: Annotated[int, typer.Option("--limit", help="Only the first N references (as `flythinker generate --limit N`; 0 = all).")] = 0,
 ) -> None:
     """Score predictions with ROUGE-1/L, METEOR, BLEU, BERTScore (+ by position, per user, 95% CIs)."""
     from rich.console import Console
@@ -70,7 +71,9 @@ def evaluate_command(
         raise UserError(f"{target} exists; pass --overwrite to replace it")
     if bootstrap < 0:
         raise UserError(f"--bootstrap {bootstrap}: must be >= 0")
-    refs = _read_references(references)
+    if limit < 0:
+        raise UserError(f"--limit {limit}: must be >= 0")
+    refs = _read_references(references, limit or None)
     preds_a = align(read_predictions(predictions), refs, predictions, references)
     preds_b = align(read_predictions(compare), refs, compare, references) if compare else None
     ref_texts, user_ids = [r["output"] for r in refs], [r["user_id"] for r in refs]
