@@ -1,1 +1,1 @@
-"""`flythinker serve`: the personalization server (issue in progress: the profile store first)."""
+"""The personalization server, `flythinker serve` (being built): so far its profile store (store.py)."""
