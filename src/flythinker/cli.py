@@ -31,6 +31,7 @@ from flythinker.apps.experiment.run import experiment_command  # noqa: E402
 from flythinker.apps.generate import generate_command  # noqa: E402
 from flythinker.apps.models import models_app  # noqa: E402
 from flythinker.apps.probe import probe_command  # noqa: E402
+from flythinker.apps.serve.command import serve_command  # noqa: E402
 from flythinker.evaluate.command import evaluate_command  # noqa: E402
 from flythinker.train.command import train_command  # noqa: E402
 
@@ -39,6 +40,7 @@ app.command("evaluate")(evaluate_command)
 app.command("experiment")(experiment_command)
 app.command("generate")(generate_command)
 app.command("probe")(probe_command)
+app.command("serve")(serve_command)
 app.command("train")(train_command)
 app.add_typer(models_app, name="models")
 bench_app.command("train")(bench_train_command)

@@ -1,0 +1,129 @@
+"""The HTTP API through FastAPI's test client, on the tests' tiny FlyThinker: profiles, OpenAI-shaped
+completions (plain and streamed), the same tokens as model.generate, keys and JSON errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def client(saved_tiny_model, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from flythinker.apps.serve.app import make_app
+    from flythinker.apps.serve.engine import Engine
+    from flythinker.apps.serve.store import ProfileStore
+    from flythinker.auto import load_model
+    from flythinker.data.prompts import PromptConfig
+
+    model, tok = load_model(saved_tiny_model)
+    store = ProfileStore(tmp_path / "p.db")
+    engine = Engine(model, tok, max_batch=4, mode="sequential")
+    cfg = PromptConfig(retrieval="recent", k=2, profile_tokens=64, query_tokens=32)
+    app = make_app(model, tok, store, cfg, api_key="secret", engine=engine)
+    c = TestClient(app, headers={"Authorization": "Bearer secret"})
+    c.model, c.tok, c.cfg, c.store = model, tok, cfg, store
+    yield c
+    engine.close()
+    store.close()
+
+
+PROFILE = {"items": [{"title": "fix parser", "text": "Teach the parser to skip blank lines."},
+                     {"title": "docs", "text": "Document the new option.", "date": "2024-02-01"}]}
+
+
+def test_profile_routes(client):
+    assert client.get("/health").status_code == 200
+    assert client.get("/v1/users/u1/profile").status_code == 404
+    r = client.put("/v1/users/u1/profile", json=PROFILE)
+    assert r.status_code == 200 and len(r.json()["items"]) == 2
+    assert client.post("/v1/users/u1/profile/items", json={"text": "A third."}).status_code == 201
+    got = client.get("/v1/users/u1/profile").json()
+    assert got["user_id"] == "u1" and [i["text"] for i in got["items"]][-1] == "A third."
+    assert client.delete("/v1/users/u1").status_code == 204
+    assert client.get("/v1/users/u1/profile").status_code == 404
+
+
+def test_chat_completion_is_the_models_own_decode_of_the_training_prompt(client):
+    from flythinker.apps.serve.app import build_prompt_ids
+
+    client.put("/v1/users/u1/profile", json=PROFILE)
+    body = {"messages": [{"role": "user", "content": "Write the body of the commit 'parser: skip blanks'."}],
+            "user": "u1", "max_tokens": 12, "temperature": 0.8, "top_p": 0.95, "seed": 7}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["object"] == "chat.completion" and out["choices"][0]["message"]["role"] == "assistant"
+    ids = build_prompt_ids(client.tok, client.cfg, body["messages"][0]["content"], "u1",
+                           client.store.get("u1"))
+    want = client.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=True, temperature=0.8, top_p=0.95,
+                                 seed=7, eos_token_id=client.tok.eos_token_id)[0].tolist()
+    want = [t for t in want if t != client.tok.eos_token_id][: out["usage"]["completion_tokens"]]
+    assert out["choices"][0]["message"]["content"] == client.tok.decode(want, skip_special_tokens=True)
+    assert out["usage"]["prompt_tokens"] == len(ids)
+    # the same request again gives the same answer; without the user, no profile is in the prompt
+    assert client.post("/v1/chat/completions", json=body).json()["choices"] == out["choices"]
+    assert len(build_prompt_ids(client.tok, client.cfg, "q", None, [])) < len(ids)
+
+
+def test_streaming_sends_chunks_then_done_and_matches_the_plain_answer(client):
+    body = {"prompt": "Write the body of the commit 'docs: explain'.", "max_tokens": 10, "temperature": 0, "stream": True}
+    with client.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [x for x in r.iter_lines() if x]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(x[len("data: "):]) for x in lines[:-1]]
+    text = "".join(c["choices"][0]["text"] for c in chunks)
+    plain = client.post("/v1/completions", json={**body, "stream": False}).json()
+    assert text == plain["choices"][0]["text"] and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0, "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=chat) as r:
+        first = json.loads(next(x for x in r.iter_lines() if x)[len("data: "):])
+    assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
+
+
+@pytest.mark.parametrize("path,body,status", [
+    ("/v1/chat/completions", {"messages": "not a list"}, 422),
+    ("/v1/chat/completions", {"messages": []}, 422),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, 422),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": -0.5}, 422),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 422),
+    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}, 400),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "user": "nobody"}, 404),
+    ("/v1/completions", {"prompt": ""}, 422),
+    ("/v1/completions", {"prompt": "x", "top_p": 0}, 422),
+])
+def test_bad_requests_are_json_errors_and_change_nothing(client, path, body, status):
+    client.put("/v1/users/u1/profile", json=PROFILE)
+    r = client.post(path, json=body)
+    assert r.status_code == status and set(r.json()["error"]) == {"message", "type"}
+    assert len(client.get("/v1/users/u1/profile").json()["items"]) == 2
+
+
+def test_keys_malformed_json_oversized_bodies_and_bad_items(client):
+    from fastapi.testclient import TestClient
+
+    anonymous = TestClient(client.app)
+    assert anonymous.get("/health").status_code == 200
+    assert anonymous.get("/v1/users/u1/profile").status_code == 401
+    assert anonymous.get("/v1/users/u1/profile", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    r = client.post("/v1/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "error" in r.json()
+    r = client.post("/v1/completions", content=b"x" * (1 << 21), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "error" in r.json()
+    for bad in ({"items": [{"title": "no text"}]}, {"items": "x"}, {"items": [{"text": "ok", "extra": 1}]}):
+        assert client.put("/v1/users/u2/profile", json=bad).status_code == 422
+    assert client.get("/v1/users/u2/profile").status_code == 404  # nothing was created
+
+
+def test_concurrent_requests_are_batched_and_all_answered(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"prompt": "Write a commit body.", "max_tokens": 8, "temperature": 0.7}
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: client.post("/v1/completions", json=body), range(6)))
+    assert all(a.status_code == 200 for a in answers)
+    assert all(a.json()["usage"]["completion_tokens"] <= 8 for a in answers)
