@@ -70,14 +70,22 @@ def _error(status: int, message: str, kind: str, headers: dict | None = None):
 def make_app(model, tokenizer, store, prompt_cfg, api_key: str | None = None, engine: Engine | None = None,
              model_name: str = "flythinker"):
     """The FastAPI application over a loaded model, a :class:`ProfileStore` and a prompt config."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import Response, StreamingResponse
-    from starlette.exceptions import HTTPException
+    from fastapi import FastAPI
 
     engine = engine or Engine(model, tokenizer)
     app = FastAPI(title="FlyThinker", docs_url=None, redoc_url=None)
     app.state.engine, app.state.store = engine, store
+    _errors_and_limits(app, api_key)
+    _profile_routes(app, store)
+    _completion_routes(app, tokenizer, store, prompt_cfg, engine, model_name)
+    return app
+
+
+def _errors_and_limits(app, api_key: str | None) -> None:
+    """JSON errors with a status that says whose fault it was; body size and key checks."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc):
@@ -107,6 +115,11 @@ def make_app(model, tokenizer, store, prompt_cfg, api_key: str | None = None, en
             return _error(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
         return await call_next(request)
 
+
+def _profile_routes(app, store) -> None:
+    from fastapi.responses import Response
+    from starlette.exceptions import HTTPException
+
     @app.get("/health")
     def health():
         return {"status": "ok"}
@@ -132,6 +145,11 @@ def make_app(model, tokenizer, store, prompt_cfg, api_key: str | None = None, en
         if not store.delete(user_id):
             raise HTTPException(404, f"unknown user {user_id!r}")
         return Response(status_code=204)
+
+
+def _completion_routes(app, tokenizer, store, prompt_cfg, engine: Engine, model_name: str) -> None:
+    from fastapi.responses import StreamingResponse
+    from starlette.exceptions import HTTPException
 
     def complete(query: str, body, chat: bool):
         profile = []
@@ -166,8 +184,6 @@ def make_app(model, tokenizer, store, prompt_cfg, api_key: str | None = None, en
     @app.post("/v1/completions")
     def completions(body: Completion):
         return complete(body.prompt, body, chat=False)
-
-    return app
 
 
 def build_prompt_ids(tokenizer, prompt_cfg, query: str, user_id: str | None, profile: list[dict]) -> list[int]:
