@@ -127,3 +127,42 @@ def test_concurrent_requests_are_batched_and_all_answered(client):
         answers = list(pool.map(lambda _: client.post("/v1/completions", json=body), range(6)))
     assert all(a.status_code == 200 for a in answers)
     assert all(a.json()["usage"]["completion_tokens"] <= 8 for a in answers)
+
+
+def test_flythinker_serve_listens_on_localhost_answers_and_stops_cleanly(saved_tiny_model, tmp_path):
+    """The real command: uvicorn on 127.0.0.1, a key from the environment, SIGTERM ends it."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "FLYTHINKER_API_KEY": "k", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "flythinker.cli", "serve", str(saved_tiny_model), "--port", str(port),
+                             "--db", str(tmp_path / "p.db"), "--mode", "sequential"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.2)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", method="POST",
+                                     data=json.dumps({"prompt": "hi", "max_tokens": 4}).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": "Bearer k"})
+        out = json.loads(urllib.request.urlopen(req, timeout=30).read())
+        assert out["object"] == "text_completion" and out["usage"]["completion_tokens"] <= 4
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        log = proc.communicate(timeout=30)[0]
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the parent sees how it ended
+    assert proc.returncode in (0, -signal.SIGTERM) and "Finished server process" in log, log
+    assert f"http://127.0.0.1:{port}" in log
