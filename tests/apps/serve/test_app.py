@@ -160,9 +160,60 @@ def test_flythinker_serve_listens_on_localhost_answers_and_stops_cleanly(saved_t
                                      headers={"Content-Type": "application/json", "Authorization": "Bearer k"})
         out = json.loads(urllib.request.urlopen(req, timeout=30).read())
         assert out["object"] == "text_completion" and out["usage"]["completion_tokens"] <= 4
+        for method, path, body, headers, status in MALFORMED:
+            got = _send(port, method, path, body, {"Authorization": "Bearer k", **headers})
+            assert 400 <= got[0] < 500 and (status is None or got[0] == status), (path, body, got)
+            assert set(got[1]["error"]) == {"message", "type"}, (path, body, got)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200
+        assert _send(port, "GET", "/v1/users/u1/profile", None, {"Authorization": "Bearer k"})[0] == 404  # untouched
     finally:
         proc.send_signal(signal.SIGTERM)
         log = proc.communicate(timeout=30)[0]
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the parent sees how it ended
     assert proc.returncode in (0, -signal.SIGTERM) and "Finished server process" in log, log
     assert f"http://127.0.0.1:{port}" in log
+
+
+_CHAT = "/v1/chat/completions"
+_J = {"Content-Type": "application/json"}
+MALFORMED = [  # (method, path, body, headers, expected status or None for any 4xx)
+    ("POST", _CHAT, b"{not json", _J, 422), ("POST", _CHAT, b"", _J, 422), ("POST", _CHAT, b"[]", _J, 422),
+    ("POST", _CHAT, b"null", _J, 422), ("POST", _CHAT, b'"a string"', _J, 422),
+    ("POST", _CHAT, b'{"messages": "hi"}', _J, 422), ("POST", _CHAT, b'{"messages": []}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "user"}]}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "user", "content": 5}]}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "alien", "content": "x"}]}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "user", "content": "x"}], "temperature": -1}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "user", "content": "x"}], "temperature": 9}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "user", "content": "x"}], "top_p": 0}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "user", "content": "x"}], "top_p": 2}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "user", "content": "x"}], "user": ""}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "user", "content": "x"}], "user": "nobody"}', _J, 404),
+    ("POST", _CHAT, b'{"messages": [{"role": "system", "content": "x"}]}', _J, 400),
+    ("POST", _CHAT, b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes please"}', _J, 422),
+    ("POST", _CHAT, b"x" * (1 << 21), _J, 413),
+    ("POST", "/v1/completions", b'{"prompt": ""}', _J, 422), ("POST", "/v1/completions", b'{}', _J, 422),
+    ("POST", "/v1/completions", b'{"prompt": ["a", "b"]}', _J, 422),
+    ("PUT", "/v1/users/u1/profile", b'{"items": "x"}', _J, 422),
+    ("PUT", "/v1/users/u1/profile", b'{"items": [{"title": "no text"}]}', _J, 422),
+    ("PUT", "/v1/users/u1/profile", b'{"items": [{"text": ""}]}', _J, 422),
+    ("PUT", "/v1/users/u1/profile", b'{"items": [{"text": "x", "unknown": 1}]}', _J, 422),
+    ("POST", "/v1/users/u1/profile/items", b'{"text": 3}', _J, 422),
+    ("DELETE", "/v1/users/u1", None, {}, 404), ("GET", "/v1/nothing-here", None, {}, 404),
+    ("POST", "/v1/users/u1/profile", b"{}", _J, 405),
+]
+
+
+def _send(port, method, path, body, headers):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")

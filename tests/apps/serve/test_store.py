@@ -92,3 +92,43 @@ def test_sqlite_is_wal_and_another_schema_version_is_refused(tmp_path):
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(UserError, match="cannot open"):
         ProfileStore(tmp_path / "dir.db")
+
+
+_WRITER = """
+import sys
+from flythinker.apps.serve.store import ProfileStore
+store = ProfileStore(sys.argv[1])
+i = len(store.get("u") or [])  # go on numbering after the previous run's items
+while True:
+    store.append("u", {"text": f"item {i}"})
+    print(i, flush=True)  # acknowledged: the transaction has committed
+    i += 1
+"""
+
+
+def test_kill_minus_9_during_writes_keeps_every_acknowledged_write(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "p.db"
+    acked = -1
+    for _ in range(3):  # three kills at random moments of a stream of writes
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(db)], stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        seen = 0
+        while seen < 20 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line:
+                acked, seen = max(acked, int(line)), seen + 1
+        proc.send_signal(signal.SIGKILL)
+        rest = proc.communicate()[0]
+        for line in rest.splitlines():  # acknowledged before the kill landed
+            acked = max(acked, int(line))
+        store = ProfileStore(db)
+        texts = [i["text"] for i in store.get("u")]
+        store.close()
+        numbers = [int(t.split()[1]) for t in texts]
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)  # intact, in order
+        assert acked in numbers  # every acknowledged write is there
