@@ -217,3 +217,53 @@ def _send(port, method, path, body, headers):
             return r.status, json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
+
+
+def test_a_full_queue_is_503_with_retry_after_and_a_gone_client_frees_its_row(saved_tiny_model, tmp_path):
+    import threading
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from flythinker.apps.serve.app import make_app
+    from flythinker.apps.serve.engine import Engine, QueueFull
+    from flythinker.apps.serve.store import ProfileStore
+    from flythinker.auto import load_model
+    from flythinker.data.prompts import PromptConfig
+
+    model, tok = load_model(saved_tiny_model)
+    release, started, seen = threading.Event(), threading.Event(), []
+
+    class Held:  # the model, held inside generate until the test lets it go
+        def generate(self, *a, streamer=None, **k):
+            started.set()
+            release.wait(30)
+            seen.append(k["max_new_tokens"])
+            streamer.put(torch.zeros(1, 1, dtype=torch.long))
+            streamer.put(torch.tensor([5]))
+
+    engine = Engine(Held(), tok, max_batch=1, max_queue=1, mode="sequential")
+    first = engine.submit([1, 2], max_tokens=3)
+    assert started.wait(10)
+    engine.submit([1, 2], max_tokens=3)  # waits in the queue
+    with pytest.raises(QueueFull):
+        engine.submit([1, 2], max_tokens=3)
+    app = make_app(model, tok, ProfileStore(tmp_path / "p.db"), PromptConfig(), engine=engine)
+    r = TestClient(app).post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "server_busy"
+    release.set()
+    assert list(first.tokens()) == [5]
+    engine.close()
+    # a request whose client left before its turn is never decoded
+    release.clear()
+    engine = Engine(Held(), tok, max_batch=1, max_queue=4, mode="sequential")
+    busy = engine.submit([1], max_tokens=1)
+    started.clear()
+    assert started.wait(10)
+    gone = engine.submit([1], max_tokens=7)
+    gone.cancel()
+    release.set()
+    assert list(busy.tokens()) == [5] and list(gone.tokens()) == [] and gone.finish_reason == "cancelled"
+    time.sleep(0.2)
+    assert 7 not in seen
+    engine.close()
