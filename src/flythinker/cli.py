@@ -25,6 +25,7 @@ app.add_typer(bench_app, name="bench")
 
 # --- sub-commands (one line each; the function lives next to the code it drives) -------
 from flythinker.apps.bench.decode import bench_decode_command  # noqa: E402
+from flythinker.apps.bench.serve import bench_serve_command  # noqa: E402
 from flythinker.apps.bench.train import bench_train_command  # noqa: E402
 from flythinker.apps.demo import demo_command  # noqa: E402
 from flythinker.apps.experiment.run import experiment_command  # noqa: E402
@@ -45,6 +46,7 @@ app.command("train")(train_command)
 app.add_typer(models_app, name="models")
 bench_app.command("train")(bench_train_command)
 bench_app.command("decode")(bench_decode_command)
+bench_app.command("serve")(bench_serve_command)
 
 
 def main(argv: list[str] | None = None) -> None:

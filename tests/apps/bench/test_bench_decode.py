@@ -134,3 +134,18 @@ def test_a_local_model_pair_with_all_cores_generate_and_the_bandwidth_bound(tmp_
     emb = len(sample_tokenizer) * 32 * 4  # the tied table, fp32
     assert wb["generator"] - wb["reasoner"] == emb  # R skips the table G's LM head reads
     assert result["bandwidth_bound_ms"] == pytest.approx(1000 * (wb["generator"] + wb["reasoner"]) / (bw["all_threads_gb_s"] * 1e9))
+
+
+def test_bench_serve_compares_batched_and_one_at_a_time_serving(saved_tiny_model, tmp_path):
+    from flythinker.cli import main
+
+    out = tmp_path / "serve.json"
+    main(["bench", "serve", "--model", str(saved_tiny_model), "--concurrency", "1,3", "--per-client", "1",
+          "--max-tokens", "4", "--json", str(out)])
+    result = json.loads(out.read_text())
+    for n in ("1", "3"):
+        for name in ("batched", "one_at_a_time"):
+            r = result["levels"][n][name]
+            assert r["errors"] == 0 and r["requests"] == int(n) and r["tokens_per_s"] > 0
+            assert r["p95_latency_s"] >= r["p50_latency_s"] > 0
+        assert result["levels"][n]["speedup"] > 0
