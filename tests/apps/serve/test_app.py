@@ -267,3 +267,61 @@ def test_a_full_queue_is_503_with_retry_after_and_a_gone_client_frees_its_row(sa
     time.sleep(0.2)
     assert 7 not in seen
     engine.close()
+
+
+def test_the_playground_streams_both_answers_in_headless_chromium(saved_tiny_model, tmp_path):
+    """The page at / in Debian's Chromium: it saves a profile through the API, then streams the
+    personalized and the plain answer side by side; the screenshot is looked at, not just saved."""
+    import os
+    import re
+    import shutil
+    import socket
+    import struct
+    import subprocess
+    import sys
+    import time
+    import urllib.parse
+    import urllib.request
+    import zlib
+
+    from chromium import run_page
+
+    browser = shutil.which("chromium") and "/usr/lib/chromium/chromium"  # the binary, not Debian's wrapper script
+    if not browser or not os.path.exists(browser):
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "flythinker.cli", "serve", str(saved_tiny_model), "--port", str(port),
+                               "--db", str(tmp_path / "p.db"), "--mode", "sequential"],
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "FLYTHINKER_API_KEY": ""},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        query = urllib.parse.urlencode({"user": "pg", "profile": "Teach the parser to skip blank lines.|Document it.",
+                                        "prompt": "Write a commit body.", "max": "12", "autorun": "1"})
+        shot = tmp_path / "playground.png"
+        got = run_page(browser, f"http://127.0.0.1:{port}/?{query}", shot, tmp_path / "chrome",
+                       done="document.body && document.body.dataset.done === '1'",
+                       read="{with: document.getElementById('with').textContent, "
+                            "without: document.getElementById('without').textContent}")
+        stored = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/users/pg/profile").read())
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert got["with"].strip() and got["without"].strip()  # both panes streamed text
+    assert [i["text"] for i in stored["items"]] == ["Teach the parser to skip blank lines.", "Document it."]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    idat = b"".join(data[m.start() + 4: m.start() + 4 + struct.unpack(">I", data[m.start() - 4: m.start()])[0]]
+                    for m in re.finditer(b"IDAT", data))
+    rows = zlib.decompress(idat)
+    assert width == 1200 and height > 600 and len(set(rows[::97])) > 8  # a rendered page, not a blank image

@@ -117,12 +117,21 @@ def _errors_and_limits(app, api_key: str | None) -> None:
 
 
 def _profile_routes(app, store) -> None:
-    from fastapi.responses import Response
+    from pathlib import Path
+
+    from fastapi.responses import HTMLResponse, Response
     from starlette.exceptions import HTTPException
+
+    page = (Path(__file__).with_name("playground.html")).read_text(encoding="utf-8")
 
     @app.get("/health")
     def health():
         return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse)
+    def playground():
+        """Edit a user's profile, type a prompt, watch the personalized and plain answers stream."""
+        return page
 
     @app.put("/v1/users/{user_id}/profile")
     def put_profile(user_id: str, body: Profile):
