@@ -131,30 +131,12 @@ def test_concurrent_requests_are_batched_and_all_answered(client):
 
 def test_flythinker_serve_listens_on_localhost_answers_and_stops_cleanly(saved_tiny_model, tmp_path):
     """The real command: uvicorn on 127.0.0.1, a key from the environment, SIGTERM ends it."""
-    import os
     import signal
-    import socket
     import subprocess
-    import sys
-    import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "FLYTHINKER_API_KEY": "k", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "flythinker.cli", "serve", str(saved_tiny_model), "--port", str(port),
-                             "--db", str(tmp_path / "p.db"), "--mode", "sequential"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, port = _start_server(saved_tiny_model, tmp_path, key="k", stdout=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-                time.sleep(0.2)
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", method="POST",
                                      data=json.dumps({"prompt": "hi", "max_tokens": 4}).encode(),
                                      headers={"Content-Type": "application/json", "Authorization": "Bearer k"})
@@ -275,11 +257,8 @@ def test_the_playground_streams_both_answers_in_headless_chromium(saved_tiny_mod
     import os
     import re
     import shutil
-    import socket
     import struct
     import subprocess
-    import sys
-    import time
     import urllib.parse
     import urllib.request
     import zlib
@@ -289,22 +268,8 @@ def test_the_playground_streams_both_answers_in_headless_chromium(saved_tiny_mod
     browser = shutil.which("chromium") and "/usr/lib/chromium/chromium"  # the binary, not Debian's wrapper script
     if not browser or not os.path.exists(browser):
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "flythinker.cli", "serve", str(saved_tiny_model), "--port", str(port),
-                               "--db", str(tmp_path / "p.db"), "--mode", "sequential"],
-                              env={**os.environ, "OMP_NUM_THREADS": "1", "FLYTHINKER_API_KEY": ""},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, port = _start_server(saved_tiny_model, tmp_path, key="", stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline
-                time.sleep(0.2)
         query = urllib.parse.urlencode({"user": "pg", "profile": "Teach the parser to skip blank lines.|Document it.",
                                         "prompt": "Write a commit body.", "max": "12", "autorun": "1"})
         shot = tmp_path / "playground.png"
@@ -325,3 +290,29 @@ def test_the_playground_streams_both_answers_in_headless_chromium(saved_tiny_mod
                     for m in re.finditer(b"IDAT", data))
     rows = zlib.decompress(idat)
     assert width == 1200 and height > 600 and len(set(rows[::97])) > 8  # a rendered page, not a blank image
+
+
+def _start_server(model, tmp_path, key: str, stdout):
+    """`flythinker serve` on a free localhost port, once /health answers: (process, port)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "flythinker.cli", "serve", str(model), "--port", str(port),
+                             "--db", str(tmp_path / "p.db"), "--mode", "sequential"],
+                            env={**os.environ, "FLYTHINKER_API_KEY": key, "OMP_NUM_THREADS": "1"},
+                            stdout=stdout, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc, port
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
