@@ -10,12 +10,12 @@ does not drop with its user's own profile gives FlyThinker's Reasoner nothing to
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import typer
 
+from flythinker.apps import write_json
 from flythinker.errors import UserError
 
 
@@ -70,6 +70,4 @@ def probe_command(
     result = run_probe(model, data, split, limit, k, seed, bootstrap, batch_size, dtype=dtype)
     print(format_probe(result))
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {json_path}")
+        print(f"wrote {write_json(result, json_path)}")

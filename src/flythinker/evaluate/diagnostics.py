@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from flythinker.evaluate.nll import batches, response_nll, token_nll
+from flythinker.evaluate.nll import batches, per_example_nll, token_nll
 from flythinker.fusion import shift_latents
 from flythinker.lm import positions_from_mask
 
@@ -73,23 +73,6 @@ def other_user_profiles(examples, seed: int = 0) -> list:
             return []
         out.append(replace(ex, profile=donors[0].profile))
     return out
-
-
-def per_example_nll(model, tokenizer, examples, prompt_cfg, batch_size: int = 8, desc: str | None = None):
-    """(summed NLL, response tokens) per example, in order: two float64 / int64 arrays (N,)."""
-    import math
-
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    sums, counts = [], []
-    model.eval()
-    for batch in tqdm(batches(examples, tokenizer, prompt_cfg, batch_size), total=math.ceil(len(examples) / batch_size),
-                      desc=desc, disable=desc is None, leave=False):
-        s, n = response_nll(model, batch)
-        sums += s.double().tolist()
-        counts += n.tolist()
-    return np.array(sums), np.array(counts)
 
 
 def profile_use(model, tokenizer, examples, prompt_cfg, *, bootstrap: int = 1000, seed: int = 0,

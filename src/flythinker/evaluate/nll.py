@@ -40,11 +40,25 @@ def batches(examples, tokenizer, prompt_cfg, batch_size: int = 16):
         yield collate(feats, pad_token_id=pad_id(tokenizer), padding_side="left")
 
 
+def per_example_nll(model, tokenizer, examples, prompt_cfg, batch_size: int = 16, desc: str | None = None):
+    """(summed NLL, response tokens) per example, in order: two float64 / int64 arrays (N,);
+    ``desc`` shows a progress bar."""
+    import math
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    sums, counts = [], []
+    model.eval()
+    for batch in tqdm(batches(examples, tokenizer, prompt_cfg, batch_size), total=math.ceil(len(examples) / batch_size),
+                      desc=desc, disable=desc is None, leave=False):
+        s, n = response_nll(model, batch)
+        sums += s.double().tolist()
+        counts += n.tolist()
+    return np.array(sums), np.array(counts)
+
+
 def mean_nll(model, tokenizer, examples, prompt_cfg, batch_size: int = 16) -> float:
     """Mean cross-entropy (nats per response token) of the references under the model."""
-    model.eval()
-    total, count = 0.0, 0
-    for batch in batches(examples, tokenizer, prompt_cfg, batch_size):
-        s, n = response_nll(model, batch)
-        total, count = total + s.sum().item(), count + int(n.sum())
-    return total / max(count, 1)
+    sums, counts = per_example_nll(model, tokenizer, examples, prompt_cfg, batch_size)
+    return float(sums.sum() / max(counts.sum(), 1))

@@ -21,7 +21,6 @@ Single models and ``sequential`` get the threads each model gets in a concurrent
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import typer
 
+from flythinker.apps import write_json
 from flythinker.apps.bench.machine import _threads, all_threads, loadavg, machine_info, measure_bandwidth, weight_bytes
 from flythinker.errors import UserError
 from flythinker.tiny import qwen2_config, random_pair
@@ -357,6 +357,4 @@ def bench_decode_command(
         result = run_decode_bench(cfg, log=lambda msg: status.update(msg))
     print_table(result)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"wrote {json_path}")
+        console.print(f"wrote {write_json(result, json_path)}")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import typer
 
+from flythinker.apps import write_json
 from flythinker.errors import UserError
 
 
@@ -166,5 +167,4 @@ def bench_serve_command(
     result = run_serve_bench(model, levels, per_client, max_tokens, mode)
     print_serve_table(result)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result, json_path)

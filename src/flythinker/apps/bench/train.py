@@ -19,7 +19,6 @@ optimizer step without accumulation.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from flythinker.apps import write_json
 from flythinker.apps.bench.machine import loadavg
 
 CONFIGS = ("sft_generator", "sft_reasoner", "flythinker")
@@ -226,12 +226,6 @@ def print_table(result: dict) -> None:
     console.print(f"FlyThinker / (SFT(G) + SFT(R)) = {result['flythinker_over_sum']:.3f} ({verdict} the ≤ {TARGET} target); "
                   f"{cfg['repeats']} interleaved repeats, {result['torch_threads']} torch threads, "
                   f"loadavg {result['loadavg']}")
-
-
-def write_json(result: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def bench_train_command(
