@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 
+from serving import start_server
+
 
 @pytest.fixture
 def client(saved_tiny_model, tmp_path):
@@ -135,7 +137,7 @@ def test_flythinker_serve_listens_on_localhost_answers_and_stops_cleanly(saved_t
     import subprocess
     import urllib.request
 
-    proc, port = _start_server(saved_tiny_model, tmp_path, key="k", stdout=subprocess.PIPE)
+    proc, port = start_server(saved_tiny_model, tmp_path, key="k", stdout=subprocess.PIPE)
     try:
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", method="POST",
                                      data=json.dumps({"prompt": "hi", "max_tokens": 4}).encode(),
@@ -216,15 +218,25 @@ def test_a_full_queue_is_503_with_retry_after_and_a_gone_client_frees_its_row(sa
     model, tok = load_model(saved_tiny_model)
     release, started, seen = threading.Event(), threading.Event(), []
 
-    class Held:  # the model, held inside generate until the test lets it go
-        def generate(self, *a, streamer=None, **k):
+    class HeldBatch:  # a running batch held inside its prefill until the test lets it go; always token 5
+        def add(self, prompts, pad_token_id):
             started.set()
             release.wait(30)
-            seen.append(k["max_new_tokens"])
-            streamer.put(torch.zeros(1, 1, dtype=torch.long))
-            streamer.put(torch.tensor([5]))
+            seen.extend(prompts)
+            return self.step(torch.zeros(len(prompts)))
 
-    engine = Engine(Held(), tok, max_batch=1, max_queue=1, mode="sequential")
+        def step(self, tokens):
+            logits = torch.zeros(len(tokens), 10)
+            logits[:, 5] = 1e4
+            return logits
+
+        def keep(self, rows):
+            pass
+
+        def close(self):
+            pass
+
+    engine = Engine(None, tok, max_batch=1, max_queue=1, make_batch=HeldBatch)
     first = engine.submit([1, 2], max_tokens=3)
     assert started.wait(10)
     engine.submit([1, 2], max_tokens=3)  # waits in the queue
@@ -234,20 +246,20 @@ def test_a_full_queue_is_503_with_retry_after_and_a_gone_client_frees_its_row(sa
     r = TestClient(app).post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
     assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "server_busy"
     release.set()
-    assert list(first.tokens()) == [5]
+    assert list(first.tokens()) == [5, 5, 5] and first.finish_reason == "length"
     engine.close()
     # a request whose client left before its turn is never decoded
     release.clear()
-    engine = Engine(Held(), tok, max_batch=1, max_queue=4, mode="sequential")
+    engine = Engine(None, tok, max_batch=1, max_queue=4, make_batch=HeldBatch)
     busy = engine.submit([1], max_tokens=1)
     started.clear()
     assert started.wait(10)
-    gone = engine.submit([1], max_tokens=7)
+    gone = engine.submit([9], max_tokens=7)
     gone.cancel()
     release.set()
     assert list(busy.tokens()) == [5] and list(gone.tokens()) == [] and gone.finish_reason == "cancelled"
     time.sleep(0.2)
-    assert 7 not in seen
+    assert [9] not in seen
     engine.close()
 
 
@@ -268,7 +280,7 @@ def test_the_playground_streams_both_answers_in_headless_chromium(saved_tiny_mod
     browser = shutil.which("chromium") and "/usr/lib/chromium/chromium"  # the binary, not Debian's wrapper script
     if not browser or not os.path.exists(browser):
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    server, port = _start_server(saved_tiny_model, tmp_path, key="", stdout=subprocess.DEVNULL)
+    server, port = start_server(saved_tiny_model, tmp_path, key="", stdout=subprocess.DEVNULL)
     try:
         query = urllib.parse.urlencode({"user": "pg", "profile": "Teach the parser to skip blank lines.|Document it.",
                                         "prompt": "Write a commit body.", "max": "12", "autorun": "1"})
@@ -290,29 +302,3 @@ def test_the_playground_streams_both_answers_in_headless_chromium(saved_tiny_mod
                     for m in re.finditer(b"IDAT", data))
     rows = zlib.decompress(idat)
     assert width == 1200 and height > 600 and len(set(rows[::97])) > 8  # a rendered page, not a blank image
-
-
-def _start_server(model, tmp_path, key: str, stdout):
-    """`flythinker serve` on a free localhost port, once /health answers: (process, port)."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "flythinker.cli", "serve", str(model), "--port", str(port),
-                             "--db", str(tmp_path / "p.db"), "--mode", "sequential"],
-                            env={**os.environ, "FLYTHINKER_API_KEY": key, "OMP_NUM_THREADS": "1"},
-                            stdout=stdout, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return proc, port
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)

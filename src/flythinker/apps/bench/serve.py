@@ -53,13 +53,13 @@ class _Server:
         self.thread.join(30)
 
 
-def _stream_one(port: int, body: dict) -> tuple[float, float, int]:
+def _stream_one(port: int, body: dict, headers: dict | None = None) -> tuple[float, float, int]:
     """(latency s, time to first token s, tokens) of one streamed completion."""
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.perf_counter()
-    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json", **(headers or {})})
     resp = conn.getresponse()
     if resp.status != 200:
         raise RuntimeError(f"status {resp.status}: {resp.read()[:200]!r}")
@@ -75,13 +75,19 @@ def _stream_one(port: int, body: dict) -> tuple[float, float, int]:
     return time.perf_counter() - t0, first if first is not None else float("nan"), pieces
 
 
-def _level(port: int, clients: int, per_client: int, body: dict) -> dict:
+def _level(port: int, clients: int, per_client: int, body: dict, duration_s: float | None = None,
+           headers: dict | None = None) -> dict:
+    """N client threads streaming completions one after another: ``per_client`` each, or as many
+    as each can start within ``duration_s`` (the last one is waited for)."""
     results, errors, lock = [], [], threading.Lock()
+    deadline = None if duration_s is None else time.perf_counter() + duration_s
 
     def client():
-        for _ in range(per_client):
+        n = 0
+        while (n < per_client) if deadline is None else (time.perf_counter() < deadline):
+            n += 1
             try:
-                r = _stream_one(port, body)
+                r = _stream_one(port, body, headers)
                 with lock:
                     results.append(r)
             except Exception as e:  # noqa: BLE001  counted, reported
@@ -96,16 +102,20 @@ def _level(port: int, clients: int, per_client: int, body: dict) -> dict:
         t.join()
     wall = time.perf_counter() - t0
     lat = sorted(r[0] for r in results)
-    return {"clients": clients, "requests": len(results), "errors": len(errors), "wall_s": wall,
+    return {"clients": clients, "requests": len(results) + len(errors), "answered": len(results),
+            "errors": len(errors), "error_samples": errors[:3], "wall_s": wall,
             "tokens": sum(r[2] for r in results), "tokens_per_s": sum(r[2] for r in results) / wall,
             "p50_latency_s": statistics.median(lat) if lat else None,
             "p95_latency_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None,
-            "p50_ttft_s": statistics.median(r[1] for r in results) if results else None}
+            "p50_ttft_s": statistics.median(r[1] for r in results) if results else None,
+            "p95_ttft_s": sorted(r[1] for r in results)[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None}
 
 
 def run_serve_bench(model_dir: Path, concurrency: list[int], per_client: int = 2, max_tokens: int = 32,
-                    mode: str = "sequential", log=print) -> dict:
-    """Batched (max_batch = the highest concurrency) against one-at-a-time serving, same model."""
+                    mode: str = "concurrent", duration_s: float | None = None, log=print) -> dict:
+    """Batched (continuous batching, max_batch = the highest concurrency) against one-at-a-time
+    serving (max_batch = 1) of the same model; each level runs ``per_client`` requests per client,
+    or for ``duration_s`` seconds."""
     from flythinker.apps.serve.app import make_app
     from flythinker.apps.serve.engine import Engine
     from flythinker.apps.serve.store import ProfileStore
@@ -115,7 +125,8 @@ def run_serve_bench(model_dir: Path, concurrency: list[int], per_client: int = 2
     model, tok = load_model(model_dir)
     body = {"prompt": "Write the body of the commit 'parser: skip blank lines'.", "max_tokens": max_tokens,
             "temperature": 0.8, "top_p": 0.95, "stream": True}
-    out = {"model": str(model_dir), "max_tokens": max_tokens, "per_client": per_client, "mode": mode, "levels": {}}
+    out = {"model": str(model_dir), "max_tokens": max_tokens, "per_client": per_client, "duration_s": duration_s,
+           "mode": mode, "levels": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, max_batch in (("batched", max(concurrency)), ("one_at_a_time", 1)):
             engine = Engine(model, tok, max_batch=max_batch, max_queue=4 * max(concurrency), mode=mode)
@@ -124,7 +135,7 @@ def run_serve_bench(model_dir: Path, concurrency: list[int], per_client: int = 2
                 _stream_one(server.port, {**body, "max_tokens": 2})  # warm-up
                 for n in concurrency:
                     log(f"{name}: {n} client(s)")
-                    out["levels"].setdefault(str(n), {})[name] = _level(server.port, n, per_client, body)
+                    out["levels"].setdefault(str(n), {})[name] = _level(server.port, n, per_client, body, duration_s)
             finally:
                 server.close()
                 engine.close()
@@ -137,14 +148,16 @@ def print_serve_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"serving {result['model']}: {result['per_client']} streamed completions per client, "
-                        f"{result['max_tokens']} tokens each")
-    for col in ("clients", "server", "tok/s", "p50 latency s", "p95 latency s", "p50 TTFT s", "errors", "batched / one"):
+    each = (f"{result['duration_s']:g} s of streamed completions per client" if result.get("duration_s")
+            else f"{result['per_client']} streamed completions per client")
+    table = Table(title=f"serving {result['model']}: {each}, up to {result['max_tokens']} tokens each")
+    for col in ("clients", "server", "requests", "tok/s", "p50 latency s", "p95 latency s", "p50 TTFT s", "errors",
+                "batched / one"):
         table.add_column(col, justify="right")
     for n, row in result["levels"].items():
         for name in ("batched", "one_at_a_time"):
             r = row[name]
-            table.add_row(n, name, f"{r['tokens_per_s']:.1f}", f"{r['p50_latency_s']:.2f}", f"{r['p95_latency_s']:.2f}",
+            table.add_row(n, name, str(r["answered"]), f"{r['tokens_per_s']:.1f}", f"{r['p50_latency_s']:.2f}", f"{r['p95_latency_s']:.2f}",
                           f"{r['p50_ttft_s']:.2f}", str(r["errors"]), f"{row['speedup']:.2f}" if name == "batched" else "")
     Console().print(table)
 
@@ -153,8 +166,9 @@ def bench_serve_command(
     model: Path = typer.Option(..., "--model", help="A FlyThinker folder or a plain causal-LM folder."),
     concurrency: str = typer.Option("1,4,16", "--concurrency", help="Comma-separated numbers of concurrent clients."),
     per_client: int = typer.Option(2, "--per-client", help="Completions each client requests, one after another."),
+    duration: float = typer.Option(None, "--duration", help="Instead: seconds each level runs (clients keep requesting)."),
     max_tokens: int = typer.Option(32, "--max-tokens", help="Tokens per completion."),
-    mode: str = typer.Option("sequential", "--mode", help="Decoder of the engine: sequential or concurrent."),
+    mode: str = typer.Option("concurrent", "--mode", help="Decoder of the engine: concurrent (as flythinker serve) or sequential."),
     json_path: Path = typer.Option(None, "--json", help="Also write the results here."),
 ) -> None:
     """Throughput and latency against concurrency: the batched server against one-at-a-time serving."""
@@ -164,7 +178,9 @@ def bench_serve_command(
         raise UserError(f"--concurrency {concurrency!r}: comma-separated integers, e.g. 1,4,16") from None
     if not levels or min(levels) < 1 or per_client < 1 or max_tokens < 1:
         raise UserError("--concurrency, --per-client and --max-tokens must be ≥ 1")
-    result = run_serve_bench(model, levels, per_client, max_tokens, mode)
+    if duration is not None and duration <= 0:
+        raise UserError(f"--duration must be > 0 seconds, got {duration}")
+    result = run_serve_bench(model, levels, per_client, max_tokens, mode, duration)
     print_serve_table(result)
     if json_path is not None:
         write_json(result, json_path)

@@ -1,11 +1,12 @@
-"""The decoding engine of the server: one thread owns the model and decodes queued requests in
-shared batches, streaming each row's tokens to its request as they are produced.
+"""The decoding engine of the server: one thread owns the model and decodes every request in
+one running batch (continuous batching), streaming each row's tokens to its request.
 
-Requests with the same sampling settings are decoded together (left padding, per-row EOS and
-token budgets; a row whose request ended or whose client went away is dropped from the output,
-and the batch stops as soon as every row has ended). Rows join at the next batch, not in the
-middle of one (continuous batching is not built yet). A request with a ``seed`` is decoded on its
-own, so the same seed gives the same tokens as ``model.generate`` with that seed.
+Between two decoding steps, waiting requests join the batch (their prompts are prefilled and
+their KV caches merged into the running ones, :class:`flythinker.decoding.batching.RunningBatch`)
+and rows that ended leave it: at EOS, at their token budget, or when their client went away.
+Rows keep their own sampling settings. A request with a ``seed`` is decoded alone (it waits for
+the batch to drain, and nothing joins it), so the same seed gives the same tokens as
+``model.generate`` with that seed.
 
     >>> engine = Engine(model, tokenizer)                                     # doctest: +SKIP
     >>> req = engine.submit(prompt_ids, max_tokens=64, temperature=0.8, top_p=0.95)  # doctest: +SKIP
@@ -14,22 +15,20 @@ own, so the same seed gives the same tokens as ``model.generate`` with that seed
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 from dataclasses import dataclass, field
 
 import torch
 
+from flythinker.decoding.sampling import SamplingConfig, TokenSampler
+from flythinker.errors import UserError
+
 _END = object()  # the end of a request's token stream
 
 
 class QueueFull(Exception):
     """The engine's queue is full: the client should retry later."""
-
-
-class _AllRowsEnded(Exception):
-    """Raised inside a decode once no row has a reader left."""
 
 
 @dataclass
@@ -43,10 +42,11 @@ class Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
     finish_reason: str | None = None
     n_tokens: int = 0
+    sampler: TokenSampler | None = None
 
-    def key(self, serial: int):
-        """Requests with equal keys share a batch (a seeded request shares with no one)."""
-        return (self.temperature, self.top_p) if self.seed is None else ("seed", serial)
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(do_sample=self.temperature > 0, temperature=self.temperature or 1.0,
+                              top_p=self.top_p, seed=self.seed)
 
     def tokens(self, timeout: float = 600.0):
         """The request's token ids as they come; raises the decode's error if it failed."""
@@ -59,60 +59,48 @@ class Request:
             yield item
 
     def cancel(self) -> None:
-        """The client went away: its row stops being read (and ends the batch if it was the last)."""
+        """The client went away: its row leaves the batch at the next step."""
         self.cancelled.set()
 
-
-class _Fanout:
-    """transformers' streamer protocol, routing each row's new token to its request."""
-
-    def __init__(self, requests: list[Request], eos: set[int]):
-        self.requests, self.eos, self.first = requests, eos, True
-        self.done = [False] * len(requests)
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.first:  # the prompt
-            self.first = False
-            return
-        for i, (req, tok) in enumerate(zip(self.requests, value.tolist())):
-            if self.done[i]:
-                continue
-            if req.cancelled.is_set():
-                self._end(i, "cancelled")
-            elif tok in self.eos:
-                self._end(i, "stop")
-            else:
-                req.n_tokens += 1
-                req.out.put(tok)
-                if req.n_tokens >= req.max_tokens:
-                    self._end(i, "length")
-        if all(self.done):
-            raise _AllRowsEnded()
-
-    def _end(self, i: int, reason: str) -> None:
-        self.done[i] = True
-        self.requests[i].finish_reason = reason
-        self.requests[i].out.put(_END)
-
-    def end(self) -> None:
-        for i in range(len(self.requests)):
-            if not self.done[i]:
-                self._end(i, "length")
+    def end(self, reason: str) -> None:
+        self.finish_reason = reason
+        self.out.put(_END)
 
 
 class Engine:
-    """Owns the model; ``submit`` queues a request, a worker thread decodes batches of them."""
+    """Owns the model; ``submit`` queues a request, a worker thread runs the batch.
 
-    def __init__(self, model, tokenizer, max_batch: int = 8, max_queue: int = 64, mode: str = "concurrent"):
+    ``mode`` is ``concurrent`` (R's step on a thread while G's runs) or ``sequential``;
+    ``make_batch`` builds the running batch (tests pass a fake one).
+    """
+
+    def __init__(self, model, tokenizer, max_batch: int = 8, max_queue: int = 64, mode: str = "concurrent",
+                 make_batch=None):
+        from flythinker.decoding.concurrent import default_threads
+        from flythinker.lm import device_of
+
         self.model, self.tokenizer, self.max_batch, self.mode = model, tokenizer, max_batch, mode
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._serial = itertools.count()
+        if mode not in ("concurrent", "sequential"):
+            raise UserError(f"mode must be 'concurrent' or 'sequential', got {mode!r}")
+        self.threads = None  # two models overlapping on the CPU's cores get half of them each
+        if make_batch is None and mode == "concurrent" and device_of(model.generator).type == "cpu" \
+                and model.lam != 0.0 and model.variant != "static":
+            self.threads = default_threads()
+        self.make_batch = make_batch or self._running_batch
         self._stop = threading.Event()
-        self._waiting: list[Request] = []
+        self._waiting: list[Request] = []  # taken from the queue, not yet in the batch (≤ max_batch)
+        self.rows: list[Request] = []
+        self.stats = {"steps": 0, "peak_rows": 0, "joined_running": 0}  # joined_running: rows that joined mid-decode
         self.thread = threading.Thread(target=self._loop, name="flythinker-engine", daemon=True)
         self.thread.start()
+
+    def _running_batch(self):
+        from flythinker.decoding.batching import RunningBatch
+
+        return RunningBatch(self.model, concurrent=self.mode == "concurrent", threads=self.threads)
 
     def submit(self, prompt_ids: list[int], max_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                seed: int | None = None) -> Request:
@@ -130,49 +118,98 @@ class Engine:
 
     # --- the worker ---------------------------------------------------------------------------
     def _loop(self) -> None:
-        while not (self._stop.is_set() and self.queue.empty() and not self._waiting):
-            batch = self._next_batch()
-            if batch:
-                self._decode(batch)
-
-    def _next_batch(self) -> list[Request]:
-        """The oldest waiting request and every queued one that can share its batch."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        batch, logits = self.make_batch(), None
         try:
-            while True:
-                self._waiting.append(self.queue.get(timeout=0.05 if not self._waiting else 0.0))
+            while not (self._stop.is_set() and self.queue.empty() and not self._waiting and not self.rows):
+                self._collect(block=not self.rows)
+                logits = self._admit(batch, logits)
+                if not self.rows:
+                    continue
+                try:
+                    tokens = self._sample(logits)
+                    keep = self._emit(tokens)
+                    if len(keep) < len(self.rows):
+                        batch.keep(torch.tensor(keep, dtype=torch.long))
+                        self.rows, tokens = [self.rows[i] for i in keep], tokens[keep]
+                    logits = batch.step(tokens) if self.rows else None
+                    self.stats["steps"] += bool(self.rows)
+                except Exception as e:  # noqa: BLE001  every row gets the error, the engine goes on
+                    self._fail(self.rows, e)
+                    self.rows, logits = [], None
+                    batch.keep(torch.zeros(0, dtype=torch.long))
+        finally:
+            batch.close()
+
+    def _collect(self, block: bool) -> None:
+        """Move queued requests to the waiting list (at most ``max_batch`` wait there)."""
+        try:
+            while len(self._waiting) < self.max_batch:
+                wait = block and not self._waiting
+                self._waiting.append(self.queue.get(timeout=0.05) if wait else self.queue.get_nowait())
         except queue.Empty:
             pass
         for r in [r for r in self._waiting if r.cancelled.is_set()]:  # gone before their turn
-            r.finish_reason = "cancelled"
-            r.out.put(_END)
+            r.end("cancelled")
         self._waiting = [r for r in self._waiting if not r.cancelled.is_set()]
-        if not self._waiting:
-            return []
-        serials = {id(r): next(self._serial) for r in self._waiting}
-        key = self._waiting[0].key(serials[id(self._waiting[0])])
-        batch = [r for r in self._waiting if r.key(serials[id(r)]) == key][: self.max_batch]
-        self._waiting = [r for r in self._waiting if r not in batch]
-        return batch
 
-    def _decode(self, batch: list[Request]) -> None:
-        T = max(len(r.prompt_ids) for r in batch)
-        ids = torch.full((len(batch), T), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
-        for i, r in enumerate(batch):  # left padding
-            ids[i, T - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[i, T - len(r.prompt_ids):] = 1
-        first = batch[0]
-        fanout = _Fanout(batch, self.eos)
+    def _admit(self, batch, logits):
+        """Prefill the waiting requests that may join now; returns every row's logits."""
+        if any(r.seed is not None for r in self.rows):
+            return logits  # a seeded request decodes alone
+        new = []
+        for r in self._waiting:
+            if len(self.rows) + len(new) >= self.max_batch or (r.seed is not None and (self.rows or new)):
+                break
+            new.append(r)
+            if r.seed is not None:
+                break
+        if not new:
+            return logits
+        self._waiting = self._waiting[len(new):]
         try:
-            self.model.generate(
-                ids, attention_mask=mask, max_new_tokens=max(r.max_tokens for r in batch),
-                do_sample=first.temperature > 0, temperature=first.temperature or 1.0, top_p=first.top_p,
-                seed=first.seed, eos_token_id=sorted(self.eos), pad_token_id=self.pad, streamer=fanout, mode=self.mode)
-        except _AllRowsEnded:
-            pass
-        except Exception as e:  # noqa: BLE001  every waiting client gets the error, the engine goes on
-            for i, r in enumerate(batch):
-                if not fanout.done[i]:
-                    fanout.done[i] = True
-                    r.out.put(RuntimeError(f"decoding failed: {e}"))
-        fanout.end()
+            new_logits = batch.add([r.prompt_ids for r in new], self.pad)
+        except Exception as e:  # noqa: BLE001
+            self._fail(new, e)
+            return logits
+        for r in new:
+            r.sampler = TokenSampler(r.sampling(), device=new_logits.device)
+        self.stats["joined_running"] += len(new) if self.rows else 0
+        self.rows += new
+        self.stats["peak_rows"] = max(self.stats["peak_rows"], len(self.rows))
+        return new_logits if logits is None else torch.cat([logits, new_logits.to(logits.device)])
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:  # (B, V) -> (B,)
+        """Each row's next token with its own settings; rows with equal settings sample together."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(self.rows):
+            groups.setdefault((r.temperature, r.top_p) if r.seed is None else ("seed", i), []).append(i)
+        tokens = torch.empty(len(self.rows), dtype=torch.long)
+        for rows in groups.values():
+            idx = torch.tensor(rows)
+            picked = logits[idx.to(logits.device)]
+            tokens[idx] = self.rows[rows[0]].sampler(picked, torch.empty(len(rows), 0, dtype=torch.long)).cpu()
+        return tokens
+
+    def _emit(self, tokens: torch.Tensor) -> list[int]:
+        """Send each row its token; returns the rows that go on."""
+        keep = []
+        for i, (req, tok) in enumerate(zip(self.rows, tokens.tolist())):
+            if req.cancelled.is_set():
+                req.end("cancelled")
+            elif tok in self.eos:
+                req.end("stop")
+            else:
+                req.n_tokens += 1
+                req.out.put(tok)
+                if req.n_tokens >= req.max_tokens:
+                    req.end("length")
+                else:
+                    keep.append(i)
+        return keep
+
+    @staticmethod
+    def _fail(requests: list[Request], error: Exception) -> None:
+        for r in requests:
+            r.out.put(RuntimeError(f"decoding failed: {error}"))

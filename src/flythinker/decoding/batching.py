@@ -1,0 +1,160 @@
+"""Continuous batching: rows join a running decode and leave it between steps.
+
+A :class:`RunningBatch` holds the Generator's and the Reasoner's KV caches for the rows decoding
+now. ``add`` prefills new prompts (R, then G with R's latents placed as in training) and merges
+their caches into the running ones, left-padding the shorter side; ``keep`` drops rows that
+ended (and trims columns that only padding still fills); ``step`` runs one decoding step of
+every row, R's step on a worker thread while G's runs (think while generating) unless
+``concurrent=False``. The halves are the reference loop's runners (steps.py), with the same
+positions, masks and latents, so a row decodes the tokens it would decode alone.
+
+    >>> batch = RunningBatch(model)                                      # doctest: +SKIP
+    >>> batch.add([prompt_a, prompt_b], pad_token_id)    # logits (2, V) of their first tokens
+    >>> batch.step(torch.tensor([tok_a, tok_b]))         # logits (2, V) of the next ones
+    >>> batch.keep(torch.tensor([1]))                    # row a ended
+    >>> batch.add([prompt_c], pad_token_id)              # c joins b mid-decode
+
+R's cache lives in this process, so the worker-process backends (``shm``, ``gloo``) do not
+apply here: R's concurrent step runs on a thread (the ``threads`` backend).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import torch.nn.functional as F
+
+from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner
+from flythinker.errors import UserError
+from flythinker.lm import positions_from_mask
+
+
+def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> left-padded ids (B, T) and their attention mask (B, T).
+
+    >>> [t.tolist() for t in left_pad([[5, 6], [7]], 0)]
+    [[[5, 6], [0, 7]], [[1, 1], [0, 1]]]
+    """
+    if not prompts or not all(prompts):
+        raise UserError("every prompt needs at least one token")
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, T - len(p):] = 1
+    return ids, mask
+
+
+def _layers(cache) -> list:
+    layers = getattr(cache, "layers", None)
+    if layers is None or not all(hasattr(layer, "keys") and not getattr(layer, "is_sliding", False)
+                                 for layer in layers):
+        raise UserError(f"continuous batching needs full-attention DynamicCache layers, got {type(cache).__name__}")
+    return layers
+
+
+def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    if n == 0:
+        return t
+    pad = [0, 0] * (t.dim() - 1 - dim % t.dim()) + [n, 0]
+    return F.pad(t, pad)
+
+
+def merge_caches(old, new, extra_old: int, extra_new: int):
+    """``old``'s rows then ``new``'s, each left-padded by the given number of columns."""
+    if old is None:
+        return new
+    for a, b in zip(_layers(old), _layers(new)):
+        a.keys = torch.cat([_pad_left(a.keys, extra_old, -2), _pad_left(b.keys, extra_new, -2)], dim=0)
+        a.values = torch.cat([_pad_left(a.values, extra_old, -2), _pad_left(b.values, extra_new, -2)], dim=0)
+    return old
+
+
+def select_rows(cache, rows: torch.Tensor, drop_columns: int):
+    """Keep ``rows`` of every layer and drop the first ``drop_columns`` (padding only) columns."""
+    for layer in _layers(cache):
+        layer.keys = layer.keys[rows.to(layer.keys.device), :, drop_columns:]
+        layer.values = layer.values[rows.to(layer.values.device), :, drop_columns:]
+    return cache
+
+
+class RunningBatch:
+    """The rows decoding now, with both models' caches; see the module docstring."""
+
+    def __init__(self, model, concurrent: bool = True, threads: int | None = None):
+        self.model = model
+        self.g = GeneratorRunner(model)
+        self.reasoning = model.lam != 0.0  # λ = 0 is SFT: R never runs
+        self.static = model.variant == "static"  # R reads the prompt once
+        self.r = ReasonerRunner(model) if self.reasoning else None
+        self.pool = None
+        if concurrent and self.reasoning and not self.static:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="flythinker-reasoner")
+            if threads:  # OpenMP's thread count is per calling thread: set the worker's too
+                self.pool.submit(torch.set_num_threads, threads).result()
+        self.mask = self.position = self.latent = None  # (B, T), (B, 1), (B, 1, d_R)
+
+    @property
+    def size(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[0]
+
+    @torch.no_grad()
+    def add(self, prompts: list[list[int]], pad_token_id: int) -> torch.Tensor:  # -> (B_new, V)
+        """Prefill ``prompts`` and append them as the last rows; returns their first logits."""
+        ids, mask = left_pad(prompts, pad_token_id)
+        positions = positions_from_mask(mask)
+        g_cache, self.g.cache = self.g.cache, None
+        if self.reasoning:
+            r_cache, self.r.cache = self.r.cache, None
+            latents = self.r.prefill(ids, mask, positions)  # (B_new, T, d_R)
+        else:
+            latents = torch.zeros(*ids.shape, 1)
+        logits = self.g.prefill(ids, mask, positions, latents)
+        T_old, T_new = (0 if self.mask is None else self.mask.shape[1]), mask.shape[1]
+        grow_old, grow_new = max(0, T_new - T_old), max(0, T_old - T_new)
+        self.g.cache = merge_caches(g_cache, self.g.cache, grow_old, grow_new)
+        if self.reasoning:
+            self.r.cache = None if self.static else merge_caches(r_cache, self.r.cache, grow_old, grow_new)
+        latent = latents[:, -1:]
+        if self.mask is None:
+            self.mask, self.position, self.latent = mask, positions[:, -1:], latent
+        else:
+            self.mask = torch.cat([_pad_left(self.mask, grow_old, 1), _pad_left(mask, grow_new, 1)])
+            self.position = torch.cat([self.position, positions[:, -1:]])
+            self.latent = torch.cat([self.latent, latent.to(self.latent.device)])
+        return logits
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, V)
+        """Every row reads its new token: R(s_n) -> z_n while G(s_n + z_{n-1}) -> logits."""
+        if tokens.shape != (self.size,):
+            raise UserError(f"step needs one token per row ({self.size}), got {tuple(tokens.shape)}")
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        self.position = self.position + 1
+        run_r = self.reasoning and not self.static
+        pending = self.pool.submit(self.r.step, tokens, self.mask, self.position) if run_r and self.pool else None
+        z = self.r.step(tokens, self.mask, self.position) if run_r and not self.pool else None
+        logits = self.g.step(tokens, self.latent, self.mask, self.position)
+        if run_r:
+            self.latent = pending.result() if pending is not None else z
+        return logits
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (indices into the current rows, in order); an empty set resets."""
+        if len(rows) == 0:
+            self.g.cache = self.mask = self.position = self.latent = None
+            if self.r is not None:
+                self.r.cache = None
+            return
+        mask = self.mask[rows]
+        drop = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns that are padding only
+        self.mask, self.position, self.latent = mask[:, drop:], self.position[rows], self.latent[rows]
+        select_rows(self.g.cache, rows, drop)
+        if self.r is not None and self.r.cache is not None:
+            select_rows(self.r.cache, rows, drop)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)

@@ -1,0 +1,90 @@
+"""The server's engine: requests that arrive while others decode join the running batch, leave
+it at EOS or their budget, keep their own sampling settings, and get exactly the tokens the
+reference decoder gives each of them alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flythinker.decoding.concurrent import default_threads
+
+
+def _reference(model, tok, prompt, n, threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the arithmetic the engine's G does (MKL's order depends on it)
+    try:
+        ids = torch.tensor([prompt])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, mode="sequential",
+                             eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)[0].tolist()
+    finally:
+        torch.set_num_threads(previous)
+    return out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
+
+
+@pytest.mark.parametrize("mode", ["concurrent", "sequential"])
+def test_staggered_requests_join_the_running_batch_and_get_their_alone_tokens(saved_tiny_model, mode):
+    from flythinker.apps.serve.engine import Engine
+    from flythinker.auto import load_model
+
+    model, tok = load_model(saved_tiny_model)
+    texts = ["fix the parser", "Document the new option for the command line tool and its tests",
+             "refs: speed up", "Teach the merge machinery to keep going after a conflict in a submodule"]
+    prompts = [tok(t)["input_ids"] for t in texts]
+    budgets = [30, 9, 20, 14]
+    engine = Engine(model, tok, max_batch=3, mode=mode)
+    try:
+        reqs, streams, got = [], [], []
+        for p, n in zip(prompts, budgets):
+            if streams:  # the batch is decoding: read a few tokens of the latest request first
+                got[-1] += [next(streams[-1]) for _ in range(2)]
+            reqs.append(engine.submit(p, max_tokens=n, temperature=0.0))
+            streams.append(reqs[-1].tokens())
+            got.append([])
+        sampled = engine.submit(prompts[0], max_tokens=6, temperature=0.8, top_p=0.9)  # other settings, same batch
+        for s, g in zip(streams, got):
+            g += list(s)
+        assert 1 <= len(list(sampled.tokens())) <= 6
+    finally:
+        engine.close()
+    threads = engine.threads or torch.get_num_threads()
+    for i, (p, n) in enumerate(zip(prompts, budgets)):
+        assert got[i] == _reference(model, tok, p, n, threads), i
+        assert reqs[i].finish_reason == ("length" if len(got[i]) == n else "stop")
+    assert engine.stats["joined_running"] >= 2 and engine.stats["peak_rows"] == 3, engine.stats
+
+
+def test_a_seeded_request_decodes_alone_and_samples_what_generate_samples(saved_tiny_model):
+    from flythinker.apps.serve.engine import Engine
+    from flythinker.auto import load_model
+
+    model, tok = load_model(saved_tiny_model)
+    prompt = tok("fix the parser")["input_ids"]
+    engine = Engine(model, tok, max_batch=4, mode="sequential")
+    try:
+        other = engine.submit(prompt, max_tokens=20, temperature=0.7)
+        seeded = engine.submit(prompt, max_tokens=12, temperature=0.8, top_p=0.95, seed=11)
+        late = engine.submit(prompt, max_tokens=5, temperature=0.7)  # may not join the seeded one
+        got = list(seeded.tokens())
+        list(other.tokens()), list(late.tokens())
+    finally:
+        engine.close()
+    ids = torch.tensor([prompt])
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, mode="sequential",
+                         do_sample=True, temperature=0.8, top_p=0.95, seed=11,
+                         eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)[0].tolist()
+    assert got == (ref[: ref.index(tok.eos_token_id)] if tok.eos_token_id in ref else ref)
+    # first come, first served: the seeded request waits for `other` to end, decodes alone, and
+    # `late` (behind it in the queue) joins no one
+    assert engine.stats["peak_rows"] == 1 and engine.stats["joined_running"] == 0, engine.stats
+
+
+def test_an_unknown_mode_is_refused(saved_tiny_model):
+    from flythinker.apps.serve.engine import Engine
+    from flythinker.auto import load_model
+    from flythinker.errors import UserError
+
+    model, tok = load_model(saved_tiny_model)
+    with pytest.raises(UserError, match="mode"):
+        Engine(model, tok, mode="fast")
+    assert default_threads() >= 1

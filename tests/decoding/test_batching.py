@@ -1,0 +1,107 @@
+"""Continuous batching: rows that join a running decode and leave it get exactly the tokens the
+reference decoder gives each of them alone (greedy; sampled with a seed when alone)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tiny_models import VOCAB, tiny_causal_lm, tiny_pair
+from flythinker.decoding.batching import RunningBatch, left_pad
+from flythinker.errors import UserError
+from flythinker.static import StaticThinker
+
+
+def _prompts(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in lengths]
+
+
+def _alone(model, prompt, n, **kw):
+    ids = torch.tensor([prompt])
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, mode="sequential",
+                          eos_token_id=[], pad_token_id=0, **kw)[0].tolist()
+
+
+def _schedule(model, concurrent, prompts, joins, budgets):
+    """Greedy decode where prompt i joins before step ``joins[i]`` and leaves after ``budgets[i]`` tokens."""
+    batch = RunningBatch(model, concurrent=concurrent)
+    rows, out, logits, step = [], {i: [] for i in range(len(prompts))}, None, 0
+    try:
+        while rows or step <= max(joins):
+            new = [i for i, j in enumerate(joins) if j == step]
+            if new:
+                first = batch.add([prompts[i] for i in new], pad_token_id=0)
+                logits = first if logits is None else torch.cat([logits, first])
+                rows += new
+            step += 1
+            if not rows:
+                continue
+            tokens = logits.argmax(-1)
+            for i, t in zip(rows, tokens.tolist()):
+                out[i].append(t)
+            keep = [k for k, i in enumerate(rows) if len(out[i]) < budgets[i]]
+            if len(keep) < len(rows):
+                batch.keep(torch.tensor(keep, dtype=torch.long))
+                rows, tokens = [rows[k] for k in keep], tokens[keep]
+            logits = batch.step(tokens) if rows else None
+    finally:
+        batch.close()
+    return out
+
+
+def _models():
+    g, r = tiny_causal_lm(hidden=48, seed=0), tiny_causal_lm(hidden=32, seed=1)
+    return {
+        "flythinker": tiny_pair(d_g=48, d_r=32, lam=1.0),
+        "linear-fusion": tiny_pair(d_g=32, d_r=48, lam=1.0, fusion="linear"),
+        "sft": tiny_pair(lam=0.0),
+        "static": StaticThinker(generator=g, reasoner=r, lam=1.0).eval(),
+    }
+
+
+@pytest.mark.parametrize("concurrent", [True, False], ids=["concurrent", "sequential"])
+@pytest.mark.parametrize("name", ["flythinker", "linear-fusion", "sft", "static"])
+def test_rows_joining_and_leaving_get_their_alone_tokens(name, concurrent):
+    model = _models()[name]
+    prompts = _prompts([5, 11, 3, 8, 14, 6])
+    joins = [0, 0, 2, 5, 5, 9]  # two start, one joins shorter, two join longer, one joins late
+    budgets = [12, 4, 9, 6, 10, 7]  # rows leave at different steps (the leftmost columns get trimmed)
+    got = _schedule(model, concurrent, prompts, joins, budgets)
+    for i, p in enumerate(prompts):
+        assert got[i] == _alone(model, p, budgets[i]), (name, i)
+
+
+def test_the_latents_matter_so_the_check_can_fail():
+    """Sanity: the FlyThinker pair's tokens depend on R (else the test above would prove little)."""
+    model, p = tiny_pair(d_g=48, d_r=32, lam=1.0), _prompts([8])[0]
+    sft = tiny_pair(d_g=48, d_r=32, lam=0.0)
+    assert _alone(model, p, 12) != _alone(sft, p, 12)
+
+
+def test_a_seeded_row_alone_samples_what_generate_samples():
+    from flythinker.decoding.sampling import SamplingConfig, TokenSampler
+
+    model, p = tiny_pair(lam=1.0), _prompts([7])[0]
+    sampler = TokenSampler(SamplingConfig(do_sample=True, temperature=0.8, top_p=0.9, seed=5), device="cpu")
+    batch, out = RunningBatch(model), []
+    logits = batch.add([p], pad_token_id=0)
+    for _ in range(10):
+        tok = sampler(logits, torch.empty(1, 0, dtype=torch.long))
+        out.append(int(tok))
+        logits = batch.step(tok)
+    batch.close()
+    assert out == _alone(model, p, 10, do_sample=True, temperature=0.8, top_p=0.9, seed=5)
+
+
+def test_bad_inputs_are_clear_errors():
+    model = tiny_pair()
+    batch = RunningBatch(model, concurrent=False)
+    with pytest.raises(UserError, match="at least one token"):
+        batch.add([[]], pad_token_id=0)
+    batch.add([[5, 6]], pad_token_id=0)
+    with pytest.raises(UserError, match="one token per row"):
+        batch.step(torch.tensor([1, 2]))
+    batch.keep(torch.zeros(0, dtype=torch.long))
+    assert batch.size == 0
+    assert [t.tolist() for t in left_pad([[5, 6], [7]], 0)] == [[[5, 6], [0, 7]], [[1, 1], [0, 1]]]
