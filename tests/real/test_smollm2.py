@@ -120,3 +120,54 @@ def test_lora_bf16_training_steps_and_the_merged_export(pair, tmp_path):
     assert loaded.generator.get_output_embeddings().weight is loaded.generator.get_input_embeddings().weight
     ids = torch.tensor([tok("<|im_start|>user\nhello<|im_end|>\n")["input_ids"]])
     assert_close(loaded(input_ids=ids).logits, model._original_forward(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_continuous_batching_gives_each_row_its_alone_tokens_and_serves_a_load(pair):
+    """The server's running batch on the real pair (a row joins mid-decode, the other leaves),
+    then 4 clients streaming for a fixed 6 s through the HTTP server: no errors, all answered."""
+    import tempfile
+    from pathlib import Path
+
+    from flythinker.apps.bench.serve import _level, _Server
+    from flythinker.apps.serve.app import make_app
+    from flythinker.apps.serve.engine import Engine
+    from flythinker.apps.serve.store import ProfileStore
+    from flythinker.data.prompts import PromptConfig
+    from flythinker.decoding.batching import RunningBatch
+
+    model, tok = pair
+    prompts = [tok("Write a commit message for a parser fix.")["input_ids"],
+               tok("Summarize: the merge machinery now keeps going after a conflict in a submodule.")["input_ids"]]
+    batch, out, logits = RunningBatch(model, concurrent=True), [[], []], None
+    logits = batch.add([prompts[0]], tok.pad_token_id)
+    rows = [0]
+    for step in range(10):
+        if step == 3:
+            logits = torch.cat([logits, batch.add([prompts[1]], tok.pad_token_id)])
+            rows.append(1)
+        tokens = logits.argmax(-1)
+        for i, t in zip(rows, tokens.tolist()):
+            out[i].append(t)
+        if step == 6:  # row 0 leaves
+            batch.keep(torch.tensor([1]))
+            rows, tokens = [1], tokens[1:]
+        logits = batch.step(tokens)
+    batch.close()
+    for i, n in ((0, 7), (1, 7)):
+        ids = torch.tensor([prompts[i]])
+        alone = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, mode="sequential",
+                               eos_token_id=[], pad_token_id=tok.pad_token_id)[0].tolist()
+        assert out[i] == alone, i
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = Engine(model, tok, max_batch=4)
+        server = _Server(make_app(model, tok, ProfileStore(Path(tmp) / "p.db"), PromptConfig(), engine=engine))
+        try:
+            body = {"prompt": "Write the body of the commit 'parser: skip blank lines'.", "max_tokens": 8,
+                    "temperature": 0.8, "top_p": 0.95, "stream": True}
+            r = _level(server.port, clients=4, per_client=1, body=body, duration_s=6.0)
+        finally:
+            server.close()
+            engine.close()
+    assert r["errors"] == 0, r["error_samples"]
+    assert r["answered"] == r["requests"] >= 4 and r["tokens"] > 0 and r["p95_latency_s"] >= r["p50_latency_s"]
