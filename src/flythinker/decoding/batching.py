@@ -4,8 +4,8 @@ A :class:`RunningBatch` holds the Generator's and the Reasoner's KV caches for t
 now. ``add`` prefills new prompts (R, then G with R's latents placed as in training) and merges
 their caches into the running ones, left-padding the shorter side; ``keep`` drops rows that
 ended (and trims columns that only padding still fills); ``step`` runs one decoding step of
-every row, R's step on a worker thread while G's runs (think while generating) unless
-``concurrent=False``. The halves are the reference loop's runners (steps.py), with the same
+every row, R's step on a worker thread while G's runs (think while generating; on one GPU, R's
+kernels go to a side CUDA stream, as the ``streams`` backend does) unless ``concurrent=False``. The halves are the reference loop's runners (steps.py), with the same
 positions, masks and latents, so a row decodes the tokens it would decode alone.
 
     >>> batch = RunningBatch(model)                                      # doctest: +SKIP
@@ -15,19 +15,17 @@ positions, masks and latents, so a row decodes the tokens it would decode alone.
     >>> batch.add([prompt_c], pad_token_id)              # c joins b mid-decode
 
 R's cache lives in this process, so the worker-process backends (``shm``, ``gloo``) do not
-apply here: R's concurrent step runs on a thread (the ``threads`` backend).
+apply here: R's concurrent step runs on a thread (the ``threads`` / ``streams`` backends).
 """
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 
 from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner
 from flythinker.errors import UserError
-from flythinker.lm import positions_from_mask
+from flythinker.lm import device_of, positions_from_mask
 
 
 def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,11 +87,16 @@ class RunningBatch:
         self.reasoning = model.lam != 0.0  # λ = 0 is SFT: R never runs
         self.static = model.variant == "static"  # R reads the prompt once
         self.r = ReasonerRunner(model) if self.reasoning else None
-        self.pool = None
+        self.handle = None  # R's step on a worker thread (and a side CUDA stream on one GPU)
         if concurrent and self.reasoning and not self.static:
-            self.pool = ThreadPoolExecutor(1, thread_name_prefix="flythinker-reasoner")
+            from flythinker.decoding.concurrent import ThreadedReasoner
+
+            g_dev, r_dev = device_of(model.generator), device_of(model.reasoner)
+            self.handle = ThreadedReasoner(side_stream=g_dev.type == "cuda" and g_dev == r_dev)
+            self.handle.bind(model)
+            self.handle.runner = self.r  # launch / latent run this runner's step
             if threads:  # OpenMP's thread count is per calling thread: set the worker's too
-                self.pool.submit(torch.set_num_threads, threads).result()
+                self.handle.pool.submit(torch.set_num_threads, threads).result()
         self.mask = self.position = self.latent = None  # (B, T), (B, 1), (B, 1, d_R)
 
     @property
@@ -134,11 +137,12 @@ class RunningBatch:
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         self.position = self.position + 1
         run_r = self.reasoning and not self.static
-        pending = self.pool.submit(self.r.step, tokens, self.mask, self.position) if run_r and self.pool else None
-        z = self.r.step(tokens, self.mask, self.position) if run_r and not self.pool else None
-        logits = self.g.step(tokens, self.latent, self.mask, self.position)
+        if run_r and self.handle is not None:
+            self.handle.launch(tokens, self.mask, self.position)  # R reads s_n -> z_n, meanwhile:
+        z = self.r.step(tokens, self.mask, self.position) if run_r and self.handle is None else None
+        logits = self.g.step(tokens, self.latent, self.mask, self.position)  # G reads s_n + z_{n-1}
         if run_r:
-            self.latent = pending.result() if pending is not None else z
+            self.latent = self.handle.latent() if self.handle is not None else z
         return logits
 
     def keep(self, rows: torch.Tensor) -> None:
@@ -156,5 +160,5 @@ class RunningBatch:
             select_rows(self.r.cache, rows, drop)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
+        if self.handle is not None:
+            self.handle.close()

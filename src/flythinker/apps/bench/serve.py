@@ -112,7 +112,8 @@ def _level(port: int, clients: int, per_client: int, body: dict, duration_s: flo
 
 
 def run_serve_bench(model_dir: Path, concurrency: list[int], per_client: int = 2, max_tokens: int = 32,
-                    mode: str = "concurrent", duration_s: float | None = None, log=print) -> dict:
+                    mode: str = "auto", duration_s: float | None = None, dtype: str | None = None,
+                    log=print) -> dict:
     """Batched (continuous batching, max_batch = the highest concurrency) against one-at-a-time
     serving (max_batch = 1) of the same model; each level runs ``per_client`` requests per client,
     or for ``duration_s`` seconds."""
@@ -122,14 +123,15 @@ def run_serve_bench(model_dir: Path, concurrency: list[int], per_client: int = 2
     from flythinker.auto import load_model
     from flythinker.data.prompts import PromptConfig
 
-    model, tok = load_model(model_dir)
+    model, tok = load_model(model_dir, dtype=dtype)
     body = {"prompt": "Write the body of the commit 'parser: skip blank lines'.", "max_tokens": max_tokens,
             "temperature": 0.8, "top_p": 0.95, "stream": True}
     out = {"model": str(model_dir), "max_tokens": max_tokens, "per_client": per_client, "duration_s": duration_s,
-           "mode": mode, "levels": {}}
+           "mode": mode, "dtype": dtype or "as saved", "levels": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, max_batch in (("batched", max(concurrency)), ("one_at_a_time", 1)):
             engine = Engine(model, tok, max_batch=max_batch, max_queue=4 * max(concurrency), mode=mode)
+            out["mode"] = engine.mode  # auto resolved
             server = _Server(make_app(model, tok, ProfileStore(Path(tmp) / f"{name}.db"), PromptConfig(), engine=engine))
             try:
                 _stream_one(server.port, {**body, "max_tokens": 2})  # warm-up
@@ -168,7 +170,8 @@ def bench_serve_command(
     per_client: int = typer.Option(2, "--per-client", help="Completions each client requests, one after another."),
     duration: float = typer.Option(None, "--duration", help="Instead: seconds each level runs (clients keep requesting)."),
     max_tokens: int = typer.Option(32, "--max-tokens", help="Tokens per completion."),
-    mode: str = typer.Option("concurrent", "--mode", help="Decoder of the engine: concurrent (as flythinker serve) or sequential."),
+    mode: str = typer.Option("auto", "--mode", help="The engine's mode, as flythinker serve's: auto, concurrent or sequential."),
+    dtype: str = typer.Option(None, "--dtype", help="Weights dtype (float32, bfloat16; default: as saved)."),
     json_path: Path = typer.Option(None, "--json", help="Also write the results here."),
 ) -> None:
     """Throughput and latency against concurrency: the batched server against one-at-a-time serving."""
@@ -180,7 +183,7 @@ def bench_serve_command(
         raise UserError("--concurrency, --per-client and --max-tokens must be ≥ 1")
     if duration is not None and duration <= 0:
         raise UserError(f"--duration must be > 0 seconds, got {duration}")
-    result = run_serve_bench(model, levels, per_client, max_tokens, mode, duration)
+    result = run_serve_bench(model, levels, per_client, max_tokens, mode, duration, dtype)
     print_serve_table(result)
     if json_path is not None:
         write_json(result, json_path)

@@ -35,7 +35,9 @@ def serve_command(
     api_key: str = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' (default: $FLYTHINKER_API_KEY)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Requests decoded together."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting before 503 + Retry-After."),
-    mode: str = typer.Option("concurrent", "--mode", help="concurrent (R and G at once) or sequential."),
+    mode: str = typer.Option("auto", "--mode", help="concurrent (R's step beside G's), sequential, or auto "
+                             "(concurrent on a GPU; sequential on a CPU, where it served faster here)."),
+    dtype: str = typer.Option(None, "--dtype", help="Weights dtype (float32, bfloat16; default: as saved)."),
 ) -> None:
     """Serve OpenAI-compatible completions personalized by each user's stored profile."""
     import uvicorn
@@ -47,7 +49,7 @@ def serve_command(
 
     if max_batch < 1 or max_queue < 1:
         raise UserError("--max-batch and --max-queue must be ≥ 1")
-    net, tok = load_model(model)
+    net, tok = load_model(model, dtype=dtype)
     store = ProfileStore(db)
     engine = Engine(net, tok, max_batch=max_batch, max_queue=max_queue, mode=mode)
     app = make_app(net, tok, store, prompt_config_of(model), api_key=api_key or os.environ.get("FLYTHINKER_API_KEY"),

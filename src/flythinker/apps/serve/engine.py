@@ -70,11 +70,12 @@ class Request:
 class Engine:
     """Owns the model; ``submit`` queues a request, a worker thread runs the batch.
 
-    ``mode`` is ``concurrent`` (R's step on a thread while G's runs) or ``sequential``;
+    ``mode`` is ``concurrent`` (R's step on a thread while G's runs), ``sequential``, or ``auto``
+    (concurrent on a GPU, sequential on a CPU);
     ``make_batch`` builds the running batch (tests pass a fake one).
     """
 
-    def __init__(self, model, tokenizer, max_batch: int = 8, max_queue: int = 64, mode: str = "concurrent",
+    def __init__(self, model, tokenizer, max_batch: int = 8, max_queue: int = 64, mode: str = "auto",
                  make_batch=None):
         from flythinker.decoding.concurrent import default_threads
         from flythinker.lm import device_of
@@ -83,8 +84,12 @@ class Engine:
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if mode not in ("concurrent", "sequential"):
-            raise UserError(f"mode must be 'concurrent' or 'sequential', got {mode!r}")
+        if mode not in ("auto", "concurrent", "sequential"):
+            raise UserError(f"mode must be 'auto', 'concurrent' or 'sequential', got {mode!r}")
+        if mode == "auto":  # overlap where it pays: on a GPU (on this project's CPU, each model on
+            # every core one after the other served faster than one core each at once; README)
+            on_gpu = make_batch is None and device_of(model.generator).type == "cuda"
+            mode = self.mode = "concurrent" if on_gpu else "sequential"
         self.threads = None  # two models overlapping on the CPU's cores get half of them each
         if make_batch is None and mode == "concurrent" and device_of(model.generator).type == "cpu" \
                 and model.lam != 0.0 and model.variant != "static":
