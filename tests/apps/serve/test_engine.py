@@ -88,3 +88,24 @@ def test_an_unknown_mode_is_refused(saved_tiny_model):
     with pytest.raises(UserError, match="mode"):
         Engine(model, tok, mode="fast")
     assert default_threads() >= 1
+
+
+def test_a_client_that_goes_away_mid_decode_frees_its_row(saved_tiny_model):
+    from flythinker.apps.serve.engine import Engine
+    from flythinker.auto import load_model
+
+    model, tok = load_model(saved_tiny_model)
+    prompt = tok("fix the parser")["input_ids"]
+    engine = Engine(model, tok, max_batch=2, mode="sequential")
+    try:
+        gone = engine.submit(prompt, max_tokens=3000, temperature=1.0, seed=0)  # no EOS in its first 1500 tokens
+        stream = gone.tokens()
+        first = [next(stream) for _ in range(3)]  # decoding
+        gone.cancel()
+        rest = list(stream)
+        stays = engine.submit(prompt, max_tokens=4, temperature=0.0)  # the freed row is taken
+        assert len(list(stays.tokens())) <= 4
+    finally:
+        engine.close()
+    assert gone.finish_reason == "cancelled" and len(first) + len(rest) < 100
+    assert not engine.rows  # nothing left decoding
