@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tiny_models import VOCAB, tiny_causal_lm, tiny_pair
-from flythinker.decoding.batching import RunningBatch, left_pad
+from flythinker.decoding.batching import RunningBatch
 from flythinker.errors import UserError
 from flythinker.static import StaticThinker
 
@@ -104,4 +104,3 @@ def test_bad_inputs_are_clear_errors():
         batch.step(torch.tensor([1, 2]))
     batch.keep(torch.zeros(0, dtype=torch.long))
     assert batch.size == 0
-    assert [t.tolist() for t in left_pad([[5, 6], [7]], 0)] == [[[5, 6], [0, 7]], [[1, 1], [0, 1]]]

@@ -23,26 +23,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flythinker.data.prompts import collate
 from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner
 from flythinker.errors import UserError
 from flythinker.lm import device_of, positions_from_mask
-
-
-def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> left-padded ids (B, T) and their attention mask (B, T).
-
-    >>> [t.tolist() for t in left_pad([[5, 6], [7]], 0)]
-    [[[5, 6], [0, 7]], [[1, 1], [0, 1]]]
-    """
-    if not prompts or not all(prompts):
-        raise UserError("every prompt needs at least one token")
-    T = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), T), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), T), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, T - len(p):] = 1
-    return ids, mask
 
 
 def _layers(cache) -> list:
@@ -106,7 +90,10 @@ class RunningBatch:
     @torch.no_grad()
     def add(self, prompts: list[list[int]], pad_token_id: int) -> torch.Tensor:  # -> (B_new, V)
         """Prefill ``prompts`` and append them as the last rows; returns their first logits."""
-        ids, mask = left_pad(prompts, pad_token_id)
+        if not prompts or not all(prompts):
+            raise UserError("every prompt needs at least one token")
+        batch = collate(prompts, pad_token_id)  # left padding
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         positions = positions_from_mask(mask)
         g_cache, self.g.cache = self.g.cache, None
         if self.reasoning:
