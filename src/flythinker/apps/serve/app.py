@@ -221,17 +221,20 @@ def _sse(req, tokenizer, meta: dict, chat: bool):
         return f"data: {json.dumps({**meta, 'object': kind, 'choices': [choice]})}\n\n"
 
     tokens, sent = [], ""
+    prefix, read = 0, 0  # tokens[prefix:read] were decoded last time: context for the next piece
     try:
         if chat:
             yield event(None, first=True)
-        for tok in req.tokens():
+        for tok in req.tokens():  # decode a short window per token, not the whole answer again
             tokens.append(tok)
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
-            if len(text) > len(sent) and not text.endswith("\ufffd"):  # whole characters only
-                yield event(text[len(sent):])
-                sent = text
+            before = tokenizer.decode(tokens[prefix:read], skip_special_tokens=True)
+            after = tokenizer.decode(tokens[prefix:], skip_special_tokens=True)
+            if len(after) > len(before) and not after.endswith("\ufffd"):  # whole characters only
+                yield event(after[len(before):])
+                sent += after[len(before):]
+                prefix, read = read, len(tokens)
         text = tokenizer.decode(tokens, skip_special_tokens=True)
-        if len(text) > len(sent):
+        if text.startswith(sent) and len(text) > len(sent):
             yield event(text[len(sent):])
         yield event(None, finish=req.finish_reason)
         yield "data: [DONE]\n\n"
