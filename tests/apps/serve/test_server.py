@@ -101,3 +101,28 @@ def test_sigterm_finishes_the_streams_in_flight(server):
     assert chunks[-1]["finish_reason"] == whole["choices"][0]["finish_reason"]
     log = proc.communicate(timeout=60)[0]
     assert proc.returncode in (0, -signal.SIGTERM) and "Finished server process" in log, log
+
+
+def test_an_oversized_body_sent_slowly_still_gets_its_413(server):
+    """The server reads what the client is still sending before it answers 413: closing on unread
+    data would reset the connection, and the client would see an error instead of the answer."""
+    import socket
+    import time
+
+    _, port = server
+    size = 4 << 20
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Authorization: Bearer k\r\nConnection: close\r\nContent-Length: {size}\r\n\r\n".encode())
+        time.sleep(0.3)  # the server has the headers (and could answer) before the body comes
+        for _ in range(size // (64 << 10)):
+            s.sendall(b"x" * (64 << 10))
+        reply = b""
+        while b"}}" not in reply:
+            part = s.recv(65536)
+            if not part:
+                break
+            reply += part
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"

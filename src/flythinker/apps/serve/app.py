@@ -18,6 +18,7 @@ from flythinker.apps.serve.engine import Engine, QueueFull
 from flythinker.errors import UserError
 
 MAX_BODY = 1 << 20  # bytes of one request body
+DRAIN_LIMIT = 16 << 20  # bytes of an oversized body read before answering 413 (beyond: reset)
 MAX_TOKENS = 4096
 
 
@@ -110,7 +111,15 @@ def _errors_and_limits(app, api_key: str | None) -> None:
     async def limits(request: Request, call_next):
         size = request.headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
-            return _error(413, f"request body over {MAX_BODY} bytes", "invalid_request_error")
+            # read (and drop) what the client is still sending, up to a bound: closing on unread
+            # data makes the kernel reset the connection, and the client would never see the 413
+            drained = 0
+            async for chunk in request.stream():
+                drained += len(chunk)
+                if drained > DRAIN_LIMIT:
+                    break
+            return _error(413, f"request body over {MAX_BODY} bytes", "invalid_request_error",
+                          headers={"Connection": "close"})
         if api_key and request.url.path.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {api_key}":
             return _error(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
         return await call_next(request)
