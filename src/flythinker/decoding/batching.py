@@ -5,8 +5,9 @@ now. ``add`` prefills new prompts (R, then G with R's latents placed as in train
 their caches into the running ones, left-padding the shorter side; ``keep`` drops rows that
 ended (and trims columns that only padding still fills); ``step`` runs one decoding step of
 every row, R's step on a worker thread while G's runs (think while generating; on one GPU, R's
-kernels go to a side CUDA stream, as the ``streams`` backend does) unless ``concurrent=False``. The halves are the reference loop's runners (steps.py), with the same
-positions, masks and latents, so a row decodes the tokens it would decode alone.
+kernels go to a side CUDA stream, as the ``streams`` backend does) unless ``concurrent=False``.
+The halves are the reference loop's runners (steps.py), with the same positions, masks and
+latents, so a row decodes the tokens it would decode alone.
 
     >>> batch = RunningBatch(model)                                      # doctest: +SKIP
     >>> batch.add([prompt_a, prompt_b], pad_token_id)    # logits (2, V) of their first tokens
