@@ -33,7 +33,7 @@ def serve_command(
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     db: str = typer.Option("flythinker-profiles.db", "--db", help="Profile store: a SQLite file or a postgresql:// URL."),
     api_key: str = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' (default: $FLYTHINKER_API_KEY)."),
-    max_batch: int = typer.Option(8, "--max-batch", help="Requests decoded together."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Rows of the running batch (requests decoded together)."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting before 503 + Retry-After."),
     mode: str = typer.Option("auto", "--mode", help="concurrent (R's step beside G's), sequential, or auto "
                              "(concurrent on a GPU; sequential on a CPU, where it served faster here)."),
