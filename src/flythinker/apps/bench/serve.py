@@ -101,14 +101,17 @@ def _level(port: int, clients: int, per_client: int, body: dict, duration_s: flo
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    lat = sorted(r[0] for r in results)
+    lat, ttft = sorted(r[0] for r in results), sorted(r[1] for r in results)
     return {"clients": clients, "requests": len(results) + len(errors), "answered": len(results),
             "errors": len(errors), "error_samples": errors[:3], "wall_s": wall,
             "tokens": sum(r[2] for r in results), "tokens_per_s": sum(r[2] for r in results) / wall,
-            "p50_latency_s": statistics.median(lat) if lat else None,
-            "p95_latency_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None,
-            "p50_ttft_s": statistics.median(r[1] for r in results) if results else None,
-            "p95_ttft_s": sorted(r[1] for r in results)[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None}
+            "p50_latency_s": statistics.median(lat) if lat else None, "p95_latency_s": _p95(lat),
+            "p50_ttft_s": statistics.median(ttft) if ttft else None, "p95_ttft_s": _p95(ttft)}
+
+
+def _p95(ordered: list[float]) -> float | None:
+    """The 95th percentile of sorted values (nearest rank), None when there are none."""
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else None
 
 
 def run_serve_bench(model_dir: Path, concurrency: list[int], per_client: int = 2, max_tokens: int = 32,
