@@ -49,6 +49,24 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def accepts_logits_to_keep(model) -> bool:
+    """Whether ``model(...)`` takes transformers' ``logits_to_keep`` (LM-head logits of the last k
+    positions only): looks through DDP / FSDP / DeepSpeed / compile wrappers, peft, and a
+    FlyThinker (whose forward hands extra keywords to its Generator)."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if isinstance(getattr(model, "module", None), nn.Module):  # DDP, FSDP, DeepSpeed engine
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod
+        elif hasattr(model, "get_base_model"):  # peft.PeftModel
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "generator", None), nn.Module):  # FlyThinker, its variants, SFTModel
+            model = model.generator
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def cache_of(out):
     """The KV cache returned by a forward, under either name."""
     cache = out.get("cache")

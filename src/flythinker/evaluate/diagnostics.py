@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from flythinker.evaluate.nll import batches, per_example_nll, token_nll
+from flythinker.evaluate.nll import batches, logits_needed, per_example_nll, token_nll
 from flythinker.fusion import shift_latents
-from flythinker.lm import positions_from_mask
+from flythinker.lm import accepts_logits_to_keep, positions_from_mask
 
 
-def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int = 16) -> dict:
+def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int = 16,
+                       nll_own: float | None = None) -> dict:
     """Does G use R's latents, and how big are they? Measured on reference texts (teacher forcing).
 
     * ``nll_own`` / ``nll_no_latent`` (λ = 0 at inference) / ``nll_other_latent`` (each row gets
@@ -26,6 +27,9 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
       tokens) — the latent's size relative to the token it is added to;
     * ``consecutive_cos``: mean cosine of z_{i-1} and z_i over response positions (≈ 1: the
       latent barely changes while generating, i.e. it acts like a static latent).
+
+    ``nll_own`` is the model's teacher-forced NLL of these examples (``mean_nll``) when the
+    caller has it already: it is the same quantity, so its pass is skipped.
     """
     sums = dict(own=0.0, none=0.0, other=0.0, tokens=0, emb=0.0, cos=0.0, pairs=0)
     model.eval()
@@ -36,13 +40,15 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
             embeds = model.generator.get_input_embeddings()(ids)  # (B, T, d_G)
             z, zmask = shift_latents(model.reason(ids, mask, pos), mask)  # (B, T, d_R), (B, T)
             other_mask = zmask * zmask.roll(1, dims=0)
+            extra = {"logits_to_keep": logits_needed(labels)} if accepts_logits_to_keep(model) else {}
 
             def nll(e):
-                logits = model.generator(inputs_embeds=e, attention_mask=mask, position_ids=pos).logits
-                return token_nll(logits, labels).sum().item()
+                logits = model.generator(inputs_embeds=e, attention_mask=mask, position_ids=pos, **extra).logits
+                return token_nll(logits, labels[:, labels.shape[1] - logits.shape[1]:]).sum().item()
 
             rho = model.rho()
-            sums["own"] += nll(model.fusion(embeds, z, rho, zmask))
+            if nll_own is None:
+                sums["own"] += nll(model.fusion(embeds, z, rho, zmask))
             sums["none"] += nll(embeds)
             sums["other"] += nll(model.fusion(embeds, z.roll(1, dims=0), rho, other_mask))
             resp = labels != -100  # (B, T) response tokens (and EOS)
@@ -53,7 +59,7 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
             sums["cos"] += cos[both].sum().item()
             sums["pairs"] += int(both.sum())
     n = max(sums["tokens"], 1)
-    return {"nll_own": sums["own"] / n, "nll_no_latent": sums["none"] / n, "nll_other_latent": sums["other"] / n,
+    return {"nll_own": sums["own"] / n if nll_own is None else float(nll_own), "nll_no_latent": sums["none"] / n, "nll_other_latent": sums["other"] / n,
             "rho": float(model.rho()), "lam": model.lam, "offset_norm": model.lam * float(model.rho()),
             "token_embedding_norm": sums["emb"] / n, "consecutive_cos": sums["cos"] / max(sums["pairs"], 1)}
 
@@ -76,12 +82,14 @@ def other_user_profiles(examples, seed: int = 0) -> list:
 
 
 def profile_use(model, tokenizer, examples, prompt_cfg, *, bootstrap: int = 1000, seed: int = 0,
-                batch_size: int = 8) -> dict:
+                batch_size: int = 8, own: tuple | None = None) -> dict:
     """Teacher-forced NLL of the references with the user's own profile, none, and another user's.
 
     Returns nats per response token for each condition (the same reference tokens in all three),
     and for own − none and own − other: the difference, its 95% bootstrap CI over examples and
-    the share of examples where the own profile gives the lower NLL (the win rate).
+    the share of examples where the own profile gives the lower NLL (the win rate). ``own`` is
+    ``per_example_nll`` of ``examples`` with ``prompt_cfg`` when the caller has it already (the
+    same quantity: its pass is skipped).
 
     >>> profile_use(model, tok, load_examples(data, split="test", limit=40), PromptConfig(k=2))  # doctest: +SKIP
     {'nll': {'own': 3.138, 'none': 3.466, 'other': 3.35}, ...}
@@ -95,7 +103,10 @@ def profile_use(model, tokenizer, examples, prompt_cfg, *, bootstrap: int = 1000
         conditions["other"] = (others, prompt_cfg)
     sums, counts = {}, None
     for name, (exs, cfg) in conditions.items():
-        sums[name], n = per_example_nll(model, tokenizer, exs, cfg, batch_size, desc=f"NLL, {name} profile")
+        if name == "own" and own is not None:
+            sums[name], n = own
+        else:
+            sums[name], n = per_example_nll(model, tokenizer, exs, cfg, batch_size, desc=f"NLL, {name} profile")
         assert counts is None or np.array_equal(n, counts), "the reference tokens must not depend on the prompt"
         counts = n
     rng = np.random.default_rng(seed)

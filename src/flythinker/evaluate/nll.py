@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from flythinker.lm import accepts_logits_to_keep
+
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-token cross-entropy (B, T-1): token i+1 is predicted at position i; 0 where labels are −100.
@@ -22,11 +24,33 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                                              ignore_index=-100, reduction="none")
 
 
+def logits_needed(labels: torch.Tensor) -> int:
+    """How many final positions of a batch need logits: from the one before the earliest labelled
+    token to the end (left-padded rows end with their response, so that is about the longest
+    response, not the whole row). labels (B, T) → k in [1, T].
+
+    >>> logits_needed(torch.tensor([[-100, -100, -100, 7, 8], [-100, -100, -100, -100, 9]]))
+    3
+    """
+    labelled = (labels != -100).any(0).nonzero()  # columns with a label in some row
+    if len(labelled) == 0:
+        return 1
+    return labels.shape[1] - max(int(labelled[0]) - 1, 0)
+
+
 @torch.no_grad()
 def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row summed NLL (B,) and response-token counts (B,) of one collated batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    """Per-row summed NLL (B,) and response-token counts (B,) of one collated batch.
+
+    Where the model takes ``logits_to_keep``, only the positions that predict a labelled token go
+    through the LM head: the (B, T, V) logits of the prompt are never made, which saves about a
+    third of the pass on a 49k vocabulary (the kept logits are the same numbers, up to float
+    rounding of the smaller matmul).
+    """
     labels = batch["labels"]
+    extra = {"logits_to_keep": logits_needed(labels)} if accepts_logits_to_keep(model) else {}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits  # (B, k, V)
+    labels = labels[:, labels.shape[1] - logits.shape[1]:]  # the same k final positions
     return token_nll(logits, labels).sum(1), (labels[:, 1:] != -100).sum(1)
 
 

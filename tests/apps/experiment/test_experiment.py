@@ -98,6 +98,27 @@ def test_latent_diagnostics_agree_with_the_model(saved_tiny_model, gitcommits):
     assert d["nll_no_latent"] == pytest.approx(teacher_forced_nll(model, tok, exs, cfg), rel=1e-4)
     assert d["nll_other_latent"] != pytest.approx(d["nll_own"], rel=1e-6)
     assert d["offset_norm"] == pytest.approx(0.5 * d["rho"]) and -1 <= d["consecutive_cos"] <= 1
+    model.fusion.lam = 0.5
+    reused = latent_diagnostics(model, tok, exs, cfg, batch_size=3, nll_own=1.25)  # the caller's test NLL: pass skipped
+    assert reused == {**d, "nll_own": 1.25}
+
+
+def test_the_probe_reuses_the_callers_own_profile_pass(saved_tiny_model, gitcommits):
+    from flythinker import FlyThinker
+    from flythinker.data.longlamp import load_examples
+    from flythinker.data.prompts import PromptConfig
+    from flythinker.evaluate.diagnostics import profile_use
+    from flythinker.evaluate.nll import per_example_nll
+
+    model = FlyThinker.from_pretrained(saved_tiny_model)
+    tok = model.tokenizer
+    exs = load_examples(gitcommits / "sample" / "user_based", split="test", limit=5)
+    cfg = PromptConfig(retrieval="recent", k=1, profile_tokens=48, query_tokens=32, target_tokens=24)
+    fresh = profile_use(model, tok, exs, cfg, bootstrap=50, batch_size=2)
+    own = per_example_nll(model, tok, exs, cfg, batch_size=2)
+    assert profile_use(model, tok, exs, cfg, bootstrap=50, batch_size=2, own=own) == fresh
+    bogus = (own[0] + 1.0, own[1])  # it is really used
+    assert profile_use(model, tok, exs, cfg, bootstrap=50, batch_size=2, own=bogus)["nll"]["own"] > fresh["nll"]["own"]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "src" / "flythinker" / "configs").glob("experiment_*.yaml")),
@@ -143,6 +164,9 @@ def test_a_given_base_zero_shot_rows_the_probe_and_committed_cells(tmp_path, git
     assert set(probe["nll"]) >= {"own", "none"} and probe["n"] == 3
     # a fresh machine with the committed files only: nothing reruns, the report (latents included) is rebuilt
     ft = cell_dir(exp, next(g for g in exp.groups() if g.name == "flythinker"), "user_based", 0)
+    test_nll = json.loads((ft / "metrics.json").read_text())["test_nll"]  # one pass: the probe's own, the latents' own
+    assert json.loads((ft / "probe.json").read_text())["nll"]["own"] == test_nll
+    assert json.loads((ft / "latents.json").read_text())["nll_own"] == test_nll
     shutil.rmtree(ft / "train")
     monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a committed cell was run again"))
     text = run_experiment(exp).read_text()

@@ -12,7 +12,9 @@ from pathlib import Path
 from flythinker.apps.experiment.config import CellGroup, ExperimentConfig, cell_dir
 from flythinker.apps.experiment.methods import get_baseline, strip_think, with_reasoning
 from flythinker.auto import load_model
-from flythinker.evaluate.nll import mean_nll
+from flythinker.evaluate.nll import mean_nll, per_example_nll
+
+PROBE_BATCH = 8  # examples per teacher-forced pass of the test split (the probe's own-profile pass is the test NLL)
 
 
 def cell_train_config(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bases: dict[str, Path]):
@@ -55,9 +57,10 @@ def build_cell_model(cfg, method: str, tokenizer):
                reasoner_tokenizer=tokenizer)
 
 
-def cell_latents(exp: ExperimentConfig, group: CellGroup, split: str, seed: int) -> dict | None:
+def cell_latents(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, loaded=None) -> dict | None:
     """:func:`latent_diagnostics` of a finished FlyThinker cell on its test split (cached in
-    ``latents.json``); None for other methods or unfinished cells."""
+    ``latents.json``); None for other methods or unfinished cells. ``loaded`` is the cell's
+    ``(model, tokenizer)`` if the caller has them; the own-latent NLL is the cell's test NLL."""
     out = cell_dir(exp, group, split, seed)
     if get_baseline(group.method).model != "flythinker":
         return None
@@ -68,10 +71,12 @@ def cell_latents(exp: ExperimentConfig, group: CellGroup, split: str, seed: int)
     from flythinker.data.longlamp import load_examples
     from flythinker.evaluate.diagnostics import latent_diagnostics
 
-    model, tok = load_model(out / "train" / "final")
+    model, tok = loaded if loaded is not None else load_model(out / "train" / "final")
     exs = load_examples(Path(exp.data) / split, split="test", limit=exp.limit_eval)
     prompt_cfg = cell_train_config(exp, group, split, seed, {k: Path(k) for k in exp.bases}).data.prompt_config()
-    (out / "latents.json").write_text(json.dumps(latent_diagnostics(model, tok, exs, prompt_cfg), indent=2) + "\n")
+    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
+    result = latent_diagnostics(model, tok, exs, prompt_cfg, nll_own=metrics.get("test_nll"))
+    (out / "latents.json").write_text(json.dumps(result, indent=2) + "\n")
     return json.loads((out / "latents.json").read_text())
 
 
@@ -98,9 +103,13 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
         train_s = _train_cell(cfg, group, [with_reasoning(e) for e in train_exs] if b.think else train_exs, out)
         model, tok = load_model(out / "train" / "final")
     # NLL of the references (response tokens only): a think model is scored on the plan too,
-    # so its NLL is not comparable and left out
-    nll = {} if b.think else {f"{name}_nll": mean_nll(model, tok, exs, prompt_cfg)
-                              for name, exs in (("dev", dev_exs), ("test", test_exs))}
+    # so its NLL is not comparable and left out. The test pass is also the probe's own-profile
+    # condition and the latents' own-latent one, so it runs once.
+    nll, test_nll = {}, None
+    if not b.think:
+        test_nll = per_example_nll(model, tok, test_exs, prompt_cfg, PROBE_BATCH)
+        nll = {"dev_nll": mean_nll(model, tok, dev_exs, prompt_cfg),
+               "test_nll": float(test_nll[0].sum() / max(test_nll[1].sum(), 1))}
     settings = DecodeSettings(**{**exp.decode, "seed": 1000 * seed})
     if b.think:
         settings.max_new_tokens += exp.think_extra_tokens
@@ -111,10 +120,10 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
                    decode_ms_per_step=stats.ms_per_step or None, zero_shot=group.zero_shot,
                    cell_s=time.perf_counter() - t0)
     if exp.probe:
-        _probe(model, tok, test_exs, prompt_cfg, out, exp, seed)
+        _probe(model, tok, test_exs, prompt_cfg, out, exp, seed, own=test_nll)
         metrics["cell_s"] = time.perf_counter() - t0
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    cell_latents(exp, group, split, seed)
+    cell_latents(exp, group, split, seed, loaded=(model, tok))
     log(f"[{split}/{group.name}/seed{seed}] " + " ".join(
         f"{k}={metrics[k]:.4g}" for k in ("rougeL", "meteor", "bleu", "test_nll") if metrics.get(k) is not None))
     return out
@@ -157,12 +166,14 @@ def score_cell(exp: ExperimentConfig, out: Path, test_exs, think: bool, seed: in
     return metrics
 
 
-def _probe(model, tok, test_exs, prompt_cfg, out: Path, exp: ExperimentConfig, seed: int) -> None:
+def _probe(model, tok, test_exs, prompt_cfg, out: Path, exp: ExperimentConfig, seed: int, own=None) -> None:
     """``probe.json``: the profile-use probe of this cell's model, with the experiment's profile
-    prompt (a query-only row is probed with the profile the other rows see)."""
+    prompt (a query-only row is probed with the profile the other rows see). ``own``: the test
+    split's per-example NLL with the cell's prompt, reused when that is the probe's prompt."""
     from flythinker.evaluate.diagnostics import profile_use
 
     if prompt_cfg.retrieval == "none":
-        prompt_cfg = replace(prompt_cfg, retrieval=exp.train.get("data", {}).get("prompt", {}).get("retrieval", "all"))
-    result = profile_use(model, tok, test_exs, prompt_cfg, bootstrap=exp.bootstrap, seed=seed)
+        prompt_cfg, own = replace(prompt_cfg, retrieval=exp.train.get("data", {}).get("prompt", {}).get("retrieval", "all")), None
+    result = profile_use(model, tok, test_exs, prompt_cfg, bootstrap=exp.bootstrap, seed=seed, batch_size=PROBE_BATCH,
+                         own=own)
     (out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
