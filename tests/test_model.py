@@ -148,6 +148,28 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path, d_g, d_r, fusion)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
+def test_a_killed_writers_staging_folder_is_removed_by_the_next_write(tmp_path):
+    """``kill -9`` during an export leaves ``.m.tmp-HOST-PID-xxxx`` (a model's worth of disk); the
+    next write of ``m`` removes it, but not a live process's nor another host's."""
+    import os
+    import socket
+    import subprocess
+
+    from flythinker.saving import staging_dir
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    host = socket.gethostname().replace("-", "_")
+    debris = tmp_path / f".m.tmp-{host}-{dead.pid}-abcd"
+    live = tmp_path / f".m.tmp-{host}-{os.getppid()}-efgh"
+    elsewhere = tmp_path / f".m.tmp-otherhost-{dead.pid}-ijkl"
+    for folder in (debris, live, elsewhere):
+        (folder / "generator").mkdir(parents=True)
+    tiny_pair().save_pretrained(tmp_path / "m")
+    assert not debris.exists() and live.is_dir() and elsewhere.is_dir()
+    assert staging_dir(tmp_path / "m").name.startswith(f".m.tmp-{host}-{os.getpid()}-")
+
+
 def test_mismatched_vocabularies_are_refused():
     g = tiny_causal_lm(vocab=97)
     r = tiny_causal_lm(vocab=120, seed=1)

@@ -11,6 +11,7 @@ beside its destination and renamed into place, so a crash never leaves a half-wr
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -22,6 +23,34 @@ from flythinker.errors import UserError
 CONFIG_NAME = "flythinker.json"
 FUSION_WEIGHTS = "fusion.safetensors"
 FORMAT_VERSION = 1
+
+
+def staging_dir(path: Path) -> Path:
+    """A new empty folder beside ``path`` to write it in before :func:`replace_dir`.
+
+    Its name carries this host and process (``.NAME.tmp-HOST-PID-xxxx``), so the staging folders
+    that a killed writer left behind (a model's worth of disk each) are recognised and removed
+    here; those of a live process, or of another host, are left alone.
+    """
+    import socket
+
+    host = socket.gethostname().replace("-", "_")
+    prefix = f".{path.name}.tmp-{host}-"
+    for old in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if old.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=path.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -53,7 +82,7 @@ def write_model_folder(path: str | os.PathLike, parts: dict, *, config: dict | N
     if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
         raise UserError(f"{path} already exists and is not empty (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = staging_dir(path)
     try:
         for name, (lm, state) in parts.items():
             folder = tmp / name if name else tmp

@@ -168,10 +168,23 @@ def test_gradient_checkpointing_gives_the_same_run_and_the_seed_decides_it(tmp_p
     assert other.losses != pytest.approx(base.losses, rel=1e-3)
 
 
-def test_bf16_autocast_trains(tmp_path):
-    result = train(tiny_config(train={"epochs": 2, "eval": False, "precision": "bf16"}), tmp_path)
+def test_bf16_autocast_trains_and_leaves_a_passed_model_in_fp32(tmp_path):
+    from flythinker.data.longlamp import load_examples
+    from flythinker.train.assemble import build_model, build_tokenizer
+
+    cfg = tiny_config(train={"epochs": 2, "eval": False, "precision": "bf16"})
+    examples = load_examples(SAMPLE, split="train", limit=8)
+    tok = build_tokenizer(cfg.model, examples)
+    model = build_model(cfg.model, tok, seed=0)
+    result = train(cfg, tmp_path, model=model, tokenizer=tok, train_examples=examples)
     fp32 = train(tiny_config(train={"epochs": 2, "eval": False}), tmp_path / "fp32")
     assert all(map(torch.isfinite, torch.tensor(result.losses)))
     assert result.losses[-1] < result.losses[0]
     assert result.losses != fp32.losses  # autocast really changed the arithmetic
     assert result.losses == pytest.approx(fp32.losses, rel=0.05)
+    # the caller's model is not left under accelerate's autocast wrapper: it computes in fp32,
+    # like the exported model
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(input_ids=ids).logits,
+                                   FlyThinker.from_pretrained(result.final_checkpoint)(input_ids=ids).logits)

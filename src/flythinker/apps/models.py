@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flythinker.errors import UserError
-from flythinker.saving import replace_dir
+from flythinker.saving import replace_dir, staging_dir
 
 MANIFEST = "flythinker-model.json"
 
@@ -116,7 +116,7 @@ def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike, *, overwrite: 
         if f.read(4) != b"GGUF":
             raise UserError(f"{gguf}: not a GGUF file (it does not start with the GGUF magic bytes)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         _convert_into(gguf, tmp, log)
         replace_dir(tmp, out)

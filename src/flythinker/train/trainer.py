@@ -360,6 +360,7 @@ class Trainer:
             acc.print(f"done: {self.step} steps in {self.train_time:.1f} s ({result.tokens_per_s:,.0f} tokens/s); "
                       f"model in {result.final_checkpoint}")
         acc.wait_for_everyone()
+        acc.unwrap_model(self.model, keep_fp32_wrapper=False)  # a caller's model leaves without the autocast wrapper
         return result
 
 
