@@ -86,13 +86,12 @@ class Engine:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if mode not in ("auto", "concurrent", "sequential"):
             raise UserError(f"mode must be 'auto', 'concurrent' or 'sequential', got {mode!r}")
+        device = None if make_batch is not None else device_of(model.generator).type  # None: a test's batch
         if mode == "auto":  # overlap where it pays: on a GPU (on this project's CPU, each model on
             # every core one after the other served faster than one core each at once; README)
-            on_gpu = make_batch is None and device_of(model.generator).type == "cuda"
-            mode = self.mode = "concurrent" if on_gpu else "sequential"
+            mode = self.mode = "concurrent" if device == "cuda" else "sequential"
         self.threads = None  # two models overlapping on the CPU's cores get half of them each
-        if make_batch is None and mode == "concurrent" and device_of(model.generator).type == "cpu" \
-                and model.lam != 0.0 and model.variant != "static":
+        if device == "cpu" and mode == "concurrent" and model.lam != 0.0 and model.variant != "static":
             self.threads = default_threads()
         self.make_batch = make_batch or self._running_batch
         self._stop = threading.Event()
