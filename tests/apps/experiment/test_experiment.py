@@ -38,7 +38,7 @@ def test_every_method_trains_generates_and_scores_then_resumes(tiny_experiment, 
         assert f"| {name} |" in text
     saved = json.loads((Path(exp.out) / "cells/user_based/static/seed0/train/final/flythinker.json").read_text())
     assert saved["variant"] == "static"
-    assert "flythinker − sft" in text and (Path(exp.out) / "results.png").is_file()
+    assert "flythinker − sft" in text and "verdict at 95%" in text and (Path(exp.out) / "results.png").is_file()
 
     # resume: finished cells are skipped (no training, files untouched); a cell without its
     # metrics is re-scored from its trained model without training again
@@ -193,3 +193,12 @@ def test_committed_predictions_rescore_to_the_committed_metrics(tiny_experiment,
     rescored = json.loads((cell / "rescored" / "metrics.json").read_text())
     for m in ("rouge1", "rougeL", "meteor", "bleu"):
         assert rescored[m] == pytest.approx(committed[m], rel=1e-9), m
+
+
+def test_the_paired_verdict_reads_the_interval():
+    from flythinker.apps.experiment.report import verdict
+
+    assert verdict({"ci": {"low": 0.001, "high": 0.02}}, "flythinker", "sft") == "flythinker better"
+    assert verdict({"ci": {"low": -0.02, "high": -0.001}}, "flythinker", "sft") == "sft better"
+    assert verdict({"ci": {"low": -0.01, "high": 0.01}}, "flythinker", "sft") == "no difference shown"
+    assert verdict({"ci": None}, "flythinker", "sft") == "–"  # no bootstrap

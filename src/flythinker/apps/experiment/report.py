@@ -43,6 +43,23 @@ def collect(exp: ExperimentConfig) -> dict:
     return table
 
 
+def verdict(row: dict, a: str, b: str) -> str:
+    """What a paired row's 95% CI says (every metric here is higher-is-better).
+
+    >>> verdict({"ci": {"low": 0.01, "high": 0.2}}, "flythinker", "sft")
+    'flythinker better'
+    >>> verdict({"ci": {"low": -0.01, "high": 0.2}}, "flythinker", "sft")
+    'no difference shown'
+    """
+    if not row.get("ci"):
+        return "–"
+    if row["ci"]["low"] > 0:
+        return f"{a} better"
+    if row["ci"]["high"] < 0:
+        return f"{b} better"
+    return "no difference shown"
+
+
 def _fmt(metric: str, x: float | None) -> str:
     return fmt_metric(metric, x, bleu_digits=3)  # BLEU (0-100) with 3 decimals in these tables
 
@@ -82,11 +99,14 @@ def write_report(exp: ExperimentConfig) -> Path:
             c = compare_scores(rows[a]["scores"], rows[b]["scores"], bootstrap=exp.bootstrap, seed=0)
             summary[split][f"{a}-vs-{b}"] = c
             lines += [f"Paired bootstrap, {a} − {b} ({split}, {c['n']} test examples, seeds pooled):", "",
-                      "| metric | " + a + " | " + b + " | diff [95% CI] | P(" + a + " > " + b + ") |", "|---|---|---|---|---|"]
+                      "| metric | " + a + " | " + b + " | diff [95% CI] | P(" + a + " > " + b + ") | verdict at 95% |",
+                      "|---|---|---|---|---|---|"]
             for m, r in c["metrics"].items():
                 ci = f" [{_fmt(m, r['ci']['low'])}, {_fmt(m, r['ci']['high'])}]" if r["ci"] else ""
                 p = "–" if r["p_a_better"] is None else f"{r['p_a_better']:.3f}"
-                lines.append(f"| {METRIC_LABELS[m]} | {_fmt(m, r['a'])} | {_fmt(m, r['b'])} | {r['diff']:+.4f}{ci} | {p} |")
+                r["verdict"] = verdict(r, a, b)
+                lines.append(f"| {METRIC_LABELS[m]} | {_fmt(m, r['a'])} | {_fmt(m, r['b'])} | {r['diff']:+.4f}{ci} | {p} "
+                             f"| {r['verdict']} |")
             lines.append("")
         pos = {n: summary[split][n]["by_position"] for n in rows}
         segs = sorted({p for v in pos.values() for p in v}, key=lambda p: int(p.split("-")[0].rstrip("+")))
