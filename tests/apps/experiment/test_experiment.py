@@ -38,7 +38,7 @@ def test_every_method_trains_generates_and_scores_then_resumes(tiny_experiment, 
         assert f"| {name} |" in text
     saved = json.loads((Path(exp.out) / "cells/user_based/static/seed0/train/final/flythinker.json").read_text())
     assert saved["variant"] == "static"
-    assert "flythinker − sft" in text and "verdict at 95%" in text and (Path(exp.out) / "results.png").is_file()
+    assert "flythinker − sft" in text and "verdict at 95%" in text and "NLL per seed" in text and (Path(exp.out) / "results.png").is_file()
 
     # resume: finished cells are skipped (no training, files untouched); a cell without its
     # metrics is re-scored from its trained model without training again

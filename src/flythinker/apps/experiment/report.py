@@ -43,6 +43,21 @@ def collect(exp: ExperimentConfig) -> dict:
     return table
 
 
+def nll_per_seed_table(split: str, rows: dict) -> list[str]:
+    """Markdown lines: test / dev NLL of every finished seed of every row that has them."""
+    seeds = sorted({m["seed"] for row in rows.values() for m in row["metrics"] if m.get("test_nll") is not None})
+    if not seeds:
+        return []
+    lines = [f"Teacher-forced NLL per seed ({split}; test / dev, nats per reference token):", "",
+             "| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for name, row in rows.items():
+        by_seed = {m["seed"]: m for m in row["metrics"] if m.get("test_nll") is not None}
+        if by_seed:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{by_seed[s]['test_nll']:.3f} / {by_seed[s]['dev_nll']:.3f}" if s in by_seed else "–" for s in seeds) + " |")
+    return lines + [""]
+
+
 def verdict(row: dict, a: str, b: str) -> str:
     """What a paired row's 95% CI says (every metric here is higher-is-better).
 
@@ -108,6 +123,7 @@ def write_report(exp: ExperimentConfig) -> Path:
                 lines.append(f"| {METRIC_LABELS[m]} | {_fmt(m, r['a'])} | {_fmt(m, r['b'])} | {r['diff']:+.4f}{ci} | {p} "
                              f"| {r['verdict']} |")
             lines.append("")
+        lines += nll_per_seed_table(split, rows)
         pos = {n: summary[split][n]["by_position"] for n in rows}
         segs = sorted({p for v in pos.values() for p in v}, key=lambda p: int(p.split("-")[0].rstrip("+")))
         if segs:
