@@ -26,12 +26,15 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
     * ``rho`` (ρ), ``offset_norm`` (λρ), ``token_embedding_norm`` (mean ‖E_G(s)‖ over response
       tokens) — the latent's size relative to the token it is added to;
     * ``consecutive_cos``: mean cosine of z_{i-1} and z_i over response positions (≈ 1: the
-      latent barely changes while generating, i.e. it acts like a static latent).
+      latent barely changes while generating, i.e. it acts like a static latent);
+    * ``latent_shares``: :class:`LatentShares` of the fused latents (constant / per-example /
+      along the response).
 
     ``nll_own`` is the model's teacher-forced NLL of these examples (``mean_nll``) when the
     caller has it already: it is the same quantity, so its pass is skipped.
     """
     sums = dict(own=0.0, none=0.0, other=0.0, tokens=0, emb=0.0, cos=0.0, pairs=0)
+    shares = LatentShares()
     model.eval()
     with torch.no_grad():
         for b in batches(examples, tokenizer, prompt_cfg, batch_size):
@@ -58,10 +61,63 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
             cos = torch.nn.functional.cosine_similarity(z[:, 1:], z[:, :-1], dim=-1)  # (B, T-1)
             sums["cos"] += cos[both].sum().item()
             sums["pairs"] += int(both.sum())
+            shares.add(z, resp)
     n = max(sums["tokens"], 1)
-    return {"nll_own": sums["own"] / n if nll_own is None else float(nll_own), "nll_no_latent": sums["none"] / n, "nll_other_latent": sums["other"] / n,
+    return {"nll_own": sums["own"] / n if nll_own is None else float(nll_own), "nll_no_latent": sums["none"] / n,
+            "nll_other_latent": sums["other"] / n,
             "rho": float(model.rho()), "lam": model.lam, "offset_norm": model.lam * float(model.rho()),
-            "token_embedding_norm": sums["emb"] / n, "consecutive_cos": sums["cos"] / max(sums["pairs"], 1)}
+            "token_embedding_norm": sums["emb"] / n, "consecutive_cos": sums["cos"] / max(sums["pairs"], 1),
+            "latent_shares": shares.result()}
+
+
+class LatentShares:
+    """Where the fused latent's direction lives: ẑ = z/‖z‖ at the response positions (the unit
+    vector that λρ scales) splits exactly into
+
+        ẑ_{e,i} = m + (m_e − m) + (ẑ_{e,i} − m_e),   1 = ‖m‖² + mean‖m_e − m‖² + mean‖ẑ_{e,i} − m_e‖²
+
+    with m the mean over every position of every example and m_e example e's mean. The three
+    shares are ``constant`` (the same offset added to every token: carries nothing about the user,
+    and is what a fine-tune must first absorb), ``example`` (constant within an example: what a
+    static latent could carry) and ``position`` (changes along the response: what thinking while
+    generating adds). Weighted by positions; every share in [0, 1], summing to 1.
+    """
+
+    def __init__(self):
+        self.sums: list[torch.Tensor] = []  # per example: Σ_i ẑ_{e,i} (float64)
+        self.counts: list[int] = []
+
+    def add(self, z: torch.Tensor, positions: torch.Tensor) -> None:
+        """z (B, T, d) latents as fused (z_{i-1} at position i), positions (B, T) bool: the ones to count."""
+        unit = torch.nn.functional.normalize(z.double(), dim=-1)
+        for row, keep in zip(unit, positions):
+            if keep.any():
+                self.sums.append(row[keep].sum(0))
+                self.counts.append(int(keep.sum()))
+
+    def result(self) -> dict:
+        if not self.counts:
+            return {"constant": None, "example": None, "position": None}
+        sums, counts = torch.stack(self.sums), torch.tensor(self.counts, dtype=torch.float64)  # (E, d), (E,)
+        n = counts.sum()
+        m = sums.sum(0) / n
+        example_means = sums / counts[:, None]
+        constant = float(m.square().sum())
+        example = float((counts * (example_means - m).square().sum(1)).sum() / n)
+        return {"constant": constant, "example": example, "position": 1.0 - constant - example}
+
+
+def latent_shares(model, tokenizer, examples, prompt_cfg, batch_size: int = 16) -> dict:
+    """:class:`LatentShares` of ``model``'s Reasoner on reference texts: R's passes only (no G),
+    so it also measures an untrained pair before fine-tuning."""
+    shares = LatentShares()
+    model.eval()
+    with torch.no_grad():
+        for b in batches(examples, tokenizer, prompt_cfg, batch_size):
+            ids, mask = b["input_ids"], b["attention_mask"]
+            z, _ = shift_latents(model.reason(ids, mask, positions_from_mask(mask)), mask)
+            shares.add(z, b["labels"] != -100)
+    return shares.result()
 
 
 def other_user_profiles(examples, seed: int = 0) -> list:

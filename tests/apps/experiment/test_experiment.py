@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from tiny_models import ROOT
 from flythinker.apps.experiment.methods import BASELINES
@@ -170,7 +171,7 @@ def test_a_given_base_zero_shot_rows_the_probe_and_committed_cells(tmp_path, git
     shutil.rmtree(ft / "train")
     monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a committed cell was run again"))
     text = run_experiment(exp).read_text()
-    assert "| flythinker |" in text and "Do the latents matter?" in text and "| user_based | base_zeroshot | 1 |" in text
+    assert "| flythinker |" in text and "Do the latents matter?" in text and "Where the fused latent" in text and "| user_based | base_zeroshot | 1 |" in text
 
 
 def test_committed_predictions_rescore_to_the_committed_metrics(tiny_experiment, capsys):
@@ -202,3 +203,41 @@ def test_the_paired_verdict_reads_the_interval():
     assert verdict({"ci": {"low": -0.02, "high": -0.001}}, "flythinker", "sft") == "sft better"
     assert verdict({"ci": {"low": -0.01, "high": 0.01}}, "flythinker", "sft") == "no difference shown"
     assert verdict({"ci": None}, "flythinker", "sft") == "–"  # no bootstrap
+
+
+def test_latent_shares_split_the_unit_latents_exactly():
+    from flythinker.evaluate.diagnostics import LatentShares
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 7, 5, generator=g) + torch.tensor([3.0, 0, 0, 0, 0])  # a common direction plus noise
+    keep = torch.rand(3, 7, generator=g) > 0.3
+    keep[2] = False  # an example with no counted position is left out
+    shares = LatentShares()
+    shares.add(z[:2], keep[:2])
+    shares.add(z[2:], keep[2:])
+    got = shares.result()
+    u = [torch.nn.functional.normalize(z[e][keep[e]].double(), dim=-1) for e in range(2)]
+    allu = torch.cat(u)
+    m = allu.mean(0)
+    assert got["constant"] == pytest.approx(float(m.square().sum()))
+    assert got["position"] == pytest.approx(float(sum((x - x.mean(0)).square().sum() for x in u) / len(allu)))
+    assert got["constant"] + got["example"] + got["position"] == pytest.approx(1.0)
+    assert 0.3 < got["constant"] < 1 and got["example"] > 0
+
+    static = LatentShares()  # one vector per example: nothing changes along the response
+    static.add(torch.tensor([[[1.0, 0], [2, 0]], [[0, 1], [0, 3]]]), torch.ones(2, 2, dtype=torch.bool))
+    assert static.result() == pytest.approx({"constant": 0.5, "example": 0.5, "position": 0.0})
+    assert LatentShares().result()["constant"] is None
+
+
+def test_latent_shares_of_a_pair_are_those_of_the_diagnostics(saved_tiny_model, gitcommits):
+    from flythinker import FlyThinker
+    from flythinker.data.longlamp import load_examples
+    from flythinker.data.prompts import PromptConfig
+    from flythinker.evaluate.diagnostics import latent_diagnostics, latent_shares
+
+    model = FlyThinker.from_pretrained(saved_tiny_model)
+    exs = load_examples(gitcommits / "sample" / "user_based", split="test", limit=5)
+    cfg = PromptConfig(retrieval="recent", k=1, profile_tokens=48, query_tokens=32, target_tokens=24)
+    alone = latent_shares(model, model.tokenizer, exs, cfg, batch_size=2)
+    assert alone == pytest.approx(latent_diagnostics(model, model.tokenizer, exs, cfg, batch_size=3)["latent_shares"])

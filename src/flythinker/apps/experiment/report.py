@@ -146,7 +146,7 @@ def latent_table(exp: ExperimentConfig) -> list[str]:
 
     keys = ("lam", "rho", "offset_norm", "token_embedding_norm", "consecutive_cos", "nll_own", "nll_no_latent",
             "nll_other_latent")
-    rows = []
+    rows, share_rows = [], []
     for split in exp.splits:
         for g in exp.groups():
             found = [d for s in (g.seeds or exp.seeds) if split in (g.splits or exp.splits)
@@ -154,11 +154,22 @@ def latent_table(exp: ExperimentConfig) -> list[str]:
             if found:
                 rows.append(f"| {split} | {g.name} | {len(found)} | "
                             + " | ".join(f"{np.mean([d[k] for d in found]):.3f}" for k in keys) + " |")
+            shares = [d["latent_shares"] for d in found if (d.get("latent_shares") or {}).get("constant") is not None]
+            if shares:
+                share_rows.append(f"| {split} | {g.name} | {len(shares)} | " + " | ".join(
+                    f"{np.mean([x[k] for x in shares]):.3f}" for k in ("constant", "example", "position")) + " |")
     if not rows:
         return []
-    return ["## Do the latents matter? (test split, teacher forcing, seed means)", "",
-            "| split | row | seeds | λ | ρ | λρ (offset norm) | mean ‖E_G(s)‖ | cos(z_i-1, z_i) | NLL own latents "
-            "| NLL no latent (λ=0) | NLL other example's latents |", "|---|---|---|" + "---|" * len(keys), *rows, ""]
+    lines = ["## Do the latents matter? (test split, teacher forcing, seed means)", "",
+             "| split | row | seeds | λ | ρ | λρ (offset norm) | mean ‖E_G(s)‖ | cos(z_i-1, z_i) | NLL own latents "
+             "| NLL no latent (λ=0) | NLL other example's latents |", "|---|---|---|" + "---|" * len(keys), *rows, ""]
+    if share_rows:
+        lines += ["Where the fused latent's direction z/‖z‖ lives (shares of its squared norm over the response "
+                  "positions; `flythinker.evaluate.diagnostics.LatentShares`): the same at every position (a constant "
+                  "offset), constant within an example, changing along the response.", "",
+                  "| split | row | cells | constant | per example | along the response |", "|---|---|---|---|---|---|",
+                  *share_rows, ""]
+    return lines
 
 
 def probe_table(exp: ExperimentConfig) -> list[str]:
