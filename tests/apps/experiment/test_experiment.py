@@ -54,6 +54,8 @@ def test_every_method_trains_generates_and_scores_then_resumes(tiny_experiment, 
     monkeypatch.setattr(trainer, "train", no_training)
     run_experiment(exp)
     assert redo.is_file()
+    trained = json.loads((redo.parent / "train" / "result.json").read_text())["train_time_s"]
+    assert json.loads(redo.read_text())["train_s"] == trained > 0  # the training's time, though this run trained nothing
     for p, t in mtimes.items():
         if p != redo:
             assert p.stat().st_mtime_ns == t, p

@@ -130,7 +130,9 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
 
 
 def _train_cell(cfg, group: CellGroup, train_exs, out: Path) -> float:
-    """Fine-tune the cell's model unless ``out/train/final`` exists; returns the seconds spent."""
+    """Fine-tune the cell's model unless ``out/train/final`` exists; returns its training seconds
+    (the trainer's own count in ``train/result.json``, summed over resumed runs, so a cell whose
+    run stopped after training still reports them; wall time of this call where that is missing)."""
     from flythinker.train.assemble import build_tokenizer
     from flythinker.train.trainer import train
 
@@ -139,6 +141,9 @@ def _train_cell(cfg, group: CellGroup, train_exs, out: Path) -> float:
         tok = build_tokenizer(cfg.model, train_exs)
         train(cfg, out / "train", model=build_cell_model(cfg, group.method, tok), tokenizer=tok,
               train_examples=train_exs)
+    result = out / "train" / "result.json"
+    if result.is_file():
+        return float(json.loads(result.read_text())["train_time_s"])
     return time.perf_counter() - t0
 
 
