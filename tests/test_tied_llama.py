@@ -111,9 +111,9 @@ def test_chat_prompts_lora_bf16_checkpointing_train_export_and_generate(chat_tok
     ids, mask = left_padded_batch([5, 8], vocab=len(tok), seed=7)
     model.eval()
     real = mask.bool()  # the merged export is the adapted model (at the real, unpadded positions)
-    fp32_forward = model._original_forward  # accelerate wrapped the trained model's forward in bf16 autocast
+    assert "_original_forward" not in vars(model)  # train() took accelerate's bf16 autocast wrapper off again
     assert_close(loaded(input_ids=ids, attention_mask=mask).logits[real],
-                 fp32_forward(input_ids=ids, attention_mask=mask).logits[real], atol=1e-5, rtol=1e-5)
+                 model(input_ids=ids, attention_mask=mask).logits[real], atol=1e-5, rtol=1e-5)
     assert loaded_tok.pad_token_id == loaded_tok.eos_token_id  # EOS pads where there is no pad token
     test = load_examples(data, split="test", limit=3)
     assert encode_for_generation(test[0], loaded_tok, PromptConfig(**prompt))[-3:] == \

@@ -119,7 +119,7 @@ def test_lora_bf16_training_steps_and_the_merged_export(pair, tmp_path):
     loaded, _ = load_model(result.final_checkpoint)
     assert loaded.generator.get_output_embeddings().weight is loaded.generator.get_input_embeddings().weight
     ids = torch.tensor([tok("<|im_start|>user\nhello<|im_end|>\n")["input_ids"]])
-    assert_close(loaded(input_ids=ids).logits, model._original_forward(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+    assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_continuous_batching_gives_each_row_its_alone_tokens_and_serves_a_load(pair):
