@@ -43,9 +43,9 @@ def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed NLL (B,) and response-token counts (B,) of one collated batch.
 
     Where the model takes ``logits_to_keep``, only the positions that predict a labelled token go
-    through the LM head: the (B, T, V) logits of the prompt are never made, which saves about a
-    third of the pass on a 49k vocabulary (the kept logits are the same numbers, up to float
-    rounding of the smaller matmul).
+    through the LM head: the (B, T, V) logits of the prompt are never made. On SmolLM2 (49k
+    vocabulary, 16 rows of ~540 tokens) that took 27–36% off a pass; the kept logits are the same
+    numbers, up to float rounding of the smaller matmul (a row's summed NLL moved by 1e-7 relative).
     """
     labels = batch["labels"]
     extra = {"logits_to_keep": logits_needed(labels)} if accepts_logits_to_keep(model) else {}
