@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from flythinker.evaluate.nll import batches, logits_needed, per_example_nll, token_nll
+from flythinker.evaluate.nll import batches, keep_logits, per_example_nll, token_nll
 from flythinker.fusion import shift_latents
-from flythinker.lm import accepts_logits_to_keep, positions_from_mask
+from flythinker.lm import positions_from_mask
 
 
 def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int = 16,
@@ -43,11 +43,11 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
             embeds = model.generator.get_input_embeddings()(ids)  # (B, T, d_G)
             z, zmask = shift_latents(model.reason(ids, mask, pos), mask)  # (B, T, d_R), (B, T)
             other_mask = zmask * zmask.roll(1, dims=0)
-            extra = {"logits_to_keep": logits_needed(labels)} if accepts_logits_to_keep(model) else {}
+            keep = keep_logits(model, labels)
 
             def nll(e):
-                logits = model.generator(inputs_embeds=e, attention_mask=mask, position_ids=pos, **extra).logits
-                return token_nll(logits, labels[:, labels.shape[1] - logits.shape[1]:]).sum().item()
+                logits = model.generator(inputs_embeds=e, attention_mask=mask, position_ids=pos, **keep).logits
+                return token_nll(logits, labels).sum().item()
 
             rho = model.rho()
             if nll_own is None:

@@ -16,10 +16,12 @@ from flythinker.lm import accepts_logits_to_keep
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy (B, T-1): token i+1 is predicted at position i; 0 where labels are −100.
+    """Per-token cross-entropy (B, k-1): token i+1 is predicted at position i; 0 where labels are −100.
 
-    logits (B, T, V), labels (B, T).
+    logits (B, k, V) of the last k ≤ T positions (k = T, or a :func:`keep_logits` forward),
+    labels (B, T).
     """
+    labels = labels[:, labels.shape[1] - logits.shape[1]:]  # the same k final positions
     return torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:],
                                              ignore_index=-100, reduction="none")
 
@@ -38,6 +40,12 @@ def logits_needed(labels: torch.Tensor) -> int:
     return labels.shape[1] - max(int(labelled[0]) - 1, 0)
 
 
+def keep_logits(model, labels: torch.Tensor) -> dict:
+    """Forward keywords that keep only the logits :func:`token_nll` needs for ``labels``
+    (``logits_to_keep``), or none where the model does not take them."""
+    return {"logits_to_keep": logits_needed(labels)} if accepts_logits_to_keep(model) else {}
+
+
 @torch.no_grad()
 def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed NLL (B,) and response-token counts (B,) of one collated batch.
@@ -48,9 +56,8 @@ def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     numbers, up to float rounding of the smaller matmul (a row's summed NLL moved by 1e-7 relative).
     """
     labels = batch["labels"]
-    extra = {"logits_to_keep": logits_needed(labels)} if accepts_logits_to_keep(model) else {}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits  # (B, k, V)
-    labels = labels[:, labels.shape[1] - logits.shape[1]:]  # the same k final positions
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   **keep_logits(model, labels)).logits  # (B, k, V)
     return token_nll(logits, labels).sum(1), (labels[:, 1:] != -100).sum(1)
 
 
