@@ -14,6 +14,7 @@ checkpoints, appended predictions).
 
     flythinker experiment src/flythinker/configs/experiment_gitcommits.yaml
     flythinker experiment src/flythinker/configs/experiment_tiny.yaml --only sft,flythinker
+    flythinker experiment src/flythinker/configs/experiment_gitcommits_smollm2.yaml --status
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def experiment_command(
     overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE override, e.g. --set seeds=[0]."),
     only: str = typer.Option("", "--only", help="Comma-separated row names to run (default: all)."),
     report_only: bool = typer.Option(False, "--report-only", help="Only rewrite the report from finished cells."),
+    status: bool = typer.Option(False, "--status", help="Only show where the matrix stands: every cell's state and the time left."),
 ) -> None:
     """Run the baselines × splits × seeds matrix (resumable) and write BENCHMARKS-ready tables."""
     exp = load_experiment(config, overrides)
@@ -85,6 +87,11 @@ def experiment_command(
         unknown = set(names) - {g.name for g in exp.groups()}
         if unknown:
             raise UserError(f"--only: unknown row(s) {sorted(unknown)}")
+    if status:
+        from flythinker.apps.experiment.status import print_status
+
+        print_status(exp, names)
+        return
     if report_only:
         path = write_report(exp)
     else:
