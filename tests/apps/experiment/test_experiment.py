@@ -243,3 +243,32 @@ def test_latent_shares_of_a_pair_are_those_of_the_diagnostics(saved_tiny_model, 
     cfg = PromptConfig(retrieval="recent", k=1, profile_tokens=48, query_tokens=32, target_tokens=24)
     alone = latent_shares(model, model.tokenizer, exs, cfg, batch_size=2)
     assert alone == pytest.approx(latent_diagnostics(model, model.tokenizer, exs, cfg, batch_size=3)["latent_shares"])
+
+
+def test_a_paired_comparison_pairs_the_seeds_both_rows_have(tmp_path):
+    """sft with seeds 0 and 1 against flythinker with seed 0 only: the comparison is on seed 0;
+    with no seed in common, every seed of each is pooled."""
+    import numpy as np
+
+    from flythinker.apps.experiment.report import matched_scores, pooled_scores
+
+    def row(name, seeds, offset):
+        folders = []
+        for s in seeds:
+            f = tmp_path / name / f"seed{s}"
+            f.mkdir(parents=True)
+            base = np.full(3, offset + s, dtype=float)
+            np.savez(f / "scores.npz", ids=np.array(["a", "b", "c"]), rouge1=base, rougeL=base, meteor=base,
+                     bleu_stats=np.ones((3, 10), dtype=np.int64) * (s + 1))
+            folders.append(f)
+        return {"folders": folders, "metrics": [{"seed": s} for s in seeds], "scores": pooled_scores(folders)}
+
+    sft, ft = row("sft", [0, 1], 0.0), row("flythinker", [0], 10.0)
+    a, b, seeds = matched_scores(ft, sft)
+    assert seeds == [0] and a.rouge1.tolist() == [10.0] * 3 and b.rouge1.tolist() == [0.0] * 3  # sft seed 1 left out
+    assert sft["scores"].rouge1.tolist() == [0.5] * 3  # (its table row still pools both)
+    ft2 = row("flythinker2", [0, 1], 10.0)
+    a, b, seeds = matched_scores(ft2, sft)
+    assert seeds == [0, 1] and a is ft2["scores"] and b is sft["scores"]
+    a, b, seeds = matched_scores(row("static", [2], 20.0), sft)
+    assert seeds == [] and b is sft["scores"]

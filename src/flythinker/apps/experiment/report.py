@@ -43,6 +43,20 @@ def collect(exp: ExperimentConfig) -> dict:
     return table
 
 
+def matched_scores(row_a: dict, row_b: dict):
+    """The two rows' pooled scores over the seeds both have (a seed fixes the data order and the
+    sampling seed, so a paired comparison pairs seeds too), and those seeds; every seed of each
+    where they share none (e.g. a one-seed row against another one-seed row of another seed)."""
+    seeds_of = lambda row: {m["seed"]: f for m, f in zip(row["metrics"], row["folders"])}  # noqa: E731
+    fa, fb = seeds_of(row_a), seeds_of(row_b)
+    common = sorted(set(fa) & set(fb))
+    if not common:
+        return row_a["scores"], row_b["scores"], []
+    if len(common) == len(fa) == len(fb):
+        return row_a["scores"], row_b["scores"], common
+    return pooled_scores([fa[s] for s in common]), pooled_scores([fb[s] for s in common]), common
+
+
 def nll_per_seed_table(split: str, rows: dict) -> list[str]:
     """Markdown lines: test / dev NLL of every finished seed of every row that has them."""
     seeds = sorted({m["seed"] for row in rows.values() for m in row["metrics"] if m.get("test_nll") is not None})
@@ -111,9 +125,13 @@ def write_report(exp: ExperimentConfig) -> Path:
         for a, b in exp.compare:
             if a not in rows or b not in rows:
                 continue
-            c = compare_scores(rows[a]["scores"], rows[b]["scores"], bootstrap=exp.bootstrap, seed=0)
+            scores_a, scores_b, seeds = matched_scores(rows[a], rows[b])
+            c = compare_scores(scores_a, scores_b, bootstrap=exp.bootstrap, seed=0)
+            c["seeds"] = seeds
             summary[split][f"{a}-vs-{b}"] = c
-            lines += [f"Paired bootstrap, {a} − {b} ({split}, {c['n']} test examples, seeds pooled):", "",
+            on = (f"seeds {', '.join(map(str, seeds))} of each, pooled" if len(seeds) > 1 else f"seed {seeds[0]} of each"
+                  if seeds else "no seed in common: every seed of each, pooled")
+            lines += [f"Paired bootstrap, {a} − {b} ({split}, {c['n']} test examples, {on}):", "",
                       "| metric | " + a + " | " + b + " | diff [95% CI] | P(" + a + " > " + b + ") | verdict at 95% |",
                       "|---|---|---|---|---|---|"]
             for m, r in c["metrics"].items():
