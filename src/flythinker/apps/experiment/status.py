@@ -1,5 +1,5 @@
 """``flythinker experiment CONFIG --status``: where a long matrix stands, read from its cell folders
-alone (nothing is loaded or run): every cell in run order, finished, part-way (training step,
+alone (no model is loaded, nothing runs): every cell in run order, finished, part-way (training step,
 predictions written) or to do, with the measured times of finished cells and an estimate of
 what is left at their pace."""
 
@@ -99,7 +99,7 @@ def matrix_status(exp: ExperimentConfig, only: list[str] | None = None) -> list[
     pace: dict[str, list[tuple[float, float]]] = {}
     for s in states:
         if s.state == "done" and s.cell_s is not None and s.train_s:  # zero-shot cells train nothing
-            pace.setdefault(s.kind, []).append((s.train_s or 0.0, s.cell_s))
+            pace.setdefault(s.kind, []).append((s.train_s, s.cell_s))
     for s in states:
         if s.state == "done":
             s.left_s = 0.0
