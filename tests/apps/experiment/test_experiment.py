@@ -245,30 +245,52 @@ def test_latent_shares_of_a_pair_are_those_of_the_diagnostics(saved_tiny_model, 
     assert alone == pytest.approx(latent_diagnostics(model, model.tokenizer, exs, cfg, batch_size=3)["latent_shares"])
 
 
+def fake_row(root, name, seeds, offset):
+    """A row of collect(): per seed a scores.npz whose ROUGE/METEOR are offset + seed for all 3 examples."""
+    import numpy as np
+
+    from flythinker.apps.experiment.report import pooled_scores
+
+    folders = []
+    for s in seeds:
+        f = root / name / f"seed{s}"
+        f.mkdir(parents=True)
+        base = np.full(3, offset + s, dtype=float)
+        np.savez(f / "scores.npz", ids=np.array(["a", "b", "c"]), rouge1=base, rougeL=base, meteor=base,
+                 bleu_stats=np.ones((3, 10), dtype=np.int64) * (s + 1))
+        folders.append(f)
+    return {"folders": folders, "metrics": [{"seed": s} for s in seeds], "scores": pooled_scores(folders)}
+
+
 def test_a_paired_comparison_pairs_the_seeds_both_rows_have(tmp_path):
     """sft with seeds 0 and 1 against flythinker with seed 0 only: the comparison is on seed 0;
     with no seed in common, every seed of each is pooled."""
-    import numpy as np
+    from flythinker.apps.experiment.report import matched_scores
 
-    from flythinker.apps.experiment.report import matched_scores, pooled_scores
-
-    def row(name, seeds, offset):
-        folders = []
-        for s in seeds:
-            f = tmp_path / name / f"seed{s}"
-            f.mkdir(parents=True)
-            base = np.full(3, offset + s, dtype=float)
-            np.savez(f / "scores.npz", ids=np.array(["a", "b", "c"]), rouge1=base, rougeL=base, meteor=base,
-                     bleu_stats=np.ones((3, 10), dtype=np.int64) * (s + 1))
-            folders.append(f)
-        return {"folders": folders, "metrics": [{"seed": s} for s in seeds], "scores": pooled_scores(folders)}
-
-    sft, ft = row("sft", [0, 1], 0.0), row("flythinker", [0], 10.0)
+    sft, ft = fake_row(tmp_path, "sft", [0, 1], 0.0), fake_row(tmp_path, "flythinker", [0], 10.0)
     a, b, seeds = matched_scores(ft, sft)
     assert seeds == [0] and a.rouge1.tolist() == [10.0] * 3 and b.rouge1.tolist() == [0.0] * 3  # sft seed 1 left out
     assert sft["scores"].rouge1.tolist() == [0.5] * 3  # (its table row still pools both)
-    ft2 = row("flythinker2", [0, 1], 10.0)
+    ft2 = fake_row(tmp_path, "flythinker2", [0, 1], 10.0)
     a, b, seeds = matched_scores(ft2, sft)
     assert seeds == [0, 1] and a is ft2["scores"] and b is sft["scores"]
-    a, b, seeds = matched_scores(row("static", [2], 20.0), sft)
+    a, b, seeds = matched_scores(fake_row(tmp_path, "static", [2], 20.0), sft)
     assert seeds == [] and b is sft["scores"]
+
+
+def test_the_seed_table_compares_seed_by_seed_and_each_row_with_itself(tmp_path):
+    from types import SimpleNamespace
+
+    from flythinker.apps.experiment.report import seed_table
+
+    rows = {"sft": fake_row(tmp_path, "sft", [0, 1, 2], 0.0), "flythinker": fake_row(tmp_path, "flythinker", [0, 2], 10.0),
+            "static": fake_row(tmp_path, "static", [0], 5.0)}
+    exp = SimpleNamespace(compare=[["flythinker", "sft"], ["static", "sft"]], bootstrap=50)
+    lines = [line for line in seed_table("user_based", rows, exp) if line.startswith("| ") and "---" not in line][1:]
+    assert [line.split(" | ")[:3] for line in lines] == [
+        ["| flythinker − sft", "seed 0", "+10.0000 [10.0000, 10.0000]*"],  # static − sft: one seed in common, no rows
+        ["| flythinker − sft", "seed 2", "+10.0000 [10.0000, 10.0000]*"],
+        ["| sft − sft", "seed 1 − seed 0", "+1.0000 [1.0000, 1.0000]*"],
+        ["| sft − sft", "seed 2 − seed 0", "+2.0000 [2.0000, 2.0000]*"],
+        ["| flythinker − flythinker", "seed 2 − seed 0", "+2.0000 [2.0000, 2.0000]*"]]
+    assert seed_table("user_based", {"static": rows["static"]}, exp) == []  # nothing with 2 seeds

@@ -47,14 +47,78 @@ def matched_scores(row_a: dict, row_b: dict):
     """The two rows' pooled scores over the seeds both have (a seed fixes the data order and the
     sampling seed, so a paired comparison pairs seeds too), and those seeds; every seed of each
     where they share none (e.g. a one-seed row against another one-seed row of another seed)."""
-    seeds_of = lambda row: {m["seed"]: f for m, f in zip(row["metrics"], row["folders"])}  # noqa: E731
-    fa, fb = seeds_of(row_a), seeds_of(row_b)
+    fa, fb = _seed_folders(row_a), _seed_folders(row_b)
     common = sorted(set(fa) & set(fb))
     if not common:
         return row_a["scores"], row_b["scores"], []
     if len(common) == len(fa) == len(fb):
         return row_a["scores"], row_b["scores"], common
     return pooled_scores([fa[s] for s in common]), pooled_scores([fb[s] for s in common]), common
+
+
+def _seed_folders(row: dict) -> dict[int, Path]:
+    return {m["seed"]: f for m, f in zip(row["metrics"], row["folders"])}
+
+
+def seed_table(split: str, rows: dict, exp: ExperimentConfig) -> list[str]:
+    """Markdown lines: what the pooled bootstrap over test examples cannot show, where rows have
+    2 or more seeds. Each compared pair seed by seed (does the sign hold on every seed?), and each
+    row's later seeds against its first: one method against itself, the spread that chance alone
+    (training order, sampling) gives. Paired bootstrap over test examples; * where the 95% CI
+    excludes 0."""
+    from flythinker.evaluate.metrics import METRICS, compare_scores
+
+    pairs = []  # (comparison, seeds, folder A, folder B)
+    for a, b in exp.compare:
+        if a in rows and b in rows:
+            fa, fb = _seed_folders(rows[a]), _seed_folders(rows[b])
+            common = sorted(set(fa) & set(fb))
+            if len(common) >= 2:
+                pairs += [(f"{a} − {b}", f"seed {s}", fa[s], fb[s]) for s in common]
+    for name, row in rows.items():
+        f = _seed_folders(row)
+        first, *later = sorted(f)
+        pairs += [(f"{name} − {name}", f"seed {s} − seed {first}", f[s], f[first]) for s in later]
+    if not pairs:
+        return []
+    lines = [f"Seed by seed ({split}; paired bootstrap over test examples, one seed each; * where the 95% CI excludes 0). "
+             "A row against itself is the spread chance alone gives:", "",
+             "| comparison | seeds | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for label, seeds, fa, fb in pairs:
+        c = compare_scores(pooled_scores([fa]), pooled_scores([fb]), bootstrap=exp.bootstrap, seed=0)["metrics"]
+        cells = [f"{c[m]['diff']:+.4f}" + (f" [{_fmt(m, c[m]['ci']['low'])}, {_fmt(m, c[m]['ci']['high'])}]"
+                                          + ("*" if c[m]["ci"]["low"] > 0 or c[m]["ci"]["high"] < 0 else "") if c[m]["ci"] else "")
+                 if m in c else "–" for m in METRICS]
+        lines.append(f"| {label} | {seeds} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def paired_tables(split: str, rows: dict, exp: ExperimentConfig, summary: dict) -> list[str]:
+    """Markdown lines: every configured comparison A − B of finished rows (paired bootstrap on
+    the seeds both have, with a verdict); each result also goes into ``summary``."""
+    from flythinker.evaluate.metrics import compare_scores
+
+    lines = []
+    for a, b in exp.compare:
+        if a not in rows or b not in rows:
+            continue
+        scores_a, scores_b, seeds = matched_scores(rows[a], rows[b])
+        c = compare_scores(scores_a, scores_b, bootstrap=exp.bootstrap, seed=0)
+        c["seeds"] = seeds
+        summary[f"{a}-vs-{b}"] = c
+        on = (f"seeds {', '.join(map(str, seeds))} of each, pooled" if len(seeds) > 1 else f"seed {seeds[0]} of each"
+              if seeds else "no seed in common: every seed of each, pooled")
+        lines += [f"Paired bootstrap, {a} − {b} ({split}, {c['n']} test examples, {on}):", "",
+                  "| metric | " + a + " | " + b + " | diff [95% CI] | P(" + a + " > " + b + ") | verdict at 95% |",
+                  "|---|---|---|---|---|---|"]
+        for m, r in c["metrics"].items():
+            ci = f" [{_fmt(m, r['ci']['low'])}, {_fmt(m, r['ci']['high'])}]" if r["ci"] else ""
+            p = "–" if r["p_a_better"] is None else f"{r['p_a_better']:.3f}"
+            r["verdict"] = verdict(r, a, b)
+            lines.append(f"| {METRIC_LABELS[m]} | {_fmt(m, r['a'])} | {_fmt(m, r['b'])} | {r['diff']:+.4f}{ci} | {p} "
+                         f"| {r['verdict']} |")
+        lines.append("")
+    return lines
 
 
 def nll_per_seed_table(split: str, rows: dict) -> list[str]:
@@ -97,7 +161,7 @@ def write_report(exp: ExperimentConfig) -> Path:
     """``OUT/results.md`` (tables), ``OUT/results.json`` and ``OUT/results.png`` from finished cells."""
     import numpy as np
 
-    from flythinker.evaluate.metrics import METRICS, compare_scores, summarize
+    from flythinker.evaluate.metrics import METRICS, summarize
 
     out, table, summary = Path(exp.out), collect(exp), {}
     lines = ["# Results", "", f"Config: `{exp.out}/experiment.json`. Point estimates pool the seeds (per-example means; "
@@ -122,26 +186,8 @@ def write_report(exp: ExperimentConfig) -> Path:
             words = np.mean([r["mean_words"] for r in row["metrics"]])
             lines.append(f"| {name} | {len(row['folders'])} | " + " | ".join(cells + nll_txt) + f" | {words:.0f} |")
         lines.append("")
-        for a, b in exp.compare:
-            if a not in rows or b not in rows:
-                continue
-            scores_a, scores_b, seeds = matched_scores(rows[a], rows[b])
-            c = compare_scores(scores_a, scores_b, bootstrap=exp.bootstrap, seed=0)
-            c["seeds"] = seeds
-            summary[split][f"{a}-vs-{b}"] = c
-            on = (f"seeds {', '.join(map(str, seeds))} of each, pooled" if len(seeds) > 1 else f"seed {seeds[0]} of each"
-                  if seeds else "no seed in common: every seed of each, pooled")
-            lines += [f"Paired bootstrap, {a} − {b} ({split}, {c['n']} test examples, {on}):", "",
-                      "| metric | " + a + " | " + b + " | diff [95% CI] | P(" + a + " > " + b + ") | verdict at 95% |",
-                      "|---|---|---|---|---|---|"]
-            for m, r in c["metrics"].items():
-                ci = f" [{_fmt(m, r['ci']['low'])}, {_fmt(m, r['ci']['high'])}]" if r["ci"] else ""
-                p = "–" if r["p_a_better"] is None else f"{r['p_a_better']:.3f}"
-                r["verdict"] = verdict(r, a, b)
-                lines.append(f"| {METRIC_LABELS[m]} | {_fmt(m, r['a'])} | {_fmt(m, r['b'])} | {r['diff']:+.4f}{ci} | {p} "
-                             f"| {r['verdict']} |")
-            lines.append("")
-        lines += nll_per_seed_table(split, rows)
+        lines += paired_tables(split, rows, exp, summary[split])
+        lines += seed_table(split, rows, exp) + nll_per_seed_table(split, rows)
         pos = {n: summary[split][n]["by_position"] for n in rows}
         segs = sorted({p for v in pos.values() for p in v}, key=lambda p: int(p.split("-")[0].rstrip("+")))
         if segs:
