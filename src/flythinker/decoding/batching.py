@@ -7,13 +7,13 @@ ended (and trims columns that only padding still fills); ``step`` runs one decod
 every row, R's step on a worker thread while G's runs (think while generating; on one GPU, R's
 kernels go to a side CUDA stream, as the ``streams`` backend does) unless ``concurrent=False``.
 The halves are the reference loop's runners (steps.py), with the same positions, masks and
-latents, so a row decodes the tokens it would decode alone.
+latents, so a row decodes the tokens it would decode alone. In use::
 
-    >>> batch = RunningBatch(model)                                      # doctest: +SKIP
-    >>> batch.add([prompt_a, prompt_b], pad_token_id)    # logits (2, V) of their first tokens
-    >>> batch.step(torch.tensor([tok_a, tok_b]))         # logits (2, V) of the next ones
-    >>> batch.keep(torch.tensor([1]))                    # row a ended
-    >>> batch.add([prompt_c], pad_token_id)              # c joins b mid-decode
+    batch = RunningBatch(model)
+    batch.add([prompt_a, prompt_b], pad_token_id)    # logits (2, V) of their first tokens
+    batch.step(torch.tensor([tok_a, tok_b]))         # logits (2, V) of the next ones
+    batch.keep(torch.tensor([1]))                    # row a ended
+    batch.add([prompt_c], pad_token_id)              # c joins b mid-decode
 
 R's cache lives in this process, so the worker-process backends (``shm``, ``gloo``) do not
 apply here: R's concurrent step runs on a thread (the ``threads`` / ``streams`` backends).

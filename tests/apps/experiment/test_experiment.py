@@ -290,7 +290,31 @@ def test_the_seed_table_compares_seed_by_seed_and_each_row_with_itself(tmp_path)
     assert [line.split(" | ")[:3] for line in lines] == [
         ["| flythinker − sft", "seed 0", "+10.0000 [10.0000, 10.0000]*"],  # static − sft: one seed in common, no rows
         ["| flythinker − sft", "seed 2", "+10.0000 [10.0000, 10.0000]*"],
+        ["| flythinker − sft", "mean of 2 seeds, t over seeds", "+10.0000 [10.0000, 10.0000]*"],  # sd 0 over seeds
         ["| sft − sft", "seed 1 − seed 0", "+1.0000 [1.0000, 1.0000]*"],
         ["| sft − sft", "seed 2 − seed 0", "+2.0000 [2.0000, 2.0000]*"],
         ["| flythinker − flythinker", "seed 2 − seed 0", "+2.0000 [2.0000, 2.0000]*"]]
     assert seed_table("user_based", {"static": rows["static"]}, exp) == []  # nothing with 2 seeds
+
+
+def test_over_seeds_takes_the_seed_as_the_unit(tmp_path):
+    """Per-seed differences +10 and +12 (the bootstrap over examples is a point on each): mean +11,
+    sd √2, t CI with 1 degree of freedom ±12.71·√2/√2; the summary of the comparison carries it."""
+    from types import SimpleNamespace
+
+    from flythinker.apps.experiment.report import seed_table
+
+    ft = fake_row(tmp_path, "flythinker", [0, 1], 10.0)
+    for f, v in zip(ft["folders"], (10.0, 13.0)):  # seed 1's ROUGE 13 against sft seed 1's 1: +12
+        np = pytest.importorskip("numpy")
+        z = dict(np.load(f / "scores.npz"))
+        z["rouge1"] = np.full(3, v)
+        np.savez(f / "scores.npz", **z)
+    rows = {"sft": fake_row(tmp_path, "sft", [0, 1], 0.0), "flythinker": ft}
+    summary = {"flythinker-vs-sft": {}}
+    lines = seed_table("user_based", rows, SimpleNamespace(compare=[["flythinker", "sft"]], bootstrap=50), summary)
+    mean_row = next(line for line in lines if "t over seeds |" in line)
+    assert mean_row.split(" | ")[2] == "+11.0000 [-1.7062, 23.7062]"  # 11 ± 12.7062: no star, the CI holds 0
+    over = summary["flythinker-vs-sft"]["over_seeds"]
+    assert over["seeds"] == [0, 1] and over["rouge1"]["sd"] == pytest.approx(2 ** 0.5)
+    assert over["rougeL"]["diff"] == pytest.approx(10.0) and over["rougeL"]["ci"]["low"] == pytest.approx(10.0)

@@ -88,7 +88,7 @@ def profile_teacher(example) -> str:
     >>> ex = Example("e", "u", "q", "secret", [{"title": "t", "text": "This patch adds x.\\n\\nIt also fixes y."},
     ...              {"title": "t2", "text": "This patch adds z. It also fixes w."}], "generic")
     >>> print(profile_teacher(ex))
-    Opening: "This patch". Length: about 7 words, 2 paragraphs. Recurring: "this patch", "patch adds", "also fixes".
+    Opening: "This patch". Length: about 8 words, 2 paragraphs. Recurring: "also fixes", "patch adds", "this patch".
     """
     from flythinker.data.longlamp import item_fields
 

@@ -60,37 +60,70 @@ def _seed_folders(row: dict) -> dict[int, Path]:
     return {m["seed"]: f for m, f in zip(row["metrics"], row["folders"])}
 
 
-def seed_table(split: str, rows: dict, exp: ExperimentConfig) -> list[str]:
+def seed_table(split: str, rows: dict, exp: ExperimentConfig, summary: dict | None = None) -> list[str]:
     """Markdown lines: what the pooled bootstrap over test examples cannot show, where rows have
-    2 or more seeds. Each compared pair seed by seed (does the sign hold on every seed?), and each
-    row's later seeds against its first: one method against itself, the spread that chance alone
-    (training order, sampling) gives. Paired bootstrap over test examples; * where the 95% CI
-    excludes 0."""
+    2 or more seeds. Each compared pair seed by seed (does the sign hold on every seed?) and then
+    over seeds: the mean of the per-seed differences with a Student-t 95% CI that takes the seed
+    (training order, sampling) as the unit, so it counts the spread between trained models that
+    the bootstrap over one test set leaves out (``summary[f"{a}-vs-{b}"]["over_seeds"]``). Then
+    each row's later seeds against its first: one method against itself, the spread that chance
+    alone gives. Per seed: paired bootstrap over test examples; * where the 95% CI excludes 0."""
     from flythinker.evaluate.metrics import METRICS, compare_scores
 
-    pairs = []  # (comparison, seeds, folder A, folder B)
+    def row_cells(c: dict) -> list[str]:
+        return [f"{c[m]['diff']:+.4f}" + (f" [{_fmt(m, c[m]['ci']['low'])}, {_fmt(m, c[m]['ci']['high'])}]"
+                                         + ("*" if c[m]["ci"]["low"] > 0 or c[m]["ci"]["high"] < 0 else "") if c[m]["ci"] else "")
+                if m in c else "–" for m in METRICS]
+
+    lines = []
     for a, b in exp.compare:
         if a in rows and b in rows:
             fa, fb = _seed_folders(rows[a]), _seed_folders(rows[b])
             common = sorted(set(fa) & set(fb))
-            if len(common) >= 2:
-                pairs += [(f"{a} − {b}", f"seed {s}", fa[s], fb[s]) for s in common]
+            if len(common) < 2:
+                continue
+            per_seed = [compare_scores(pooled_scores([fa[s]]), pooled_scores([fb[s]]), bootstrap=exp.bootstrap,
+                                       seed=0)["metrics"] for s in common]
+            lines += [f"| {a} − {b} | seed {s} | " + " | ".join(row_cells(c)) + " |" for s, c in zip(common, per_seed)]
+            over = over_seeds(per_seed)
+            lines.append(f"| {a} − {b} | mean of {len(common)} seeds, t over seeds | " + " | ".join(row_cells(over)) + " |")
+            if summary is not None and f"{a}-vs-{b}" in summary:
+                summary[f"{a}-vs-{b}"]["over_seeds"] = {"seeds": common, **over}
     for name, row in rows.items():
         f = _seed_folders(row)
         first, *later = sorted(f)
-        pairs += [(f"{name} − {name}", f"seed {s} − seed {first}", f[s], f[first]) for s in later]
-    if not pairs:
+        lines += [f"| {name} − {name} | seed {s} − seed {first} | " + " | ".join(row_cells(compare_scores(
+            pooled_scores([f[s]]), pooled_scores([f[first]]), bootstrap=exp.bootstrap, seed=0)["metrics"])) + " |"
+                  for s in later]
+    if not lines:
         return []
-    lines = [f"Seed by seed ({split}; paired bootstrap over test examples, one seed each; * where the 95% CI excludes 0). "
-             "A row against itself is the spread chance alone gives:", "",
-             "| comparison | seeds | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
-    for label, seeds, fa, fb in pairs:
-        c = compare_scores(pooled_scores([fa]), pooled_scores([fb]), bootstrap=exp.bootstrap, seed=0)["metrics"]
-        cells = [f"{c[m]['diff']:+.4f}" + (f" [{_fmt(m, c[m]['ci']['low'])}, {_fmt(m, c[m]['ci']['high'])}]"
-                                          + ("*" if c[m]["ci"]["low"] > 0 or c[m]["ci"]["high"] < 0 else "") if c[m]["ci"] else "")
-                 if m in c else "–" for m in METRICS]
-        lines.append(f"| {label} | {seeds} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return [f"Seed by seed ({split}; per seed a paired bootstrap over test examples; \"t over seeds\": the mean of the "
+            "per-seed differences with a Student-t 95% CI over seeds; * where the 95% CI excludes 0). "
+            "A row against itself is the spread chance alone gives:", "",
+            "| comparison | seeds | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |",
+            "|---|---|" + "---|" * len(METRICS), *lines, ""]
+
+
+def over_seeds(per_seed: list[dict]) -> dict:
+    """Per metric, the mean of per-seed paired differences and its Student-t 95% CI (n − 1
+    degrees of freedom): the seed, not the test example, is the sampled unit.
+
+    >>> r = over_seeds([{"bleu": {"diff": 1.0}}, {"bleu": {"diff": 2.0}}, {"bleu": {"diff": 3.0}}])["bleu"]
+    >>> r["diff"], round(r["sd"], 3), [round(x, 3) for x in (r["ci"]["low"], r["ci"]["high"])]
+    (2.0, 1.0, [-0.484, 4.484])
+    """
+    import numpy as np
+    from scipy import stats
+
+    out = {}
+    for m in per_seed[0]:
+        d = np.array([c[m]["diff"] for c in per_seed if m in c], dtype=float)
+        if len(d) < len(per_seed):
+            continue
+        sd = float(d.std(ddof=1))
+        half = float(stats.t.ppf(0.975, len(d) - 1) * sd / np.sqrt(len(d)))
+        out[m] = {"diff": float(d.mean()), "sd": sd, "ci": {"low": float(d.mean()) - half, "high": float(d.mean()) + half}}
+    return out
 
 
 def paired_tables(split: str, rows: dict, exp: ExperimentConfig, summary: dict) -> list[str]:
@@ -187,7 +220,7 @@ def write_report(exp: ExperimentConfig) -> Path:
             lines.append(f"| {name} | {len(row['folders'])} | " + " | ".join(cells + nll_txt) + f" | {words:.0f} |")
         lines.append("")
         lines += paired_tables(split, rows, exp, summary[split])
-        lines += seed_table(split, rows, exp) + nll_per_seed_table(split, rows)
+        lines += seed_table(split, rows, exp, summary[split]) + nll_per_seed_table(split, rows)
         pos = {n: summary[split][n]["by_position"] for n in rows}
         segs = sorted({p for v in pos.values() for p in v}, key=lambda p: int(p.split("-")[0].rstrip("+")))
         if segs:
