@@ -99,6 +99,8 @@ def seed_table(split: str, rows: dict, exp: ExperimentConfig, summary: dict | No
         return []
     return [f"Seed by seed ({split}; per seed a paired bootstrap over test examples; \"t over seeds\": the mean of the "
             "per-seed differences with a Student-t 95% CI over seeds; * where the 95% CI excludes 0). "
+            "The t CI counts the spread between trained models on this one test set, the paired bootstrap above "
+            "the spread over test examples: a difference is shown only where both exclude 0. "
             "A row against itself is the spread chance alone gives:", "",
             "| comparison | seeds | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |",
             "|---|---|" + "---|" * len(METRICS), *lines, ""]
