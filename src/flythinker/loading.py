@@ -11,8 +11,10 @@ causal LM) is :func:`flythinker.auto.load_model`, built on these two.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -33,10 +35,12 @@ def as_dtype(dtype):
 
 
 def load_causal_lm(path: str | os.PathLike, key: str = "--model", *, dtype=None, trust_remote_code: bool = False,
-                   attn_implementation: str | None = None, **kwargs):
+                   attn_implementation: str | None = None, num_layers: int | None = None, **kwargs):
     """``AutoModelForCausalLM`` from a local folder (safetensors only, nothing downloaded).
 
     ``key`` names the option or config key in error messages (``model.generator.path``).
+    ``num_layers`` keeps only the model's first k decoder layers (the final norm and LM head
+    stay): a cheaper Reasoner cut from the same base; the other layers' weights are not read.
     """
     from transformers import AutoModelForCausalLM
 
@@ -46,10 +50,61 @@ def load_causal_lm(path: str | os.PathLike, key: str = "--model", *, dtype=None,
         kw["dtype"] = as_dtype(dtype)
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
+    if num_layers is not None:
+        kw["config"] = first_layers_config(path, num_layers, key, trust_remote_code)
     try:
-        return AutoModelForCausalLM.from_pretrained(Path(path).expanduser(), **kw)
+        if num_layers is None:
+            return AutoModelForCausalLM.from_pretrained(Path(path).expanduser(), **kw)
+        with _quiet_load_report():  # it would list every weight of the layers left out as unexpected
+            model, info = AutoModelForCausalLM.from_pretrained(Path(path).expanduser(), output_loading_info=True, **kw)
     except load_errors() as e:  # a truncated or corrupted weights file, a garbled config
         raise UserError(f"{key}: cannot load {path} ({first_line(e)})") from None
+    left_out = re.compile(r"(^|\.)layers\.(\d+)\.")
+    odd = sorted(k for k in info.get("unexpected_keys", ()) if not ((m := left_out.search(k)) and int(m[2]) >= num_layers))
+    if info.get("missing_keys") or info.get("mismatched_keys") or odd:
+        raise UserError(f"{key}: the first {num_layers} layers of {path} do not load cleanly (missing: "
+                        f"{sorted(info.get('missing_keys', []))[:5]}, mismatched: {list(info.get('mismatched_keys', []))[:5]}, "
+                        f"unexpected: {odd[:5]})")
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_load_report():
+    """transformers' load report at error level only, for one load whose report is checked here."""
+    import logging
+
+    log = logging.getLogger("transformers.modeling_utils")
+    before = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
+
+
+def first_layers_config(path: str | os.PathLike, num_layers: int, key: str = "--model", trust_remote_code: bool = False):
+    """The folder's model config cut to its first ``num_layers`` decoder layers.
+
+    Per-layer lists the config carries (``layer_types``: full or sliding attention per layer) are
+    cut with it; a config without ``num_hidden_layers`` is refused.
+    """
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(Path(path).expanduser(), local_files_only=True,
+                                            trust_remote_code=trust_remote_code)
+    except load_errors() as e:
+        raise UserError(f"{key}: cannot read the model config in {path} ({first_line(e)})") from None
+    n = getattr(config, "num_hidden_layers", None)
+    if not isinstance(n, int):
+        raise UserError(f"{key}: num_layers needs a config with num_hidden_layers; {path} has none")
+    if not 1 <= num_layers <= n:
+        raise UserError(f"{key}: num_layers must be between 1 and the model's {n} layers, got {num_layers}")
+    config.num_hidden_layers = num_layers
+    for name in ("layer_types",):
+        if isinstance(getattr(config, name, None), list):
+            setattr(config, name, getattr(config, name)[:num_layers])
+    return config
 
 
 def load_tokenizer(folder: str | os.PathLike, trust_remote_code: bool = False):

@@ -171,3 +171,24 @@ def test_continuous_batching_gives_each_row_its_alone_tokens_and_serves_a_load(p
             engine.close()
     assert r["errors"] == 0, r["error_samples"]
     assert r["answered"] == r["requests"] >= 4 and r["tokens"] > 0 and r["p95_latency_s"] >= r["p50_latency_s"]
+
+
+def test_a_reasoner_cut_to_its_first_15_layers_is_the_base_stopped_there_and_decodes_exactly(folder, pair, prompt_ids):
+    """``model.reasoner.num_layers=15``: half of SmolLM2's 30 layers, loaded quietly, equal to the
+    full model's hidden state after layer 15 (with the final norm); concurrent = sequential."""
+    from flythinker import FlyThinker
+    from flythinker.decoding.concurrent import ConcurrentDecoder
+    from flythinker.loading import load_causal_lm
+
+    full, tok = pair
+    cut = load_causal_lm(folder, num_layers=15).eval()
+    ids, mask = prompt_ids
+    with torch.no_grad():
+        want = full.reasoner.model.norm(full.reasoner(ids, attention_mask=mask, output_hidden_states=True).hidden_states[15])
+        got = cut(ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    assert cut.config.num_hidden_layers == 15 and torch.equal(got, want)
+    model = FlyThinker(full.generator, cut, lam=0.5, generator_tokenizer=tok, reasoner_tokenizer=tok).eval()
+    kw = dict(max_new_tokens=8, do_sample=True, temperature=0.8, top_p=0.95, seed=0)
+    with ConcurrentDecoder(model, backend="threads") as dec:
+        concurrent = dec.generate(ids, attention_mask=mask, **kw)
+    assert torch.equal(concurrent, model.generate(ids, attention_mask=mask, **kw))

@@ -89,7 +89,7 @@ def tiny_causal_lm(spec: ModelSpec, tokenizer, seed: int) -> nn.Module:
 def load_causal_lm(spec: ModelSpec, key: str) -> nn.Module:
     """The local folder of a ``ModelSpec``, through the one loader (``flythinker.loading``)."""
     return loading.load_causal_lm(spec.path, f"{key}.path", dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
-                                  attn_implementation=spec.attn_implementation)
+                                  attn_implementation=spec.attn_implementation, num_layers=spec.num_layers)
 
 
 def _causal_lm(spec: ModelSpec, tokenizer, seed: int, key: str) -> nn.Module:

@@ -126,10 +126,18 @@ class ModelSpec:
     """Allow custom modeling code shipped in the folder (only if you trust it)."""
     attn_implementation: str | None = None
     """e.g. sdpa, flash_attention_2, eager; None: transformers' default."""
+    num_layers: int | None = None
+    """Keep only the first k decoder layers of the folder's model (e.g. a cheaper Reasoner cut from
+    the Generator's base); the saved model then has k layers. None: all of them."""
 
     def __post_init__(self):
         if (self.path is None) == (self.tiny is None):
             raise ConfigError("path", "give exactly one of 'path' (a local model folder) or 'tiny'")
+        if self.num_layers is not None:
+            if self.tiny is not None:
+                raise ConfigError("num_layers", "cuts a loaded 'path' model; a tiny model sets tiny.num_layers")
+            if not isinstance(self.num_layers, int) or self.num_layers < 1:
+                raise ConfigError("num_layers", f"must be a whole number ≥ 1, got {self.num_layers!r}")
         _choice(self, "dtype", DTYPES)
 
 
