@@ -40,7 +40,7 @@ def load_causal_lm(path: str | os.PathLike, key: str = "--model", *, dtype=None,
 
     ``key`` names the option or config key in error messages (``model.generator.path``).
     ``num_layers`` keeps only the model's first k decoder layers (the final norm and LM head
-    stay): a cheaper Reasoner cut from the same base; the other layers' weights are not read.
+    stay): a cheaper Reasoner cut from the same base; the other layers' weights are not loaded.
     """
     from transformers import AutoModelForCausalLM
 
@@ -101,9 +101,8 @@ def first_layers_config(path: str | os.PathLike, num_layers: int, key: str = "--
     if not 1 <= num_layers <= n:
         raise UserError(f"{key}: num_layers must be between 1 and the model's {n} layers, got {num_layers}")
     config.num_hidden_layers = num_layers
-    for name in ("layer_types",):
-        if isinstance(getattr(config, name, None), list):
-            setattr(config, name, getattr(config, name)[:num_layers])
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:num_layers]
     return config
 
 

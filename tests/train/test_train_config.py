@@ -71,6 +71,7 @@ def test_tiny_configs_point_at_the_shared_sample_and_pass_path_checks(monkeypatc
     ("train.epochs=1.5", "train.epochs"),
     ("train.resume=maybe", "train.resume"),
     ("model.generator.path=/x", "model.generator.path"),  # path and tiny both given
+    ("model.generator.num_layers=1", "model.generator.num_layers"),  # a tiny model has tiny.num_layers
     ("bogus.key=1", "bogus"),
 ])
 def test_bad_values_name_their_key(tmp_path, override, key):
