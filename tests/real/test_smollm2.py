@@ -180,14 +180,14 @@ def test_a_reasoner_cut_to_its_first_15_layers_is_the_base_stopped_there_and_dec
     from flythinker.decoding.concurrent import ConcurrentDecoder
     from flythinker.loading import load_causal_lm
 
-    full, tok = pair
-    cut = load_causal_lm(folder, num_layers=15).eval()
+    _, tok = pair  # (its models may carry another test's LoRA adapters: load fresh ones)
+    full, cut = load_causal_lm(folder).eval(), load_causal_lm(folder, num_layers=15).eval()
     ids, mask = prompt_ids
     with torch.no_grad():
-        want = full.reasoner.model.norm(full.reasoner(ids, attention_mask=mask, output_hidden_states=True).hidden_states[15])
+        want = full.model.norm(full(ids, attention_mask=mask, output_hidden_states=True).hidden_states[15])
         got = cut(ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
     assert cut.config.num_hidden_layers == 15 and torch.equal(got, want)
-    model = FlyThinker(full.generator, cut, lam=0.5, generator_tokenizer=tok, reasoner_tokenizer=tok).eval()
+    model = FlyThinker(full, cut, lam=0.5, generator_tokenizer=tok, reasoner_tokenizer=tok).eval()
     kw = dict(max_new_tokens=8, do_sample=True, temperature=0.8, top_p=0.95, seed=0)
     with ConcurrentDecoder(model, backend="threads") as dec:
         concurrent = dec.generate(ids, attention_mask=mask, **kw)

@@ -31,6 +31,36 @@ def test_only_complete_checkpoints_are_listed(tmp_path):
     assert latest_checkpoint(tmp_path / "nothing-here") is None
 
 
+def test_a_kill_while_an_old_checkpoint_is_deleted_leaves_no_damaged_one_listed(tmp_path, monkeypatch):
+    """keep_last deletes the oldest checkpoint; dying half-way through that deletion (its weights
+    gone, its trainer_state.json still there) must not leave a folder that lists as complete.
+    The next save clears the debris, and --resume goes on."""
+    import shutil
+
+    import flythinker.train.checkpoint as ckpt
+
+    real = shutil.rmtree
+
+    def dying(path, ignore_errors=False):
+        path = __import__("pathlib").Path(path)
+        if path.is_dir() and (path / STATE_FILE).is_file():
+            (path / "model.safetensors").unlink()  # the first files are gone ...
+            raise RuntimeError("killed while deleting an old checkpoint")  # ... then the process dies
+        real(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", dying)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed while deleting"):
+        train(tiny_config(train={"epochs": 1, "save_every": 1, "keep_last": 1, "eval": False}), run)
+    listed = list_checkpoints(run)
+    assert [p.name for p in listed] == ["step-00000002"]  # step 1 was being deleted
+    assert all((p / "model.safetensors").is_file() for p in listed)
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real)
+    again = tiny_config(train={"epochs": 1, "save_every": 1, "keep_last": 1, "eval": False, "resume": True})
+    train(again, run)
+    assert not list((run / "checkpoints").glob(".step-*")), "the deletion's debris was cleared"
+
+
 def test_resume_after_a_crash_repeats_the_uninterrupted_run(tmp_path):
     from flythinker.data.longlamp import load_examples
     from flythinker.train.assemble import build_model, build_tokenizer

@@ -75,6 +75,8 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep_las
     tmp = root / f".{final.name}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # debris of a crash during an earlier save
+        for debris in root.glob(".step-*.del"):  # ... or during an earlier deletion
+            shutil.rmtree(debris, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
@@ -83,7 +85,12 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep_las
         _write_json(tmp / STATE_FILE, state)
         replace_dir(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            # renamed first (atomic), so a kill during the deletion cannot leave a folder that
+            # still looks like a checkpoint but has lost some of its files
+            gone = old.with_name(f".{old.name}.del")
+            shutil.rmtree(gone, ignore_errors=True)
+            os.replace(old, gone)
+            shutil.rmtree(gone, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
