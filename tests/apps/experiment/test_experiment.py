@@ -205,6 +205,10 @@ def test_the_paired_verdict_reads_the_interval():
     assert verdict({"ci": {"low": -0.02, "high": -0.001}}, "flythinker", "sft") == "sft better"
     assert verdict({"ci": {"low": -0.01, "high": 0.01}}, "flythinker", "sft") == "no difference shown"
     assert verdict({"ci": None}, "flythinker", "sft") == "–"  # no bootstrap
+    shown, other_side = {"ci": {"low": 0.5, "high": 1.0}}, {"ci": {"low": -1.0, "high": -0.5}}
+    assert verdict({"ci": {"low": 0.001, "high": 0.02}}, "flythinker", "sft", shown) == "flythinker better"
+    assert verdict({"ci": {"low": 0.001, "high": 0.02}}, "flythinker", "sft", other_side) == "not shown over seeds"
+    assert verdict({"ci": {"low": -0.01, "high": 0.01}}, "flythinker", "sft", shown) == "no difference shown"
 
 
 def test_latent_shares_split_the_unit_latents_exactly():
@@ -299,22 +303,29 @@ def test_the_seed_table_compares_seed_by_seed_and_each_row_with_itself(tmp_path)
 
 def test_over_seeds_takes_the_seed_as_the_unit(tmp_path):
     """Per-seed differences +10 and +12 (the bootstrap over examples is a point on each): mean +11,
-    sd √2, t CI with 1 degree of freedom ±12.71·√2/√2; the summary of the comparison carries it."""
+    sd √2, t CI with 1 degree of freedom ±12.71·√2/√2. The pooled bootstrap excludes 0, the t CI
+    does not, so the paired table's verdict is "not shown over seeds"; ROUGE-L (+10 on both seeds,
+    sd 0) is shown."""
     from types import SimpleNamespace
 
-    from flythinker.apps.experiment.report import seed_table
+    import numpy as np
+
+    from flythinker.apps.experiment.report import paired_tables, pooled_scores, seed_table
 
     ft = fake_row(tmp_path, "flythinker", [0, 1], 10.0)
-    for f, v in zip(ft["folders"], (10.0, 13.0)):  # seed 1's ROUGE 13 against sft seed 1's 1: +12
-        np = pytest.importorskip("numpy")
+    for f, v in zip(ft["folders"], (10.0, 13.0)):  # seed 1's ROUGE-1 13 against sft seed 1's 1: +12
         z = dict(np.load(f / "scores.npz"))
         z["rouge1"] = np.full(3, v)
         np.savez(f / "scores.npz", **z)
+    ft["scores"] = pooled_scores(ft["folders"])
     rows = {"sft": fake_row(tmp_path, "sft", [0, 1], 0.0), "flythinker": ft}
-    summary = {"flythinker-vs-sft": {}}
-    lines = seed_table("user_based", rows, SimpleNamespace(compare=[["flythinker", "sft"]], bootstrap=50), summary)
-    mean_row = next(line for line in lines if "t over seeds |" in line)
+    exp = SimpleNamespace(compare=[["flythinker", "sft"]], bootstrap=50)
+    mean_row = next(line for line in seed_table("user_based", rows, exp) if "t over seeds |" in line)
     assert mean_row.split(" | ")[2] == "+11.0000 [-1.7062, 23.7062]"  # 11 ± 12.7062: no star, the CI holds 0
+    summary = {}
+    table = [line.split(" | ") for line in paired_tables("user_based", rows, exp, summary) if line.startswith("| ROUGE")]
+    assert table[0][0] == "| ROUGE-1" and table[0][4] == "+11.0000 [-1.7062, 23.7062]" and table[0][-1] == "not shown over seeds |"
+    assert table[1][0] == "| ROUGE-L" and table[1][-1] == "flythinker better |"
     over = summary["flythinker-vs-sft"]["over_seeds"]
     assert over["seeds"] == [0, 1] and over["rouge1"]["sd"] == pytest.approx(2 ** 0.5)
-    assert over["rougeL"]["diff"] == pytest.approx(10.0) and over["rougeL"]["ci"]["low"] == pytest.approx(10.0)
+    assert summary["flythinker-vs-sft"]["metrics"]["rouge1"]["verdict"] == "not shown over seeds"

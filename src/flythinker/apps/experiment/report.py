@@ -60,12 +60,12 @@ def _seed_folders(row: dict) -> dict[int, Path]:
     return {m["seed"]: f for m, f in zip(row["metrics"], row["folders"])}
 
 
-def seed_table(split: str, rows: dict, exp: ExperimentConfig, summary: dict | None = None) -> list[str]:
+def seed_table(split: str, rows: dict, exp: ExperimentConfig) -> list[str]:
     """Markdown lines: what the pooled bootstrap over test examples cannot show, where rows have
     2 or more seeds. Each compared pair seed by seed (does the sign hold on every seed?) and then
     over seeds: the mean of the per-seed differences with a Student-t 95% CI that takes the seed
     (training order, sampling) as the unit, so it counts the spread between trained models that
-    the bootstrap over one test set leaves out (``summary[f"{a}-vs-{b}"]["over_seeds"]``). Then
+    the bootstrap over one test set leaves out (the paired table carries it too). Then
     each row's later seeds against its first: one method against itself, the spread that chance
     alone gives. Per seed: paired bootstrap over test examples; * where the 95% CI excludes 0."""
     from flythinker.evaluate.metrics import METRICS, compare_scores
@@ -82,13 +82,10 @@ def seed_table(split: str, rows: dict, exp: ExperimentConfig, summary: dict | No
             common = sorted(set(fa) & set(fb))
             if len(common) < 2:
                 continue
-            per_seed = [compare_scores(pooled_scores([fa[s]]), pooled_scores([fb[s]]), bootstrap=exp.bootstrap,
-                                       seed=0)["metrics"] for s in common]
+            per_seed = per_seed_comparisons(rows[a], rows[b], common, exp)
             lines += [f"| {a} − {b} | seed {s} | " + " | ".join(row_cells(c)) + " |" for s, c in zip(common, per_seed)]
-            over = over_seeds(per_seed)
-            lines.append(f"| {a} − {b} | mean of {len(common)} seeds, t over seeds | " + " | ".join(row_cells(over)) + " |")
-            if summary is not None and f"{a}-vs-{b}" in summary:
-                summary[f"{a}-vs-{b}"]["over_seeds"] = {"seeds": common, **over}
+            lines.append(f"| {a} − {b} | mean of {len(common)} seeds, t over seeds | "
+                         + " | ".join(row_cells(over_seeds(per_seed))) + " |")
     for name, row in rows.items():
         f = _seed_folders(row)
         first, *later = sorted(f)
@@ -99,7 +96,7 @@ def seed_table(split: str, rows: dict, exp: ExperimentConfig, summary: dict | No
         return []
     return [f"Seed by seed ({split}; per seed a paired bootstrap over test examples; \"t over seeds\": the mean of the "
             "per-seed differences with a Student-t 95% CI over seeds; * where the 95% CI excludes 0). "
-            "The t CI counts the spread between trained models on this one test set, the paired bootstrap above "
+            "The t CI counts the spread between trained models on this one test set, the paired bootstrap "
             "the spread over test examples: a difference is shown only where both exclude 0. "
             "A row against itself is the spread chance alone gives:", "",
             "| comparison | seeds | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |",
@@ -130,7 +127,8 @@ def over_seeds(per_seed: list[dict]) -> dict:
 
 def paired_tables(split: str, rows: dict, exp: ExperimentConfig, summary: dict) -> list[str]:
     """Markdown lines: every configured comparison A − B of finished rows (paired bootstrap on
-    the seeds both have, with a verdict); each result also goes into ``summary``."""
+    the seeds both have; with 2 or more, also the mean of the per-seed differences with its
+    Student-t CI over seeds), with a verdict; each result also goes into ``summary``."""
     from flythinker.evaluate.metrics import compare_scores
 
     lines = []
@@ -140,20 +138,37 @@ def paired_tables(split: str, rows: dict, exp: ExperimentConfig, summary: dict) 
         scores_a, scores_b, seeds = matched_scores(rows[a], rows[b])
         c = compare_scores(scores_a, scores_b, bootstrap=exp.bootstrap, seed=0)
         c["seeds"] = seeds
+        over = over_seeds(per_seed_comparisons(rows[a], rows[b], seeds, exp)) if len(seeds) >= 2 else None
+        if over is not None:
+            c["over_seeds"] = {"seeds": seeds, **over}
         summary[f"{a}-vs-{b}"] = c
         on = (f"seeds {', '.join(map(str, seeds))} of each, pooled" if len(seeds) > 1 else f"seed {seeds[0]} of each"
               if seeds else "no seed in common: every seed of each, pooled")
-        lines += [f"Paired bootstrap, {a} − {b} ({split}, {c['n']} test examples, {on}):", "",
-                  "| metric | " + a + " | " + b + " | diff [95% CI] | P(" + a + " > " + b + ") | verdict at 95% |",
-                  "|---|---|---|---|---|---|"]
+        t_col = " mean over seeds [t 95% CI] |" if over is not None else ""
+        lines += [f"Paired bootstrap, {a} − {b} ({split}, {c['n']} test examples, {on}"
+                  + ("; a difference is shown only where both intervals exclude 0" if over is not None else "") + "):", "",
+                  "| metric | " + a + " | " + b + " | diff [95% CI] |" + t_col + " P(" + a + " > " + b + ") | verdict at 95% |",
+                  "|---|---|---|---|" + ("---|" if over is not None else "") + "---|---|"]
         for m, r in c["metrics"].items():
             ci = f" [{_fmt(m, r['ci']['low'])}, {_fmt(m, r['ci']['high'])}]" if r["ci"] else ""
             p = "–" if r["p_a_better"] is None else f"{r['p_a_better']:.3f}"
-            r["verdict"] = verdict(r, a, b)
-            lines.append(f"| {METRIC_LABELS[m]} | {_fmt(m, r['a'])} | {_fmt(m, r['b'])} | {r['diff']:+.4f}{ci} | {p} "
+            o = over.get(m) if over is not None else None
+            r["verdict"] = verdict(r, a, b, o)
+            t_cell = "" if over is None else (f" {o['diff']:+.4f} [{_fmt(m, o['ci']['low'])}, {_fmt(m, o['ci']['high'])}] |"
+                                              if o else " – |")
+            lines.append(f"| {METRIC_LABELS[m]} | {_fmt(m, r['a'])} | {_fmt(m, r['b'])} | {r['diff']:+.4f}{ci} |{t_cell} {p} "
                          f"| {r['verdict']} |")
         lines.append("")
     return lines
+
+
+def per_seed_comparisons(row_a: dict, row_b: dict, seeds: list[int], exp: ExperimentConfig) -> list[dict]:
+    """``compare_scores(...)["metrics"]`` of A's cell against B's, one per seed."""
+    from flythinker.evaluate.metrics import compare_scores
+
+    fa, fb = _seed_folders(row_a), _seed_folders(row_b)
+    return [compare_scores(pooled_scores([fa[s]]), pooled_scores([fb[s]]), bootstrap=exp.bootstrap, seed=0)["metrics"]
+            for s in seeds]
 
 
 def nll_per_seed_table(split: str, rows: dict) -> list[str]:
@@ -171,21 +186,27 @@ def nll_per_seed_table(split: str, rows: dict) -> list[str]:
     return lines + [""]
 
 
-def verdict(row: dict, a: str, b: str) -> str:
-    """What a paired row's 95% CI says (every metric here is higher-is-better).
+def verdict(row: dict, a: str, b: str, over: dict | None = None) -> str:
+    """What a paired row's 95% CI says (every metric here is higher-is-better); with ``over``
+    (the t CI over seeds), a difference is shown only where both intervals exclude 0 on the
+    same side.
 
     >>> verdict({"ci": {"low": 0.01, "high": 0.2}}, "flythinker", "sft")
     'flythinker better'
     >>> verdict({"ci": {"low": -0.01, "high": 0.2}}, "flythinker", "sft")
     'no difference shown'
+    >>> verdict({"ci": {"low": 0.01, "high": 0.2}}, "flythinker", "sft", {"ci": {"low": -0.3, "high": 0.5}})
+    'not shown over seeds'
     """
+    def side(ci):
+        return 1 if ci["low"] > 0 else -1 if ci["high"] < 0 else 0
+
     if not row.get("ci"):
         return "–"
-    if row["ci"]["low"] > 0:
-        return f"{a} better"
-    if row["ci"]["high"] < 0:
-        return f"{b} better"
-    return "no difference shown"
+    here = side(row["ci"])
+    if over is not None and here and side(over["ci"]) != here:
+        return "not shown over seeds"
+    return {1: f"{a} better", -1: f"{b} better", 0: "no difference shown"}[here]
 
 
 def _fmt(metric: str, x: float | None) -> str:
@@ -222,7 +243,7 @@ def write_report(exp: ExperimentConfig) -> Path:
             lines.append(f"| {name} | {len(row['folders'])} | " + " | ".join(cells + nll_txt) + f" | {words:.0f} |")
         lines.append("")
         lines += paired_tables(split, rows, exp, summary[split])
-        lines += seed_table(split, rows, exp, summary[split]) + nll_per_seed_table(split, rows)
+        lines += seed_table(split, rows, exp) + nll_per_seed_table(split, rows)
         pos = {n: summary[split][n]["by_position"] for n in rows}
         segs = sorted({p for v in pos.values() for p in v}, key=lambda p: int(p.split("-")[0].rstrip("+")))
         if segs:
