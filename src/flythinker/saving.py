@@ -53,6 +53,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def remove_dir(path: Path) -> None:
+    """Delete a folder so that a kill part-way leaves no half-deleted folder under its name: it
+    is renamed to ``.NAME.del`` (atomic) first, and only then deleted."""
+    path = Path(path)
+    gone = path.with_name(f".{path.name}.del")
+    shutil.rmtree(gone, ignore_errors=True)  # debris of a kill during an earlier deletion
+    os.replace(path, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def replace_dir(src: Path, dst: Path) -> None:
     """Move a finished folder into place; an old ``dst`` is deleted only after the rename."""
     src, dst = Path(src), Path(dst)

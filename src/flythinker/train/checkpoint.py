@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from flythinker.errors import UserError
-from flythinker.saving import replace_dir, write_model_folder
+from flythinker.saving import remove_dir, replace_dir, write_model_folder
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -75,7 +75,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep_las
     tmp = root / f".{final.name}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # debris of a crash during an earlier save
-        for debris in root.glob(".step-*.del"):  # ... or during an earlier deletion
+        for debris in root.glob(".step-*.del"):  # ... or during an earlier remove_dir
             shutil.rmtree(debris, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
@@ -85,12 +85,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep_las
         _write_json(tmp / STATE_FILE, state)
         replace_dir(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep_last]:
-            # renamed first (atomic), so a kill during the deletion cannot leave a folder that
-            # still looks like a checkpoint but has lost some of its files
-            gone = old.with_name(f".{old.name}.del")
-            shutil.rmtree(gone, ignore_errors=True)
-            os.replace(old, gone)
-            shutil.rmtree(gone, ignore_errors=True)
+            remove_dir(old)  # never a folder that lists as a checkpoint but has lost some files
     accelerator.wait_for_everyone()
     return final
 
