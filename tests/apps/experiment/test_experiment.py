@@ -40,6 +40,7 @@ def test_every_method_trains_generates_and_scores_then_resumes(tiny_experiment, 
     saved = json.loads((Path(exp.out) / "cells/user_based/static/seed0/train/final/flythinker.json").read_text())
     assert saved["variant"] == "static"
     assert "flythinker − sft" in text and "verdict at 95%" in text and "NLL per seed" in text and (Path(exp.out) / "results.png").is_file()
+    assert (Path(exp.out) / "results_paired.png").is_file()
 
     # resume: finished cells are skipped (no training, files untouched); a cell without its
     # metrics is re-scored from its trained model without training again
@@ -310,7 +311,7 @@ def test_over_seeds_takes_the_seed_as_the_unit(tmp_path):
 
     import numpy as np
 
-    from flythinker.apps.experiment.report import paired_tables, pooled_scores, seed_table
+    from flythinker.apps.experiment.report import paired_tables, plot_paired, pooled_scores, seed_table
 
     ft = fake_row(tmp_path, "flythinker", [0, 1], 10.0)
     for f, v in zip(ft["folders"], (10.0, 13.0)):  # seed 1's ROUGE-1 13 against sft seed 1's 1: +12
@@ -329,3 +330,7 @@ def test_over_seeds_takes_the_seed_as_the_unit(tmp_path):
     over = summary["flythinker-vs-sft"]["over_seeds"]
     assert over["seeds"] == [0, 1] and over["rouge1"]["sd"] == pytest.approx(2 ** 0.5)
     assert summary["flythinker-vs-sft"]["metrics"]["rouge1"]["verdict"] == "not shown over seeds"
+    per_seed = summary["flythinker-vs-sft"]["per_seed"]  # what the forest plot draws in grey
+    assert [(p["seed"], p["rouge1"]["diff"]) for p in per_seed] == [(0, 10.0), (1, 12.0)]
+    assert plot_paired({"user_based": summary}, tmp_path / "paired.png") and (tmp_path / "paired.png").stat().st_size > 0
+    assert not plot_paired({"user_based": {"sft": {}}}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()

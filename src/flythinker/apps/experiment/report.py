@@ -1,6 +1,7 @@
 """The report of ``flythinker experiment``: ``OUT/results.md`` (methods × metrics × splits with
-bootstrap CIs, paired comparisons, ROUGE-L by position, latent diagnostics), ``OUT/results.json``
-and ``OUT/results.png``, written from the finished cells (``--report-only`` rewrites them)."""
+bootstrap CIs, paired comparisons, ROUGE-L by position, latent diagnostics), ``OUT/results.json``,
+``OUT/results.png`` (the rows) and ``OUT/results_paired.png`` (the paired differences), written
+from the finished cells (``--report-only`` rewrites them)."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def seed_table(split: str, rows: dict, exp: ExperimentConfig) -> list[str]:
 
     def row_cells(c: dict) -> list[str]:
         return [f"{c[m]['diff']:+.4f}" + (f" [{_fmt(m, c[m]['ci']['low'])}, {_fmt(m, c[m]['ci']['high'])}]"
-                                         + ("*" if c[m]["ci"]["low"] > 0 or c[m]["ci"]["high"] < 0 else "") if c[m]["ci"] else "")
+                                         + ("*" if ci_side(c[m]["ci"]) else "") if c[m]["ci"] else "")
                 if m in c else "–" for m in METRICS]
 
     lines = []
@@ -138,9 +139,12 @@ def paired_tables(split: str, rows: dict, exp: ExperimentConfig, summary: dict) 
         scores_a, scores_b, seeds = matched_scores(rows[a], rows[b])
         c = compare_scores(scores_a, scores_b, bootstrap=exp.bootstrap, seed=0)
         c["seeds"] = seeds
-        over = over_seeds(per_seed_comparisons(rows[a], rows[b], seeds, exp)) if len(seeds) >= 2 else None
+        per_seed = per_seed_comparisons(rows[a], rows[b], seeds, exp) if len(seeds) >= 2 else None
+        over = over_seeds(per_seed) if per_seed else None
         if over is not None:
             c["over_seeds"] = {"seeds": seeds, **over}
+            c["per_seed"] = [{"seed": s, **{m: {"diff": r["diff"], "ci": r["ci"]} for m, r in p.items()}}
+                             for s, p in zip(seeds, per_seed)]
         summary[f"{a}-vs-{b}"] = c
         on = (f"seeds {', '.join(map(str, seeds))} of each, pooled" if len(seeds) > 1 else f"seed {seeds[0]} of each"
               if seeds else "no seed in common: every seed of each, pooled")
@@ -198,15 +202,17 @@ def verdict(row: dict, a: str, b: str, over: dict | None = None) -> str:
     >>> verdict({"ci": {"low": 0.01, "high": 0.2}}, "flythinker", "sft", {"ci": {"low": -0.3, "high": 0.5}})
     'not shown over seeds'
     """
-    def side(ci):
-        return 1 if ci["low"] > 0 else -1 if ci["high"] < 0 else 0
-
     if not row.get("ci"):
         return "–"
-    here = side(row["ci"])
-    if over is not None and here and side(over["ci"]) != here:
+    here = ci_side(row["ci"])
+    if over is not None and here and ci_side(over["ci"]) != here:
         return "not shown over seeds"
     return {1: f"{a} better", -1: f"{b} better", 0: "no difference shown"}[here]
+
+
+def ci_side(ci: dict) -> int:
+    """+1 where a 95% CI of a difference lies above 0, −1 where below, 0 where it holds 0."""
+    return 1 if ci["low"] > 0 else -1 if ci["high"] < 0 else 0
 
 
 def _fmt(metric: str, x: float | None) -> str:
@@ -257,6 +263,7 @@ def write_report(exp: ExperimentConfig) -> Path:
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     if summary:
         plot_results(summary, out / "results.png")
+        plot_paired(summary, out / "results_paired.png")
     return out / "results.md"
 
 
@@ -341,3 +348,48 @@ def plot_results(summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_paired(summary: dict, path: Path) -> bool:
+    """A forest plot of every paired comparison A − B, one panel per split × metric: each seed's
+    difference with its bootstrap CI over test examples (grey), the pooled one (black) and, with 2
+    or more seeds, the mean over seeds with its t CI (red); a difference is shown where black and
+    red both clear the line at 0. False (nothing drawn) where no comparison has finished."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    splits = [s for s in summary if any("-vs-" in k for k in summary[s])]
+    if not splits:
+        return False
+    fig, axes = plt.subplots(len(splits), len(METRIC_LABELS), figsize=(3.2 * len(METRIC_LABELS), 0.9 + 0.55 * max(
+        sum("-vs-" in k for k in summary[s]) for s in splits) * len(splits) + 0.6 * len(splits)), squeeze=False)
+    for i, split in enumerate(splits):
+        pairs = [(k.replace("-vs-", " − "), c) for k, c in summary[split].items() if "-vs-" in k]
+        for j, (m, label) in enumerate(METRIC_LABELS.items()):
+            ax = axes[i][j]
+            for y, (_, c) in enumerate(pairs):
+                marks = [(c.get("metrics", {}).get(m), 0.0, "black", "o")]
+                if m in c.get("over_seeds", {}):
+                    marks.append((c["over_seeds"][m], -0.22, "tab:red", "D"))
+                seeds = c.get("per_seed") or []
+                marks += [(ps.get(m), 0.12 + 0.22 * k / max(len(seeds), 1), "tab:gray", ".") for k, ps in enumerate(seeds)]
+                for r, dy, color, marker in marks:
+                    if not r or not r.get("ci"):
+                        continue
+                    ax.errorbar(r["diff"], y + dy, xerr=[[r["diff"] - r["ci"]["low"]], [r["ci"]["high"] - r["diff"]]],
+                                fmt=marker, color=color, markersize=4, capsize=2, linewidth=1)
+            ax.axvline(0.0, color="black", linewidth=0.6, linestyle=":")
+            ax.set_yticks(range(len(pairs)), [n for n, _ in pairs] if j == 0 else [""] * len(pairs), fontsize=7)
+            ax.set_ylim(len(pairs) - 0.5, -0.5)
+            ax.tick_params(axis="x", labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(5))
+            ax.set_title(f"{split}: {label}", fontsize=9)
+    fig.suptitle("paired differences A − B: per seed (grey), pooled bootstrap (black), mean over seeds with t CI (red)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
