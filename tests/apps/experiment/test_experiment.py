@@ -286,12 +286,14 @@ def test_a_paired_comparison_pairs_the_seeds_both_rows_have(tmp_path):
 def test_the_seed_table_compares_seed_by_seed_and_each_row_with_itself(tmp_path):
     from types import SimpleNamespace
 
-    from flythinker.apps.experiment.report import seed_table
+    from flythinker.apps.experiment.report import paired_tables, seed_table
 
     rows = {"sft": fake_row(tmp_path, "sft", [0, 1, 2], 0.0), "flythinker": fake_row(tmp_path, "flythinker", [0, 2], 10.0),
             "static": fake_row(tmp_path, "static", [0], 5.0)}
     exp = SimpleNamespace(compare=[["flythinker", "sft"], ["static", "sft"]], bootstrap=50)
-    lines = [line for line in seed_table("user_based", rows, exp) if line.startswith("| ") and "---" not in line][1:]
+    summary = {}
+    paired_tables("user_based", rows, exp, summary)  # the per-seed comparisons the seed table reads
+    lines = [line for line in seed_table("user_based", rows, exp, summary) if line.startswith("| ") and "---" not in line][1:]
     assert [line.split(" | ")[:3] for line in lines] == [
         ["| flythinker − sft", "seed 0", "+10.0000 [10.0000, 10.0000]*"],  # static − sft: one seed in common, no rows
         ["| flythinker − sft", "seed 2", "+10.0000 [10.0000, 10.0000]*"],
@@ -299,7 +301,7 @@ def test_the_seed_table_compares_seed_by_seed_and_each_row_with_itself(tmp_path)
         ["| sft − sft", "seed 1 − seed 0", "+1.0000 [1.0000, 1.0000]*"],
         ["| sft − sft", "seed 2 − seed 0", "+2.0000 [2.0000, 2.0000]*"],
         ["| flythinker − flythinker", "seed 2 − seed 0", "+2.0000 [2.0000, 2.0000]*"]]
-    assert seed_table("user_based", {"static": rows["static"]}, exp) == []  # nothing with 2 seeds
+    assert seed_table("user_based", {"static": rows["static"]}, exp, {}) == []  # nothing with 2 seeds
 
 
 def test_over_seeds_takes_the_seed_as_the_unit(tmp_path):
@@ -321,10 +323,10 @@ def test_over_seeds_takes_the_seed_as_the_unit(tmp_path):
     ft["scores"] = pooled_scores(ft["folders"])
     rows = {"sft": fake_row(tmp_path, "sft", [0, 1], 0.0), "flythinker": ft}
     exp = SimpleNamespace(compare=[["flythinker", "sft"]], bootstrap=50)
-    mean_row = next(line for line in seed_table("user_based", rows, exp) if "t over seeds |" in line)
-    assert mean_row.split(" | ")[2] == "+11.0000 [-1.7062, 23.7062]"  # 11 ± 12.7062: no star, the CI holds 0
     summary = {}
     table = [line.split(" | ") for line in paired_tables("user_based", rows, exp, summary) if line.startswith("| ROUGE")]
+    mean_row = next(line for line in seed_table("user_based", rows, exp, summary) if "t over seeds |" in line)
+    assert mean_row.split(" | ")[2] == "+11.0000 [-1.7062, 23.7062]"  # 11 ± 12.7062: no star, the CI holds 0
     assert table[0][0] == "| ROUGE-1" and table[0][4] == "+11.0000 [-1.7062, 23.7062]" and table[0][-1] == "not shown over seeds |"
     assert table[1][0] == "| ROUGE-L" and table[1][-1] == "flythinker better |"
     over = summary["flythinker-vs-sft"]["over_seeds"]

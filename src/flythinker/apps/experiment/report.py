@@ -61,14 +61,15 @@ def _seed_folders(row: dict) -> dict[int, Path]:
     return {m["seed"]: f for m, f in zip(row["metrics"], row["folders"])}
 
 
-def seed_table(split: str, rows: dict, exp: ExperimentConfig) -> list[str]:
+def seed_table(split: str, rows: dict, exp: ExperimentConfig, summary: dict) -> list[str]:
     """Markdown lines: what the pooled bootstrap over test examples cannot show, where rows have
     2 or more seeds. Each compared pair seed by seed (does the sign hold on every seed?) and then
     over seeds: the mean of the per-seed differences with a Student-t 95% CI that takes the seed
     (training order, sampling) as the unit, so it counts the spread between trained models that
-    the bootstrap over one test set leaves out (the paired table carries it too). Then
-    each row's later seeds against its first: one method against itself, the spread that chance
-    alone gives. Per seed: paired bootstrap over test examples; * where the 95% CI excludes 0."""
+    the bootstrap over one test set leaves out (the paired table carries it too). Both are read
+    from ``summary``, which :func:`paired_tables` filled. Then each row's later seeds against its
+    first: one method against itself, the spread that chance alone gives. Per seed: paired
+    bootstrap over test examples; * where the 95% CI excludes 0."""
     from flythinker.evaluate.metrics import METRICS, compare_scores
 
     def row_cells(c: dict) -> list[str]:
@@ -78,15 +79,13 @@ def seed_table(split: str, rows: dict, exp: ExperimentConfig) -> list[str]:
 
     lines = []
     for a, b in exp.compare:
-        if a in rows and b in rows:
-            fa, fb = _seed_folders(rows[a]), _seed_folders(rows[b])
-            common = sorted(set(fa) & set(fb))
-            if len(common) < 2:
-                continue
-            per_seed = per_seed_comparisons(rows[a], rows[b], common, exp)
-            lines += [f"| {a} − {b} | seed {s} | " + " | ".join(row_cells(c)) + " |" for s, c in zip(common, per_seed)]
-            lines.append(f"| {a} − {b} | mean of {len(common)} seeds, t over seeds | "
-                         + " | ".join(row_cells(over_seeds(per_seed))) + " |")
+        c = summary.get(f"{a}-vs-{b}", {})
+        if "per_seed" in c:
+            per_seed = [{m: r for m, r in p.items() if m != "seed"} for p in c["per_seed"]]
+            lines += [f"| {a} − {b} | seed {p['seed']} | " + " | ".join(row_cells(r)) + " |"
+                      for p, r in zip(c["per_seed"], per_seed)]
+            over = {m: r for m, r in c["over_seeds"].items() if m != "seeds"}
+            lines.append(f"| {a} − {b} | mean of {len(per_seed)} seeds, t over seeds | " + " | ".join(row_cells(over)) + " |")
     for name, row in rows.items():
         f = _seed_folders(row)
         first, *later = sorted(f)
@@ -249,7 +248,7 @@ def write_report(exp: ExperimentConfig) -> Path:
             lines.append(f"| {name} | {len(row['folders'])} | " + " | ".join(cells + nll_txt) + f" | {words:.0f} |")
         lines.append("")
         lines += paired_tables(split, rows, exp, summary[split])
-        lines += seed_table(split, rows, exp) + nll_per_seed_table(split, rows)
+        lines += seed_table(split, rows, exp, summary[split]) + nll_per_seed_table(split, rows)
         pos = {n: summary[split][n]["by_position"] for n in rows}
         segs = sorted({p for v in pos.values() for p in v}, key=lambda p: int(p.split("-")[0].rstrip("+")))
         if segs:
