@@ -168,6 +168,16 @@ def test_bm25_picks_the_relevant_item():
     assert best_two[0] is ex.profile[2] and len(best_two) == 2
 
 
+def test_bm25_says_nothing_below_a_warning(caplog):
+    """bm25s sets its own logger to DEBUG on import: one "Building index" line per query in every
+    log that shows DEBUG (the experiment's, a server's) unless the ranking turns it down."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    select_profile(example(input="Why did the stock market fall?"), PromptConfig(retrieval="bm25", k=1))
+    assert not [r for r in caplog.records if r.name.startswith("bm25s") and r.levelno < logging.WARNING]
+
+
 def test_abstract_query_uses_the_title_part_only():
     profile = [{"title": "Graph neural networks", "abstract": "We study message passing on graphs."},
                {"title": "Protein folding", "abstract": "We predict protein structure."}]

@@ -53,7 +53,11 @@ def bm25_rank(profile: list[dict], query: str, task: str, k: int | None = None) 
 
     Ties (e.g. no shared word at all) go to the more recent item.
     """
+    import logging
+
     import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # its import sets DEBUG: a line per query otherwise
 
     if not profile:
         return []

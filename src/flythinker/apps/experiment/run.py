@@ -36,9 +36,6 @@ def run_experiment(exp: ExperimentConfig, only: list[str] | None = None, log=pri
 
     >>> run_experiment(load_experiment("src/flythinker/configs/experiment_tiny.yaml"))  # doctest: +SKIP
     """
-    import logging
-
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # one DEBUG line per query otherwise
     out = Path(exp.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(asdict(exp), indent=2) + "\n")
