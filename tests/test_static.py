@@ -33,7 +33,7 @@ def test_static_forward_equals_static_decoder_step_by_step(d_g, d_r, fusion):
         pos = positions_from_mask(row_mask)
         latents = ReasonerRunner(model).prefill(row_ids[:, :p], row_mask[:, :p], pos[:, :p])  # (1, p, d_R)
         z = latents[:, -1:]
-        g = GeneratorRunner(model)  # the loop's prefill places z_P itself (StaticThinker.place_latents)
+        g = GeneratorRunner(model)  # the loop's prefill places z_P itself (StaticThinker.fused_latents)
         steps = [g.prefill(row_ids[:, :p], row_mask[:, :p], pos[:, :p], latents)]
         for t in range(p, row_ids.shape[1] - 1):
             steps.append(g.step(row_ids[:, t], z, row_mask[:, : t + 1], pos[:, t: t + 1]))

@@ -150,14 +150,19 @@ class FlyThinker(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
 
-    def place_latents(self, embeds, latents, attention_mask, labels=None, prompt_lengths=None) -> torch.Tensor:
-        """G's inputs (B, T, d_G) with R's latents (B, T, d_R) fused in: z_{i-1} at position i.
+    def fused_latents(self, latents, attention_mask, labels=None, prompt_lengths=None):
+        """Which latent goes where: R's latents (B, T, d_R) -> (the latent fused at each position
+        (B, T, d_R), where one is fused (B, T)). Here z_{i-1} at position i.
 
-        Variants change only *where* latents go (:class:`flythinker.static.StaticThinker`: one prompt latent
-        at every response position); the fusion f() itself is always ``self.fusion``.
+        Variants change only this (:class:`flythinker.static.StaticThinker`: one prompt latent at
+        every response position); the fusion f() itself is always ``self.fusion``.
         """
-        shifted, latent_mask = shift_latents(latents, attention_mask)
-        return self.fusion(embeds, shifted.to(embeds.device), self.rho(), latent_mask.to(embeds.device))
+        return shift_latents(latents, attention_mask)
+
+    def place_latents(self, embeds, latents, attention_mask, labels=None, prompt_lengths=None) -> torch.Tensor:
+        """G's inputs (B, T, d_G) with R's latents (B, T, d_R) fused in where :meth:`fused_latents` says."""
+        z, where = self.fused_latents(latents, attention_mask, labels, prompt_lengths)
+        return self.fusion(embeds, z.to(embeds.device), self.rho(), where.to(embeds.device))
 
     def forward(
         self,

@@ -50,12 +50,12 @@ class StaticThinker(FlyThinker, variant="static"):
     def static_latent(self, latents: torch.Tensor, last: torch.Tensor) -> torch.Tensor:  # (B, T, d_R) -> (B, d_R)
         return latents[torch.arange(latents.shape[0], device=latents.device), last.to(latents.device)]
 
-    def place_latents(self, embeds, latents, attention_mask, labels=None, prompt_lengths=None) -> torch.Tensor:
+    def fused_latents(self, latents, attention_mask, labels=None, prompt_lengths=None):
         # R runs causally over everything, but only z at the last prompt token is used:
         # exactly R(prompt), since nothing after it can reach that position
         last = last_prompt_index(attention_mask, labels, prompt_lengths)  # (B,)
         z = self.static_latent(latents, last)  # (B, d_R)
-        cols = torch.arange(embeds.shape[1], device=attention_mask.device)
+        cols = torch.arange(latents.shape[1], device=attention_mask.device)
         where = (cols[None] >= last[:, None].to(cols.device)) & attention_mask.bool()  # (B, T)
-        z_all = z[:, None].expand(-1, embeds.shape[1], -1).to(embeds.device)  # (B, T, d_R)
-        return self.fusion(embeds, z_all, self.rho(), where.long().to(embeds.device))
+        # z_P at every column (also those it is not fused at), so another row's copy is z_P as well
+        return z[:, None].expand(-1, latents.shape[1], -1), where.long()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from flythinker.evaluate.nll import batches, keep_logits, per_example_nll, token_nll
-from flythinker.fusion import shift_latents
 from flythinker.lm import positions_from_mask
 
 
@@ -30,6 +29,10 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
     * ``latent_shares``: :class:`LatentShares` of the fused latents (constant / per-example /
       along the response).
 
+    Latents are placed as the model places them (:meth:`FlyThinker.fused_latents`), so a
+    :class:`~flythinker.static.StaticThinker` is measured too: its one prompt latent per example
+    gives ``consecutive_cos`` 1 and no share along the response.
+
     ``nll_own`` is the model's teacher-forced NLL of these examples (``mean_nll``) when the
     caller has it already: it is the same quantity, so its pass is skipped.
     """
@@ -41,8 +44,10 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
             ids, mask, labels = b["input_ids"], b["attention_mask"], b["labels"]  # (B, T)
             pos = positions_from_mask(mask)
             embeds = model.generator.get_input_embeddings()(ids)  # (B, T, d_G)
-            z, zmask = shift_latents(model.reason(ids, mask, pos), mask)  # (B, T, d_R), (B, T)
-            other_mask = zmask * zmask.roll(1, dims=0)
+            z, zmask = model.fused_latents(model.reason(ids, mask, pos), mask, labels)  # (B, T, d_R), (B, T)
+            # another row's per-token latents are real only where that row has tokens; a static
+            # latent is the same at every column
+            other_mask = zmask if model.variant == "static" else zmask * zmask.roll(1, dims=0)
             keep = keep_logits(model, labels)
 
             def nll(e):
@@ -115,7 +120,7 @@ def latent_shares(model, tokenizer, examples, prompt_cfg, batch_size: int = 16) 
     with torch.no_grad():
         for b in batches(examples, tokenizer, prompt_cfg, batch_size):
             ids, mask = b["input_ids"], b["attention_mask"]
-            z, _ = shift_latents(model.reason(ids, mask, positions_from_mask(mask)), mask)
+            z, _ = model.fused_latents(model.reason(ids, mask, positions_from_mask(mask)), mask, b["labels"])
             shares.add(z, b["labels"] != -100)
     return shares.result()
 

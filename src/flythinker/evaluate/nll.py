@@ -46,6 +46,21 @@ def keep_logits(model, labels: torch.Tensor) -> dict:
     return {"logits_to_keep": logits_needed(labels)} if accepts_logits_to_keep(model) else {}
 
 
+def placement(model, batch: dict) -> dict:
+    """Forward keywords that let a G + R model place its latents without being given the labels
+    (which would make G compute a loss over logits it was told not to keep): each row's
+    ``prompt_lengths``, as :class:`~flythinker.static.StaticThinker` reads its latent at the
+    prompt's last token. None for G alone."""
+    from flythinker.model import FlyThinker
+    from flythinker.static import last_prompt_index
+
+    if not isinstance(getattr(model, "module", model), FlyThinker):  # also under DDP / DeepSpeed
+        return {}
+    mask = batch["attention_mask"]
+    start = mask.shape[1] - mask.long().sum(1)  # first real column of each left-padded row
+    return {"prompt_lengths": last_prompt_index(mask, batch["labels"]) - start + 1}
+
+
 @torch.no_grad()
 def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed NLL (B,) and response-token counts (B,) of one collated batch.
@@ -57,7 +72,7 @@ def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """
     labels = batch["labels"]
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   **keep_logits(model, labels)).logits  # (B, k, V)
+                   **keep_logits(model, labels), **placement(model, batch)).logits  # (B, k, V)
     return token_nll(logits, labels).sum(1), (labels[:, 1:] != -100).sum(1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from flythinker.apps.experiment.methods import BASELINES
 from flythinker.errors import UserError
 from flythinker.apps.experiment.cells import cell_train_config
 from flythinker.apps.experiment.config import cell_dir, load_experiment
-from flythinker.apps.experiment.run import run_experiment
+from flythinker.apps.experiment.run import remeasure_experiment, run_experiment
 
 TINY = ROOT / "src" / "flythinker" / "configs" / "experiment_tiny.yaml"
 
@@ -39,6 +40,8 @@ def test_every_method_trains_generates_and_scores_then_resumes(tiny_experiment, 
         assert f"| {name} |" in text
     saved = json.loads((Path(exp.out) / "cells/user_based/static/seed0/train/final/flythinker.json").read_text())
     assert saved["variant"] == "static"
+    static = json.loads((Path(exp.out) / "cells/user_based/static/seed0/latents.json").read_text())
+    assert static["consecutive_cos"] == pytest.approx(1.0, abs=1e-4)  # one latent per example
     assert "flythinker − sft" in text and "verdict at 95%" in text and "NLL per seed" in text and (Path(exp.out) / "results.png").is_file()
     assert (Path(exp.out) / "results_paired.png").is_file()
 
@@ -60,6 +63,21 @@ def test_every_method_trains_generates_and_scores_then_resumes(tiny_experiment, 
     for p, t in mtimes.items():
         if p != redo:
             assert p.stat().st_mtime_ns == t, p
+
+    # --remeasure: a static cell's NLL, probe and latents are measured again from its model; the
+    # rest of its metrics, its predictions and the other rows stay
+    st = Path(exp.out) / "cells/user_based/static/seed0"
+    right = json.loads((st / "metrics.json").read_text())
+    (st / "metrics.json").write_text(json.dumps({**right, "test_nll": 99.0, "dev_nll": 98.0}))
+    (st / "latents.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in [st / "predictions.jsonl", st / "scores.npz", redo]}
+    remeasure_experiment(dataclasses.replace(exp, probe=True), ["static"], log=lambda *_: None)
+    again = json.loads((st / "metrics.json").read_text())
+    assert again == {**right, "test_nll": again["test_nll"], "dev_nll": again["dev_nll"]}
+    assert (again["test_nll"], again["dev_nll"]) == pytest.approx((right["test_nll"], right["dev_nll"]), rel=1e-6)
+    assert json.loads((st / "latents.json").read_text())["nll_own"] == right["test_nll"]
+    assert json.loads((st / "probe.json").read_text())["nll"]["own"] == right["test_nll"]
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
 
 
 def test_cell_configs_follow_the_registry(tiny_experiment):
@@ -105,6 +123,35 @@ def test_latent_diagnostics_agree_with_the_model(saved_tiny_model, gitcommits):
     model.fusion.lam = 0.5
     reused = latent_diagnostics(model, tok, exs, cfg, batch_size=3, nll_own=1.25)  # the caller's test NLL: pass skipped
     assert reused == {**d, "nll_own": 1.25}
+
+
+def test_latent_diagnostics_of_a_static_latent_agree_with_its_forward(saved_tiny_model, gitcommits, monkeypatch):
+    from flythinker import FlyThinker
+    from flythinker.data.longlamp import load_examples
+    from flythinker.data.prompts import PromptConfig
+    from flythinker.evaluate.diagnostics import latent_diagnostics
+    from flythinker.evaluate.nll import batches, mean_nll
+    from flythinker.static import StaticThinker
+
+    pair = FlyThinker.from_pretrained(saved_tiny_model)
+    tok = pair.tokenizer
+    model = StaticThinker(pair.generator, pair.reasoner, lam=0.5, generator_tokenizer=tok, reasoner_tokenizer=tok)
+    exs = load_examples(gitcommits / "sample" / "user_based", split="test", limit=5)
+    cfg = PromptConfig(retrieval="recent", k=1, profile_tokens=48, query_tokens=32, target_tokens=24)
+    d = latent_diagnostics(model, tok, exs, cfg, batch_size=5)
+    batch = next(batches(exs, tok, cfg, batch_size=5))  # the training forward (labels given) scores the same
+    assert model(**batch).loss.item() == pytest.approx(mean_nll(model, tok, exs, cfg, batch_size=5), rel=1e-4)
+    assert d["nll_own"] == pytest.approx(mean_nll(model, tok, exs, cfg, batch_size=5), rel=1e-4)
+    assert d["consecutive_cos"] == pytest.approx(1.0, abs=1e-5)
+    assert d["latent_shares"]["position"] == pytest.approx(0.0, abs=1e-6)
+    # another example's latent: the training forward with each row's z_P swapped for the previous row's
+    own_latent = model.static_latent
+    monkeypatch.setattr(model, "static_latent", lambda z, last: own_latent(z, last).roll(1, dims=0))
+    assert d["nll_other_latent"] == pytest.approx(mean_nll(model, tok, exs, cfg, batch_size=5), rel=1e-4)
+    assert d["nll_other_latent"] != pytest.approx(d["nll_own"], rel=1e-6)
+    monkeypatch.undo()
+    model.fusion.lam = 0.0
+    assert d["nll_no_latent"] == pytest.approx(mean_nll(model, tok, exs, cfg, batch_size=5), rel=1e-4)
 
 
 def test_the_probe_reuses_the_callers_own_profile_pass(saved_tiny_model, gitcommits):

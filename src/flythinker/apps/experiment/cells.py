@@ -58,11 +58,11 @@ def build_cell_model(cfg, method: str, tokenizer):
 
 
 def cell_latents(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, loaded=None) -> dict | None:
-    """:func:`latent_diagnostics` of a finished FlyThinker cell on its test split (cached in
-    ``latents.json``); None for other methods or unfinished cells. ``loaded`` is the cell's
+    """:func:`latent_diagnostics` of a finished G + R cell (``flythinker``, ``static``) on its test
+    split (cached in ``latents.json``); None for G-alone methods or unfinished cells. ``loaded`` is the cell's
     ``(model, tokenizer)`` if the caller has them; the own-latent NLL is the cell's test NLL."""
     out = cell_dir(exp, group, split, seed)
-    if get_baseline(group.method).model != "flythinker":
+    if get_baseline(group.method).model == "sft":
         return None
     if (out / "latents.json").is_file():  # also on a machine that has only the committed results
         return json.loads((out / "latents.json").read_text())
@@ -102,14 +102,7 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
     else:
         train_s = _train_cell(cfg, group, [with_reasoning(e) for e in train_exs] if b.think else train_exs, out)
         model, tok = load_model(out / "train" / "final")
-    # NLL of the references (response tokens only): a think model is scored on the plan too,
-    # so its NLL is not comparable and left out. The test pass is also the probe's own-profile
-    # condition and the latents' own-latent one, so it runs once.
-    nll, test_nll = {}, None
-    if not b.think:
-        test_nll = per_example_nll(model, tok, test_exs, prompt_cfg, PROBE_BATCH)
-        nll = {"dev_nll": mean_nll(model, tok, dev_exs, prompt_cfg),
-               "test_nll": float(test_nll[0].sum() / max(test_nll[1].sum(), 1))}
+    nll, test_nll = _nll(model, tok, dev_exs, test_exs, prompt_cfg, think=b.think)
     settings = DecodeSettings(**{**exp.decode, "seed": 1000 * seed})
     if b.think:
         settings.max_new_tokens += exp.think_extra_tokens
@@ -127,6 +120,52 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
     log(f"[{split}/{group.name}/seed{seed}] " + " ".join(
         f"{k}={metrics[k]:.4g}" for k in ("rougeL", "meteor", "bleu", "test_nll") if metrics.get(k) is not None))
     return out
+
+
+def remeasure_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bases: dict[str, Path],
+                   log=print) -> None:
+    """Measure a finished cell's teacher-forced figures again from its model: dev and test NLL (in
+    ``metrics.json``), ``probe.json`` and ``latents.json``. Predictions, scores and timings stay as
+    they are: for cells measured by code that has since been fixed (a ``static`` cell's NLL and
+    probe once left its latent out). Needs the cell's ``train/final`` (zero-shot: the base)."""
+    from flythinker.data.longlamp import load_examples
+    from flythinker.errors import UserError
+
+    out = cell_dir(exp, group, split, seed)
+    name = f"{split}/{group.name}/seed{seed}"
+    if not (out / "metrics.json").is_file():
+        raise UserError(f"--remeasure: {name} is not finished (no metrics.json)")
+    if not group.zero_shot and not (out / "train" / "final").is_dir():
+        raise UserError(f"--remeasure: {name} has no trained model ({out / 'train' / 'final'}); "
+                        "checkpoints are not committed, so only the machine that trained it can")
+    model, tok = load_model(bases[exp.generator] if group.zero_shot else out / "train" / "final")
+    prompt_cfg = cell_train_config(exp, group, split, seed, bases).data.prompt_config()
+    folder = Path(exp.data) / split
+    dev_exs = load_examples(folder, split="dev", limit=exp.limit_eval)
+    test_exs = load_examples(folder, split="test", limit=exp.limit_eval)
+    metrics = json.loads((out / "metrics.json").read_text())
+    nll, test_nll = _nll(model, tok, dev_exs, test_exs, prompt_cfg, think=get_baseline(group.method).think)
+    if exp.probe:
+        _probe(model, tok, test_exs, prompt_cfg, out, exp, seed, own=test_nll)
+    before = {k: metrics.get(k) for k in nll}
+    metrics.update(nll)
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.replace(out / "metrics.json")
+    (out / "latents.json").unlink(missing_ok=True)
+    cell_latents(exp, group, split, seed, loaded=(model, tok))
+    log(f"[{name}] remeasured: " + " ".join(f"{k} {before[k]} -> {nll[k]:.4f}" for k in nll))
+
+
+def _nll(model, tok, dev_exs, test_exs, prompt_cfg, think: bool):
+    """({"dev_nll", "test_nll"}, the test split's per-example NLL) of the references (response
+    tokens only). A think model is scored on the plan too, so its NLL is not comparable: none.
+    The test pass is also the probe's own-profile condition and the latents' own-latent one."""
+    if think:
+        return {}, None
+    test_nll = per_example_nll(model, tok, test_exs, prompt_cfg, PROBE_BATCH)
+    return {"dev_nll": mean_nll(model, tok, dev_exs, prompt_cfg),
+            "test_nll": float(test_nll[0].sum() / max(test_nll[1].sum(), 1))}, test_nll
 
 
 def _train_cell(cfg, group: CellGroup, train_exs, out: Path) -> float:

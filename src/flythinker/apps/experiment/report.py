@@ -267,7 +267,7 @@ def write_report(exp: ExperimentConfig) -> Path:
 
 
 def latent_table(exp: ExperimentConfig) -> list[str]:
-    """Markdown rows of :func:`latent_diagnostics` for every finished FlyThinker cell (seed means)."""
+    """Markdown rows of :func:`latent_diagnostics` for every finished G + R cell (seed means)."""
     import numpy as np
 
     keys = ("lam", "rho", "offset_norm", "token_embedding_norm", "consecutive_cos", "nll_own", "nll_no_latent",

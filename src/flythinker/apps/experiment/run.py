@@ -15,6 +15,7 @@ checkpoints, appended predictions).
     flythinker experiment src/flythinker/configs/experiment_gitcommits.yaml
     flythinker experiment src/flythinker/configs/experiment_tiny.yaml --only sft,flythinker
     flythinker experiment src/flythinker/configs/experiment_gitcommits_smollm2.yaml --status
+    flythinker experiment src/flythinker/configs/experiment_gitcommits_smollm2.yaml --only static --remeasure
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import typer
 
-from flythinker.apps.experiment.cells import run_cell
+from flythinker.apps.experiment.cells import remeasure_cell, run_cell
 from flythinker.apps.experiment.config import ExperimentConfig, cell_dir, load_experiment
 from flythinker.apps.experiment.report import write_report
 from flythinker.errors import UserError
@@ -45,6 +46,18 @@ def run_experiment(exp: ExperimentConfig, only: list[str] | None = None, log=pri
         done = (cell_dir(exp, group, split, seed) / "metrics.json").is_file()
         log(f"cell {i}/{len(cells)}: {split}/{group.name}/seed{seed}" + (" (done, skipped)" if done else ""))
         run_cell(exp, group, split, seed, bases, log=log)
+    return write_report(exp)
+
+
+def remeasure_experiment(exp: ExperimentConfig, only: list[str] | None = None, log=print) -> Path:
+    """:func:`~.cells.remeasure_cell` for every finished cell (of the rows in ``only``), then the
+    report; unfinished cells are left alone. Returns OUT/results.md."""
+    bases = resolve_bases(exp, Path(exp.out), log)
+    for group, split, seed in exp.cells(only):
+        if (cell_dir(exp, group, split, seed) / "metrics.json").is_file():
+            remeasure_cell(exp, group, split, seed, bases, log=log)
+        else:
+            log(f"{split}/{group.name}/seed{seed}: not finished, left alone")
     return write_report(exp)
 
 
@@ -76,6 +89,8 @@ def experiment_command(
     only: str = typer.Option("", "--only", help="Comma-separated row names to run (default: all)."),
     report_only: bool = typer.Option(False, "--report-only", help="Only rewrite the report from finished cells."),
     status: bool = typer.Option(False, "--status", help="Only show where the matrix stands: every cell's state and the time left."),
+    remeasure: bool = typer.Option(False, "--remeasure", help="Only measure finished cells' dev/test NLL, probe and latent "
+                                   "diagnostics again from their trained models (predictions and scores stay), then rewrite the report."),
 ) -> None:
     """Run the baselines × splits × seeds matrix (resumable) and write BENCHMARKS-ready tables."""
     exp = load_experiment(config, overrides)
@@ -91,6 +106,8 @@ def experiment_command(
         return
     if report_only:
         path = write_report(exp)
+    elif remeasure:
+        path = remeasure_experiment(exp, names)
     else:
         path = run_experiment(exp, names)
     print(f"report: {path}")
