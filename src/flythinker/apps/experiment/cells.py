@@ -128,6 +128,7 @@ def remeasure_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: in
     ``metrics.json``), ``probe.json`` and ``latents.json``. Predictions, scores and timings stay as
     they are: for cells measured by code that has since been fixed (a ``static`` cell's NLL and
     probe once left its latent out). Needs the cell's ``train/final`` (zero-shot: the base)."""
+    from flythinker.apps import write_json
     from flythinker.data.longlamp import load_examples
     from flythinker.errors import UserError
 
@@ -149,9 +150,7 @@ def remeasure_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: in
         _probe(model, tok, test_exs, prompt_cfg, out, exp, seed, own=test_nll)
     before = {k: metrics.get(k) for k in nll}
     metrics.update(nll)
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(out / "metrics.json")
+    write_json(metrics, out / "metrics.json")
     (out / "latents.json").unlink(missing_ok=True)
     cell_latents(exp, group, split, seed, loaded=(model, tok))
     log(f"[{name}] remeasured: " + " ".join(f"{k} {before[k]} -> {nll[k]:.4f}" for k in nll))
