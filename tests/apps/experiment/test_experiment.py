@@ -125,6 +125,20 @@ def test_latent_diagnostics_agree_with_the_model(saved_tiny_model, gitcommits):
     assert reused == {**d, "nll_own": 1.25}
 
 
+def test_the_latent_table_shows_a_static_cell_without_negative_zeros(tiny_experiment):
+    from flythinker.apps.experiment.report import latent_table
+
+    exp = tiny_experiment
+    folder = cell_dir(exp, next(g for g in exp.groups() if g.name == "static"), "user_based", 0)
+    folder.mkdir(parents=True)
+    keys = ("lam", "rho", "offset_norm", "token_embedding_norm", "consecutive_cos", "nll_own", "nll_no_latent",
+            "nll_other_latent")
+    shares = {"constant": 0.993, "example": 0.007, "position": -5e-16}  # 1 - constant - example, rounded
+    (folder / "latents.json").write_text(json.dumps({**dict.fromkeys(keys, 1.0), "latent_shares": shares}))
+    lines = latent_table(exp)
+    assert "| user_based | static | 1 | 0.993 | 0.007 | 0.000 |" in lines
+
+
 def test_latent_diagnostics_of_a_static_latent_agree_with_its_forward(saved_tiny_model, gitcommits, monkeypatch):
     from flythinker import FlyThinker
     from flythinker.data.longlamp import load_examples

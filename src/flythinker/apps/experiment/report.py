@@ -283,7 +283,8 @@ def latent_table(exp: ExperimentConfig) -> list[str]:
             shares = [d["latent_shares"] for d in found if (d.get("latent_shares") or {}).get("constant") is not None]
             if shares:
                 share_rows.append(f"| {split} | {g.name} | {len(shares)} | " + " | ".join(
-                    f"{np.mean([x[k] for x in shares]):.3f}" for k in ("constant", "example", "position")) + " |")
+                    f"{round(np.mean([x[k] for x in shares]), 3) + 0.0:.3f}"  # + 0.0: no "-0.000" from rounding error
+                    for k in ("constant", "example", "position")) + " |")
     if not rows:
         return []
     lines = ["## Do the latents matter? (test split, teacher forcing, seed means)", "",
