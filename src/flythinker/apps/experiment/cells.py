@@ -138,7 +138,7 @@ def remeasure_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: in
         raise UserError(f"--remeasure: {name} is not finished (no metrics.json)")
     if not group.zero_shot and not (out / "train" / "final").is_dir():
         raise UserError(f"--remeasure: {name} has no trained model ({out / 'train' / 'final'}); "
-                        "checkpoints are not committed, so only the machine that trained it can")
+                        "checkpoints are not committed, so only the machine that trained it can measure it again")
     model, tok = load_model(bases[exp.generator] if group.zero_shot else out / "train" / "final")
     prompt_cfg = cell_train_config(exp, group, split, seed, bases).data.prompt_config()
     folder = Path(exp.data) / split
