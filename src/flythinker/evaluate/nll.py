@@ -51,10 +51,13 @@ def placement(model, batch: dict) -> dict:
     (which would make G compute a loss over logits it was told not to keep): each row's
     ``prompt_lengths``, as :class:`~flythinker.static.StaticThinker` reads its latent at the
     prompt's last token. None for G alone."""
+    from accelerate.utils import extract_model_from_parallel
+
     from flythinker.model import FlyThinker
     from flythinker.static import last_prompt_index
 
-    if not isinstance(getattr(model, "module", model), FlyThinker):  # also under DDP / DeepSpeed
+    # the trainer's dev loss passes its prepared model: DDP, DeepSpeed, FSDP or torch.compile wrapped
+    if not isinstance(extract_model_from_parallel(model, keep_torch_compile=False), FlyThinker):
         return {}
     mask = batch["attention_mask"]
     start = mask.shape[1] - mask.long().sum(1)  # first real column of each left-padded row
