@@ -50,7 +50,7 @@ def placement(model, batch: dict) -> dict:
     """Forward keywords that let a G + R model place its latents without being given the labels
     (which would make G compute a loss over logits it was told not to keep): each row's
     ``prompt_lengths``, as :class:`~flythinker.static.StaticThinker` reads its latent at the
-    prompt's last token. None for G alone."""
+    prompt's last token. No keywords (``{}``) for G alone."""
     from accelerate.utils import extract_model_from_parallel
 
     from flythinker.model import FlyThinker
