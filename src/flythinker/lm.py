@@ -25,6 +25,27 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return pos.masked_fill(attention_mask == 0, 1)
 
 
+def first_real_column(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Column of each row's first real token (B,), whichever side the padding is on.
+
+    >>> first_real_column(torch.tensor([[0, 0, 1, 1], [1, 1, 0, 0]])).tolist()
+    [2, 0]
+    """
+    return attention_mask.long().argmax(-1)
+
+
+def fully_masked_queries(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) True where a query position of a causal pass sees no real key at all (itself and
+    every earlier column padding): the rows that CUDA's attention kernels may turn into NaN.
+
+    Left padding gives one per pad column; right padding none.
+
+    >>> fully_masked_queries(torch.tensor([[0, 0, 1], [1, 1, 0]])).tolist()
+    [[True, True, False], [False, False, False]]
+    """
+    return attention_mask.long().cumsum(-1) == 0
+
+
 def backbone(model: nn.Module) -> nn.Module:
     """The decoder stack of a causal LM without its LM head (R's logits are never needed).
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from flythinker.lm import first_real_column
 from flythinker.model import FlyThinker
 
 
 def last_prompt_index(attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
                       prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:  # (B,)
-    """Column of each row's last prompt token in a left-padded batch.
+    """Column of each row's last prompt token in a padded batch (left or right).
 
     From ``prompt_lengths`` (real prompt tokens per row), else from ``labels`` (the token before
     the first non-masked label), else the whole row is prompt (generation's prefill).
@@ -24,7 +25,7 @@ def last_prompt_index(attention_mask: torch.Tensor, labels: torch.Tensor | None 
     """
     B, T = attention_mask.shape
     if prompt_lengths is not None:
-        start = T - attention_mask.long().sum(1)  # first real column
+        start = first_real_column(attention_mask)
         return start + prompt_lengths.to(start.device).long() - 1
     if labels is not None:
         has = labels != -100

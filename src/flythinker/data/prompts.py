@@ -324,6 +324,12 @@ def encode_for_training(example: Example, tokenizer, cfg: PromptConfig) -> dict[
     return {"input_ids": prompt_ids + target_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids}
 
 
+# Teacher-forced passes (training, NLL, diagnostics) pad on the right: with left padding every pad
+# column is a query with no real key to attend to, which CUDA's attention kernels may turn into NaN
+# (DESIGN.md §10). Decoding's prefill pads on the left, as batched generation needs.
+TEACHER_FORCED_PADDING = "right"
+
+
 def collate(features: list[dict], pad_token_id: int, padding_side: str = "left") -> dict:
     """Pad features into tensors: ``input_ids`` (B, T), ``attention_mask`` (B, T) and, when
     the features have them, ``labels`` (B, T) padded with -100. Left padding by default, as

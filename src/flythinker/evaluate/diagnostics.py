@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from flythinker.evaluate.nll import batches, keep_logits, per_example_nll, token_nll
+from flythinker.devices import model_device
 from flythinker.lm import positions_from_mask
 
 
@@ -40,7 +41,7 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
     shares = LatentShares()
     model.eval()
     with torch.no_grad():
-        for b in batches(examples, tokenizer, prompt_cfg, batch_size):
+        for b in batches(examples, tokenizer, prompt_cfg, batch_size, device=model_device(model)):
             ids, mask, labels = b["input_ids"], b["attention_mask"], b["labels"]  # (B, T)
             pos = positions_from_mask(mask)
             embeds = model.generator.get_input_embeddings()(ids)  # (B, T, d_G)
@@ -118,7 +119,7 @@ def latent_shares(model, tokenizer, examples, prompt_cfg, batch_size: int = 16) 
     shares = LatentShares()
     model.eval()
     with torch.no_grad():
-        for b in batches(examples, tokenizer, prompt_cfg, batch_size):
+        for b in batches(examples, tokenizer, prompt_cfg, batch_size, device=model_device(model)):
             ids, mask = b["input_ids"], b["attention_mask"]
             z, _ = model.fused_latents(model.reason(ids, mask, positions_from_mask(mask)), mask, b["labels"])
             shares.add(z, b["labels"] != -100)

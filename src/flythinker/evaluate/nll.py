@@ -28,8 +28,8 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def logits_needed(labels: torch.Tensor) -> int:
     """How many final positions of a batch need logits: from the one before the earliest labelled
-    token to the end (left-padded rows end with their response, so that is about the longest
-    response, not the whole row). labels (B, T) → k in [1, T].
+    token to the end (rows end with their response, so that is about the longest response plus
+    the padding after it, not the whole row). labels (B, T) → k in [1, T].
 
     >>> logits_needed(torch.tensor([[-100, -100, -100, 7, 8], [-100, -100, -100, -100, 9]]))
     3
@@ -53,6 +53,7 @@ def placement(model, batch: dict) -> dict:
     prompt's last token. No keywords (``{}``) for G alone."""
     from accelerate.utils import extract_model_from_parallel
 
+    from flythinker.lm import first_real_column
     from flythinker.model import FlyThinker
     from flythinker.static import last_prompt_index
 
@@ -60,33 +61,42 @@ def placement(model, batch: dict) -> dict:
     if not isinstance(extract_model_from_parallel(model, keep_torch_compile=False), FlyThinker):
         return {}
     mask = batch["attention_mask"]
-    start = mask.shape[1] - mask.long().sum(1)  # first real column of each left-padded row
-    return {"prompt_lengths": last_prompt_index(mask, batch["labels"]) - start + 1}
+    return {"prompt_lengths": last_prompt_index(mask, batch["labels"]) - first_real_column(mask) + 1}
 
 
 @torch.no_grad()
 def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row summed NLL (B,) and response-token counts (B,) of one collated batch.
+    """Per-row summed NLL (B,) and response-token counts (B,) of one collated batch (moved to the
+    model's device first).
 
     Where the model takes ``logits_to_keep``, only the positions that predict a labelled token go
     through the LM head: the (B, T, V) logits of the prompt are never made. On SmolLM2 (49k
     vocabulary, 16 rows of ~540 tokens) that took 27–36% off a pass; the kept logits are the same
     numbers, up to float rounding of the smaller matmul (a row's summed NLL moved by 1e-7 relative).
     """
+    from flythinker.devices import model_device, to_device
+
+    batch = to_device(batch, model_device(model))
     labels = batch["labels"]
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    **keep_logits(model, labels), **placement(model, batch)).logits  # (B, k, V)
     return token_nll(logits, labels).sum(1), (labels[:, 1:] != -100).sum(1)
 
 
-def batches(examples, tokenizer, prompt_cfg, batch_size: int = 16):
-    """Collated, left-padded training batches of ``examples`` (prompt + reference), in order."""
-    from flythinker.data.prompts import collate, encode_for_training
+def batches(examples, tokenizer, prompt_cfg, batch_size: int = 16, device=None):
+    """Collated training batches of ``examples`` (prompt + reference), in order, on ``device``.
+
+    Right-padded, like the trainer's: a teacher-forced pass needs no left padding, and left
+    padding leaves every pad column a query that sees no real key, which CUDA's attention kernels
+    may turn into NaN (DESIGN.md §10). Positions come from the mask, so the numbers are the same."""
+    from flythinker.data.prompts import TEACHER_FORCED_PADDING, collate, encode_for_training
+    from flythinker.devices import to_device
     from flythinker.lm import pad_id
 
     for i in range(0, len(examples), batch_size):
         feats = [encode_for_training(e, tokenizer, prompt_cfg) for e in examples[i: i + batch_size]]
-        yield collate(feats, pad_token_id=pad_id(tokenizer), padding_side="left")
+        batch = collate(feats, pad_token_id=pad_id(tokenizer), padding_side=TEACHER_FORCED_PADDING)
+        yield batch if device is None else to_device(batch, device)
 
 
 def per_example_nll(model, tokenizer, examples, prompt_cfg, batch_size: int = 16, desc: str | None = None):

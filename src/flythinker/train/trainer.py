@@ -123,10 +123,11 @@ class Trainer:
     def _build_loaders(self) -> None:
         from torch.utils.data import DataLoader
 
-        from flythinker.data.prompts import collate
+        from flythinker.data.prompts import TEACHER_FORCED_PADDING, collate
 
         t = self.cfg.train
-        collate_fn = functools.partial(collate, pad_token_id=pad_id(self.tokenizer), padding_side="left")
+        collate_fn = functools.partial(collate, pad_token_id=pad_id(self.tokenizer),
+                                       padding_side=TEACHER_FORCED_PADDING)
         train_ds = assemble.EncodedExamples(self.train_examples, self.tokenizer, self.prompt_cfg)
         self.sampler = assemble.EpochSampler(len(train_ds), t.batch_size * self.world * self.ga, t.seed)
         # an own generator: DataLoader iterators would otherwise draw from the global RNG,
