@@ -49,7 +49,9 @@ def main() -> None:
         for rows in (1, 2, 8):
             s = rate(weights, rows, dtype)
             out["rates"][f"{name}_m{rows}"] = {"ms": 1000 * s, "weight_gb_s": nbytes / s / 1e9}
-            print(f"{name:9s} M={rows}: {1000 * s:7.1f} ms per pass over {nbytes / 1e6:.0f} MB -> {nbytes / s / 1e9:5.1f} GB/s")
+            print(
+                f"{name:9s} M={rows}: {1000 * s:7.1f} ms per pass over {nbytes / 1e6:.0f} MB -> {nbytes / s / 1e9:5.1f} GB/s"
+            )
         print(f"{name:9s} row 0 of M=2 bitwise equal to M=1: {out['m1_is_m2_row0'][name]}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

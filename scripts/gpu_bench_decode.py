@@ -99,14 +99,18 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     if not torch.cuda.is_available():
-        raise SystemExit("gpu_bench_decode.py needs a CUDA GPU (torch.cuda.is_available() is False); "
-                         "on CPU run `flythinker bench decode`")
+        raise SystemExit(
+            "gpu_bench_decode.py needs a CUDA GPU (torch.cuda.is_available() is False); "
+            "on CPU run `flythinker bench decode`"
+        )
     from flythinker.apps.bench.decode import DecodeBenchConfig, print_table, run_decode_bench
     from flythinker.tiny import random_pair
 
     bandwidth = args.bandwidth * 1e9 if args.bandwidth else measure_bandwidth("cuda:0")
-    print(f"{torch.cuda.get_device_name(0)} × {torch.cuda.device_count()}, bandwidth {bandwidth / 1e9:.0f} GB/s"
-          f" ({'given' if args.bandwidth else 'measured'})")
+    print(
+        f"{torch.cuda.get_device_name(0)} × {torch.cuda.device_count()}, bandwidth {bandwidth / 1e9:.0f} GB/s"
+        f" ({'given' if args.bandwidth else 'measured'})"
+    )
     results = {"bandwidth_GBps": bandwidth / 1e9, "gpu": torch.cuda.get_device_name(0), "runs": {}}
     for pair in args.pairs.split(","):
         g_cfg, r_cfg = pair_configs(pair)
@@ -118,18 +122,30 @@ def main(argv: list[str] | None = None) -> dict:
             if two:
                 model.reasoner.to("cuda:1")
             cfg = DecodeBenchConfig(
-                batch=args.batch, throughput_batch=args.throughput_batch, prompt=args.prompt, new=args.new,
-                think_tokens=args.think_tokens, repeats=args.repeats, backends=[backend],
-                hidden=g_cfg.hidden_size, layers=g_cfg.num_hidden_layers, heads=g_cfg.num_attention_heads,
-                kv_heads=g_cfg.num_key_value_heads, intermediate=g_cfg.intermediate_size, vocab=g_cfg.vocab_size,
-                reasoner_hidden=r_cfg.hidden_size, reasoner_layers=r_cfg.num_hidden_layers,
+                batch=args.batch,
+                throughput_batch=args.throughput_batch,
+                prompt=args.prompt,
+                new=args.new,
+                think_tokens=args.think_tokens,
+                repeats=args.repeats,
+                backends=[backend],
+                hidden=g_cfg.hidden_size,
+                layers=g_cfg.num_hidden_layers,
+                heads=g_cfg.num_attention_heads,
+                kv_heads=g_cfg.num_key_value_heads,
+                intermediate=g_cfg.intermediate_size,
+                vocab=g_cfg.vocab_size,
+                reasoner_hidden=r_cfg.hidden_size,
+                reasoner_layers=r_cfg.num_hidden_layers,
                 only=[] if not two else ["generator", "reasoner", "sequential"],  # the rest is as on one GPU
             )
             result = run_decode_bench(cfg, model=model, device="cuda:0", log=lambda msg: None)
             result["bound_ms_per_token"] = bound_ms(model, bandwidth, two)
             result["concurrent_over_bound"] = result["ms_per_token"]["concurrent"] / result["bound_ms_per_token"]
-            print(f"\n{pair} on {label} (R's steps: {backend}); bandwidth bound "
-                  f"{result['bound_ms_per_token']:.2f} ms/token, concurrent = {result['concurrent_over_bound']:.2f}× bound")
+            print(
+                f"\n{pair} on {label} (R's steps: {backend}); bandwidth bound "
+                f"{result['bound_ms_per_token']:.2f} ms/token, concurrent = {result['concurrent_over_bound']:.2f}× bound"
+            )
             print_table(result)
             results["runs"][f"{pair}/{label}"] = result
         del model

@@ -37,8 +37,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="first N examples (0: all)")
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--into", type=Path, help="a cell's latents.json to add the result to")
-    ap.add_argument("--experiment", type=Path, default=Path("src/flythinker/configs/experiment_gitcommits_smollm2.yaml"),
-                    help="the experiment config whose prompt settings to use")
+    ap.add_argument(
+        "--experiment",
+        type=Path,
+        default=Path("src/flythinker/configs/experiment_gitcommits_smollm2.yaml"),
+        help="the experiment config whose prompt settings to use",
+    )
     ap.add_argument("--row", default="flythinker", help="the row of that experiment whose prompt to use")
     args = ap.parse_args()
 
@@ -55,9 +59,17 @@ def main() -> None:
     exs = load_examples(args.data, split=args.split, limit=args.limit or None)
     t0 = time.perf_counter()
     shares = latent_shares(model, tok, exs, cfg)
-    result = {"model": str(args.model), "data": str(args.data), "split": args.split, "n": len(exs),
-              "experiment": str(args.experiment),
-              "row": args.row, "prompt": vars(cfg), "latent_shares": shares, "seconds": time.perf_counter() - t0}
+    result = {
+        "model": str(args.model),
+        "data": str(args.data),
+        "split": args.split,
+        "n": len(exs),
+        "experiment": str(args.experiment),
+        "row": args.row,
+        "prompt": vars(cfg),
+        "latent_shares": shares,
+        "seconds": time.perf_counter() - t0,
+    }
     print(json.dumps(shares, indent=2))
     print(f"wrote {write_json(result, args.json)}")
     if args.into is not None:

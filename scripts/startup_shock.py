@@ -33,8 +33,11 @@ def curve(run: Path) -> dict:
     records = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
     dev = {r["step"]: r["dev_loss"] for r in records if r.get("kind") in ("eval_step", "eval")}
     train = [r for r in records if r.get("kind") == "train"]
-    return {"dev_nll": dev, "train_loss_first": train[0]["loss"] if train else None,
-            "median_step_s": sorted(r["step_time_s"] for r in train)[len(train) // 2] if train else None}
+    return {
+        "dev_nll": dev,
+        "train_loss_first": train[0]["loss"] if train else None,
+        "median_step_s": sorted(r["step_time_s"] for r in train)[len(train) // 2] if train else None,
+    }
 
 
 def main() -> None:
@@ -51,17 +54,32 @@ def main() -> None:
     for name in names:
         run = out / name
         if not (run / "result.json").is_file():
-            cmd = [sys.executable, "-m", "flythinker.cli", "train", CONFIG, f"model.generator.path={args.model}",
-                   f"model.reasoner.path={args.model}", *RUNS[name], *args.set, "--out", str(run),
-                   "--resume" if run.exists() else "--overwrite"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "flythinker.cli",
+                "train",
+                CONFIG,
+                f"model.generator.path={args.model}",
+                f"model.reasoner.path={args.model}",
+                *RUNS[name],
+                *args.set,
+                "--out",
+                str(run),
+                "--resume" if run.exists() else "--overwrite",
+            ]
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
-        (res / f"{name}.json").write_text(json.dumps({"overrides": RUNS[name] + args.set, **curve(run)}, indent=2) + "\n")
+        (res / f"{name}.json").write_text(
+            json.dumps({"overrides": RUNS[name] + args.set, **curve(run)}, indent=2) + "\n"
+        )
         shutil.copyfile(run / "log.jsonl", res / f"{name}.log.jsonl")  # the whole curve, per step
     done = {n: json.loads((res / f"{n}.json").read_text()) for n in RUNS if (res / f"{n}.json").is_file()}
     steps = sorted({int(s) for d in done.values() for s in d["dev_nll"]})
-    lines = ["| run | " + " | ".join(f"dev NLL @ {s}" for s in steps) + " | first train loss | s/step |",
-             "|---|" + "---:|" * (len(steps) + 2)]
+    lines = [
+        "| run | " + " | ".join(f"dev NLL @ {s}" for s in steps) + " | first train loss | s/step |",
+        "|---|" + "---:|" * (len(steps) + 2),
+    ]
     for n, d in done.items():
         cells = [f"{d['dev_nll'][str(s)]:.3f}" if str(s) in d["dev_nll"] else "–" for s in steps]
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {d['train_loss_first']:.3f} | {d['median_step_s']:.1f} |")

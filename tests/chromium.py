@@ -16,40 +16,71 @@ def run_page(chromium: str, url: str, shot, user_dir, done: str, read: str, time
     expression ``read`` and write a PNG screenshot to ``shot``."""
     to_chrome_r, to_chrome_w = os.pipe()
     from_chrome_r, from_chrome_w = os.pipe()
+
     def child():  # chromium reads fd 3 and writes fd 4
         a, b = os.dup(to_chrome_r), os.dup(from_chrome_w)  # out of the way of 3 and 4 first
-        os.dup2(a, 3); os.dup2(b, 4)
-        os.set_inheritable(3, True); os.set_inheritable(4, True)
-    proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                             f"--user-data-dir={user_dir}", "--remote-debugging-pipe", "--window-size=1200,800", "about:blank"],
-                            preexec_fn=child, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(to_chrome_r); os.close(from_chrome_w)
-    w = os.fdopen(to_chrome_w, "wb", buffering=0); r = os.fdopen(from_chrome_r, "rb", buffering=0)
-    buf = b""; ids = iter(range(1, 10**6))
+        os.dup2(a, 3)
+        os.dup2(b, 4)
+        os.set_inheritable(3, True)
+        os.set_inheritable(4, True)
+
+    proc = subprocess.Popen(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={user_dir}",
+            "--remote-debugging-pipe",
+            "--window-size=1200,800",
+            "about:blank",
+        ],
+        preexec_fn=child,
+        close_fds=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(to_chrome_r)
+    os.close(from_chrome_w)
+    w = os.fdopen(to_chrome_w, "wb", buffering=0)
+    r = os.fdopen(from_chrome_r, "rb", buffering=0)
+    buf = b""
+    ids = iter(range(1, 10**6))
+
     def call(method, params=None, session=None):
         nonlocal buf
         i = next(ids)
         msg = {"id": i, "method": method, "params": params or {}}
-        if session: msg["sessionId"] = session
+        if session:
+            msg["sessionId"] = session
         w.write(json.dumps(msg).encode() + b"\0")
         while True:
             while b"\0" not in buf:
                 chunk = r.read(65536)
-                if not chunk: raise RuntimeError("chromium closed the pipe")
+                if not chunk:
+                    raise RuntimeError("chromium closed the pipe")
                 buf += chunk
             raw, buf = buf.split(b"\0", 1)
             reply = json.loads(raw)
             if reply.get("id") == i:
-                if "error" in reply: raise RuntimeError(reply["error"])
+                if "error" in reply:
+                    raise RuntimeError(reply["error"])
                 return reply["result"]
+
     try:
         target = call("Target.createTarget", {"url": url})["targetId"]
         sid = call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         deadline = time.monotonic() + timeout
 
         def value(expression):
-            return call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, sid)["result"].get("value")
+            return call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, sid)["result"].get(
+                "value"
+            )
 
         while not value(done):
             if time.monotonic() > deadline:
@@ -60,6 +91,9 @@ def run_page(chromium: str, url: str, shot, user_dir, done: str, read: str, time
             f.write(base64.b64decode(call("Page.captureScreenshot", {"format": "png"}, sid)["data"]))
         return json.loads(texts)
     finally:
-        try: call("Browser.close")
-        except Exception: pass
-        proc.kill(); proc.wait()
+        try:
+            call("Browser.close")
+        except Exception:
+            pass
+        proc.kill()
+        proc.wait()

@@ -15,10 +15,25 @@ def start_server(model, tmp_path, key: str, stdout, mode: str = "sequential"):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "flythinker.cli", "serve", str(model), "--port", str(port),
-                             "--db", str(tmp_path / "p.db"), "--mode", mode],
-                            env={**os.environ, "FLYTHINKER_API_KEY": key, "OMP_NUM_THREADS": "1"},
-                            stdout=stdout, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flythinker.cli",
+            "serve",
+            str(model),
+            "--port",
+            str(port),
+            "--db",
+            str(tmp_path / "p.db"),
+            "--mode",
+            mode,
+        ],
+        env={**os.environ, "FLYTHINKER_API_KEY": key, "OMP_NUM_THREADS": "1"},
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while True:
         try:

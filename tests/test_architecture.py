@@ -62,7 +62,7 @@ def test_no_import_cycles():
         stack.append(v)
         for w in GRAPH[v]:
             if seen.get(w) == 1:
-                cycles.append(stack[stack.index(w):] + [w])
+                cycles.append(stack[stack.index(w) :] + [w])
             elif w not in seen:
                 visit(w)
         stack.pop()

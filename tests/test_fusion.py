@@ -24,8 +24,12 @@ def test_prefix_offset_has_norm_lambda_rho_in_the_first_d_r_dims_only(lam):
     offset = out - embeds  # (B, T, 16)
     assert_close(offset[..., 8:], torch.zeros(2, 5, 8))
     assert_close(offset[..., :8].norm(dim=-1), torch.full((2, 5), lam * 3.0), atol=1e-5, rtol=1e-5)
-    assert_close(offset[..., :8] / offset[..., :8].norm(dim=-1, keepdim=True), z / z.norm(dim=-1, keepdim=True),
-                 atol=1e-5, rtol=1e-5)  # the latent's direction, whatever its size
+    assert_close(
+        offset[..., :8] / offset[..., :8].norm(dim=-1, keepdim=True),
+        z / z.norm(dim=-1, keepdim=True),
+        atol=1e-5,
+        rtol=1e-5,
+    )  # the latent's direction, whatever its size
 
 
 def test_lambda_zero_is_exactly_sft_and_the_mask_switches_positions_off():

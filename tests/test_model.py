@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import left_padded_batch, tiny_causal_lm, tiny_pair
 from torch.testing import assert_close
 
-from tiny_models import left_padded_batch, tiny_causal_lm, tiny_pair
 from flythinker import FlyThinker
 from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner
 from flythinker.errors import UserError
@@ -112,9 +112,15 @@ def test_left_padded_batch_equals_each_row_alone(do_sample):
         assert_close(batch_logits[i : i + 1, -n:], alone, atol=1e-5, rtol=1e-5)
         assert torch.equal(model.generate(row_ids, attention_mask=row_mask, **kw), batch_new[i : i + 1])
     if do_sample:  # seeded sampling: per-row alone differs (RNG is per batch), but reruns agree
-        s1 = model.generate(ids, attention_mask=mask, do_sample=True, top_p=0.9, top_k=20, temperature=0.8, seed=3, **kw)
-        s2 = model.generate(ids, attention_mask=mask, do_sample=True, top_p=0.9, top_k=20, temperature=0.8, seed=3, **kw)
-        s3 = model.generate(ids, attention_mask=mask, do_sample=True, top_p=0.9, top_k=20, temperature=0.8, seed=4, **kw)
+        s1 = model.generate(
+            ids, attention_mask=mask, do_sample=True, top_p=0.9, top_k=20, temperature=0.8, seed=3, **kw
+        )
+        s2 = model.generate(
+            ids, attention_mask=mask, do_sample=True, top_p=0.9, top_k=20, temperature=0.8, seed=3, **kw
+        )
+        s3 = model.generate(
+            ids, attention_mask=mask, do_sample=True, top_p=0.9, top_k=20, temperature=0.8, seed=4, **kw
+        )
         assert torch.equal(s1, s2) and not torch.equal(s1, s3)
 
 

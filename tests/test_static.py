@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import left_padded_batch, tiny_causal_lm
 from torch.testing import assert_close
 
-from tiny_models import left_padded_batch, tiny_causal_lm
 from flythinker import FlyThinker
 from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner
 from flythinker.lm import positions_from_mask
@@ -28,7 +28,7 @@ def test_static_forward_equals_static_decoder_step_by_step(d_g, d_r, fusion):
     n_real = mask.sum(1)
     # decode each row alone: prefill its prompt, then feed its response tokens one by one
     for b in range(2):
-        row_ids, row_mask = ids[b: b + 1, T - n_real[b]:], mask[b: b + 1, T - n_real[b]:]
+        row_ids, row_mask = ids[b : b + 1, T - n_real[b] :], mask[b : b + 1, T - n_real[b] :]
         p = int(P[b])
         pos = positions_from_mask(row_mask)
         latents = ReasonerRunner(model).prefill(row_ids[:, :p], row_mask[:, :p], pos[:, :p])  # (1, p, d_R)
@@ -36,9 +36,9 @@ def test_static_forward_equals_static_decoder_step_by_step(d_g, d_r, fusion):
         g = GeneratorRunner(model)  # the loop's prefill places z_P itself (StaticThinker.fused_latents)
         steps = [g.prefill(row_ids[:, :p], row_mask[:, :p], pos[:, :p], latents)]
         for t in range(p, row_ids.shape[1] - 1):
-            steps.append(g.step(row_ids[:, t], z, row_mask[:, : t + 1], pos[:, t: t + 1]))
+            steps.append(g.step(row_ids[:, t], z, row_mask[:, : t + 1], pos[:, t : t + 1]))
         got = torch.stack(steps, dim=1)  # (1, n - p, V): logits at positions p-1 .. n-2
-        want = full[b: b + 1, T - n_real[b] + p - 1: T - 1]
+        want = full[b : b + 1, T - n_real[b] + p - 1 : T - 1]
         assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -68,7 +68,7 @@ def test_static_greedy_generate_is_argmax_of_forward():
     full_ids, full_mask = torch.cat([ids, new], 1), torch.cat([mask, torch.ones_like(new)], 1)
     logits = model(input_ids=full_ids, attention_mask=full_mask, prompt_lengths=mask.sum(1)).logits
     T = ids.shape[1]
-    assert torch.equal(logits[:, T - 1: -1].argmax(-1), new)
+    assert torch.equal(logits[:, T - 1 : -1].argmax(-1), new)
 
 
 def test_static_save_load_remembers_the_variant(tmp_path):

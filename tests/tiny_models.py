@@ -16,8 +16,15 @@ GITCOMMITS = SHARED / "data" / "gitcommits"
 VOCAB = 97
 
 
-def tiny_causal_lm(hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab: int = VOCAB, seed: int = 0,
-                   init_std: float = 0.02):
+def tiny_causal_lm(
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vocab: int = VOCAB,
+    seed: int = 0,
+    init_std: float = 0.02,
+):
     """A randomly initialised Qwen2ForCausalLM small enough for unit tests (flythinker.tiny's builder).
 
     ``init_std`` is the weights' standard deviation (transformers' ``initializer_range``): the
@@ -25,8 +32,21 @@ def tiny_causal_lm(hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: 
     test that compares greedy outputs across processes wants a larger one (decisive choices)."""
     from flythinker.tiny import qwen2_config, random_lm
 
-    cfg = qwen2_config(hidden, layers, heads, kv_heads, 2 * hidden, vocab, tie=False, max_positions=256, bos=1, eos=2,
-                       pad=0, init_std=init_std, attn="eager")
+    cfg = qwen2_config(
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        2 * hidden,
+        vocab,
+        tie=False,
+        max_positions=256,
+        bos=1,
+        eos=2,
+        pad=0,
+        init_std=init_std,
+        attn="eager",
+    )
     return random_lm(cfg, seed).eval()
 
 
@@ -34,8 +54,9 @@ def tiny_llama(hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int 
     """A random tied-embedding Llama shaped like SmolLM2 (no pad token: EOS pads)."""
     from flythinker.tiny import llama_config, random_lm
 
-    cfg = llama_config(hidden, layers, heads, kv_heads, 2 * hidden, vocab, tie=True, max_positions=256, bos=1, eos=2,
-                       attn="eager")
+    cfg = llama_config(
+        hidden, layers, heads, kv_heads, 2 * hidden, vocab, tie=True, max_positions=256, bos=1, eos=2, attn="eager"
+    )
     return random_lm(cfg, seed).eval()
 
 

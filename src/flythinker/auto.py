@@ -25,8 +25,15 @@ def is_flythinker_folder(path: str | os.PathLike) -> bool:
     return (Path(path).expanduser() / CONFIG_NAME).is_file()
 
 
-def load_model(path: str | os.PathLike, dtype=None, device=None, trust_remote_code: bool = False, *,
-               wrap_plain: bool = True, key: str = "--model"):
+def load_model(
+    path: str | os.PathLike,
+    dtype=None,
+    device=None,
+    trust_remote_code: bool = False,
+    *,
+    wrap_plain: bool = True,
+    key: str = "--model",
+):
     """``(model, tokenizer)`` from a FlyThinker folder or a plain transformers causal-LM folder.
 
     A plain folder gives a :class:`FlyThinker` with λ = 0 over that model (G = R, R never run);
@@ -40,8 +47,11 @@ def load_model(path: str | os.PathLike, dtype=None, device=None, trust_remote_co
     elif (check_model_folder(path, key, trust_remote_code) / "config.json").is_file():
         g = load_causal_lm(path, key, dtype=dtype, trust_remote_code=trust_remote_code)
         tok = load_tokenizer(path, trust_remote_code)
-        model = FlyThinker(generator=g, reasoner=g, lam=0.0, generator_tokenizer=tok, reasoner_tokenizer=tok) \
-            if wrap_plain else g
+        model = (
+            FlyThinker(generator=g, reasoner=g, lam=0.0, generator_tokenizer=tok, reasoner_tokenizer=tok)
+            if wrap_plain
+            else g
+        )
         if device is not None:
             model.to(device)
     else:

@@ -38,7 +38,9 @@ def pick_device(spec: str | torch.device | None = None) -> torch.device:
         raise UserError(f"--device: expected cpu, cuda or cuda:N, got {spec!r}")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError(f"--device {spec}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+            raise UserError(
+                f"--device {spec}: CUDA is not available here (torch {torch.__version__}); use --device cpu"
+            )
         if spec == "cuda":
             spec = f"cuda:{int(os.environ.get('LOCAL_RANK', torch.cuda.current_device()))}"
         index = int(spec.split(":")[1])

@@ -34,8 +34,16 @@ def as_dtype(dtype):
     return DTYPES[dtype]
 
 
-def load_causal_lm(path: str | os.PathLike, key: str = "--model", *, dtype=None, trust_remote_code: bool = False,
-                   attn_implementation: str | None = None, num_layers: int | None = None, **kwargs):
+def load_causal_lm(
+    path: str | os.PathLike,
+    key: str = "--model",
+    *,
+    dtype=None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    num_layers: int | None = None,
+    **kwargs,
+):
     """``AutoModelForCausalLM`` from a local folder (safetensors only, nothing downloaded).
 
     ``key`` names the option or config key in error messages (``model.generator.path``).
@@ -60,11 +68,15 @@ def load_causal_lm(path: str | os.PathLike, key: str = "--model", *, dtype=None,
     except load_errors() as e:  # a truncated or corrupted weights file, a garbled config
         raise UserError(f"{key}: cannot load {path} ({first_line(e)})") from None
     left_out = re.compile(r"(^|\.)layers\.(\d+)\.")
-    odd = sorted(k for k in info.get("unexpected_keys", ()) if not ((m := left_out.search(k)) and int(m[2]) >= num_layers))
+    odd = sorted(
+        k for k in info.get("unexpected_keys", ()) if not ((m := left_out.search(k)) and int(m[2]) >= num_layers)
+    )
     if info.get("missing_keys") or info.get("mismatched_keys") or odd:
-        raise UserError(f"{key}: the first {num_layers} layers of {path} do not load cleanly (missing: "
-                        f"{sorted(info.get('missing_keys', []))[:5]}, mismatched: {list(info.get('mismatched_keys', []))[:5]}, "
-                        f"unexpected: {odd[:5]})")
+        raise UserError(
+            f"{key}: the first {num_layers} layers of {path} do not load cleanly (missing: "
+            f"{sorted(info.get('missing_keys', []))[:5]}, mismatched: {list(info.get('mismatched_keys', []))[:5]}, "
+            f"unexpected: {odd[:5]})"
+        )
     return model
 
 
@@ -82,7 +94,9 @@ def _quiet_load_report():
         log.setLevel(before)
 
 
-def first_layers_config(path: str | os.PathLike, num_layers: int, key: str = "--model", trust_remote_code: bool = False):
+def first_layers_config(
+    path: str | os.PathLike, num_layers: int, key: str = "--model", trust_remote_code: bool = False
+):
     """The folder's model config cut to its first ``num_layers`` decoder layers.
 
     Per-layer lists the config carries (``layer_types``: full or sliding attention per layer) are
@@ -91,8 +105,9 @@ def first_layers_config(path: str | os.PathLike, num_layers: int, key: str = "--
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(Path(path).expanduser(), local_files_only=True,
-                                            trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            Path(path).expanduser(), local_files_only=True, trust_remote_code=trust_remote_code
+        )
     except load_errors() as e:
         raise UserError(f"{key}: cannot read the model config in {path} ({first_line(e)})") from None
     n = getattr(config, "num_hidden_layers", None)

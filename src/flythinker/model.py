@@ -23,8 +23,15 @@ from flythinker.lm import backbone, positions_from_mask
 from flythinker.loading import has_tokenizer, load_causal_lm, load_tokenizer
 from flythinker.saving import CONFIG_NAME, FORMAT_VERSION, FUSION_WEIGHTS, write_model_folder
 
-__all__ = ["FlyThinker", "FlyThinkerOutput", "check_pair", "register_decoder", "VARIANTS",
-           "positions_from_mask", "backbone"]
+__all__ = [
+    "FlyThinker",
+    "FlyThinkerOutput",
+    "check_pair",
+    "register_decoder",
+    "VARIANTS",
+    "positions_from_mask",
+    "backbone",
+]
 
 # Decoders by mode ("sequential", "concurrent"), registered by flythinker.decoding (which the
 # package imports), so that the model never imports the decoders above it.
@@ -68,8 +75,7 @@ def check_pair(generator, reasoner, generator_tokenizer=None, reasoner_tokenizer
         n = len(generator_tokenizer)
         if vg < n or vr < n:
             raise UserError(
-                f"embedding tables ({vg} generator rows, {vr} reasoner rows) do not cover the "
-                f"tokenizer's {n} tokens"
+                f"embedding tables ({vg} generator rows, {vr} reasoner rows) do not cover the tokenizer's {n} tokens"
             )
     elif vg != vr:
         raise UserError(
@@ -224,9 +230,19 @@ class FlyThinker(nn.Module):
             raise UserError(f"mode must be one of {tuple(DECODERS)}, got {mode!r}")
         eos, pad = self._special_ids(eos_token_id, pad_token_id)
         return DECODERS[mode](
-            self, input_ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, eos_token_id=eos, pad_token_id=pad,
-            streamer=streamer, backend=backend,
+            self,
+            input_ids,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            streamer=streamer,
+            backend=backend,
         )
 
     def _special_ids(self, eos, pad) -> tuple[list[int], int]:
@@ -266,9 +282,14 @@ class FlyThinker(nn.Module):
         """
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         fusion_state = self.fusion.state_dict() if self.fusion.proj is not None else None
-        return write_model_folder(path, {"generator": (self.generator, None), "reasoner": (self.reasoner, None)},
-                                  config=self.fusion_config(), fusion_state=fusion_state, tokenizer=tokenizer,
-                                  overwrite=overwrite)
+        return write_model_folder(
+            path,
+            {"generator": (self.generator, None), "reasoner": (self.reasoner, None)},
+            config=self.fusion_config(),
+            fusion_state=fusion_state,
+            tokenizer=tokenizer,
+            overwrite=overwrite,
+        )
 
     @classmethod
     def from_pretrained(
@@ -300,8 +321,12 @@ class FlyThinker(nn.Module):
             models[name] = load_causal_lm(sub, name, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs)
             toks[name] = load_tokenizer(sub, trust_remote_code) if has_tokenizer(sub) else None
         model = cls(
-            models["generator"], models["reasoner"], lam=lam, fusion=mode,
-            generator_tokenizer=toks["generator"], reasoner_tokenizer=toks["reasoner"],
+            models["generator"],
+            models["reasoner"],
+            lam=lam,
+            fusion=mode,
+            generator_tokenizer=toks["generator"],
+            reasoner_tokenizer=toks["reasoner"],
         )
         if mode == "linear":
             model.fusion.load_state_dict(read_fusion_weights(path))

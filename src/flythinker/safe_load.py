@@ -43,9 +43,11 @@ def missing_path_error(path: str | os.PathLike, key: str) -> UserError:
         return UserError(
             f"{key} {p}: no such local folder; it looks like a Hugging Face hub id, but FlyThinker "
             f"loads models from local folders only and never downloads (fetch it first, e.g. "
-            f"`huggingface-cli download {p} --local-dir models/{p.split('/')[-1]}`, and pass that folder)")
-    return UserError(f"{key} {p} does not exist (models load from local folders only; "
-                     f"relative paths are read from {Path.cwd()})")
+            f"`huggingface-cli download {p} --local-dir models/{p.split('/')[-1]}`, and pass that folder)"
+        )
+    return UserError(
+        f"{key} {p} does not exist (models load from local folders only; relative paths are read from {Path.cwd()})"
+    )
 
 
 def _read_json(file: Path, key: str) -> dict:
@@ -58,8 +60,9 @@ def _read_json(file: Path, key: str) -> dict:
     return data
 
 
-def check_model_folder(folder: str | os.PathLike, key: str, trust_remote_code: bool = False,
-                       weights: bool = True) -> Path:
+def check_model_folder(
+    folder: str | os.PathLike, key: str, trust_remote_code: bool = False, weights: bool = True
+) -> Path:
     """Refuse a model folder FlyThinker must not load, before anything in it is read by transformers.
 
     Missing (a hub id gets its own message), pickle weights without safetensors, a damaged
@@ -77,18 +80,22 @@ def check_model_folder(folder: str | os.PathLike, key: str, trust_remote_code: b
     for name in ("config.json", "tokenizer_config.json"):
         file = path / name
         if file.is_file() and "auto_map" in _read_json(file, key) and not trust_remote_code:
-            raise UserError(f"{key}: {file} names custom model code (auto_map), which is not run by default; "
-                            "pass --trust-remote-code (model.*.trust_remote_code: true in a config) "
-                            "only if you trust that folder's Python files")
+            raise UserError(
+                f"{key}: {file} names custom model code (auto_map), which is not run by default; "
+                "pass --trust-remote-code (model.*.trust_remote_code: true in a config) "
+                "only if you trust that folder's Python files"
+            )
     if weights:
         check_safetensors(path, key)
     if weights and not any(path.glob("*.safetensors")):
         pickles = sorted(p.name for pat in PICKLE_WEIGHTS for p in path.glob(pat))
         if pickles:
-            raise UserError(f"{key}: {path} holds pickle weights only ({', '.join(pickles[:3])}); FlyThinker "
-                            "loads safetensors only, since unpickling can run code (convert them with "
-                            "transformers: load with use_safetensors=False in a trusted session, then "
-                            "save_pretrained(..., safe_serialization=True))")
+            raise UserError(
+                f"{key}: {path} holds pickle weights only ({', '.join(pickles[:3])}); FlyThinker "
+                "loads safetensors only, since unpickling can run code (convert them with "
+                "transformers: load with use_safetensors=False in a trusted session, then "
+                "save_pretrained(..., safe_serialization=True))"
+            )
     return path
 
 

@@ -37,7 +37,7 @@ def staging_dir(path: Path) -> Path:
     host = socket.gethostname().replace("-", "_")
     prefix = f".{path.name}.tmp-{host}-"
     for old in path.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = old.name[len(prefix):].split("-", 1)[0]
+        pid = old.name[len(prefix) :].split("-", 1)[0]
         if old.is_dir() and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=path.parent))
@@ -76,8 +76,15 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def write_model_folder(path: str | os.PathLike, parts: dict, *, config: dict | None = None,
-                       fusion_state: dict | None = None, tokenizer=None, overwrite: bool = False) -> Path:
+def write_model_folder(
+    path: str | os.PathLike,
+    parts: dict,
+    *,
+    config: dict | None = None,
+    fusion_state: dict | None = None,
+    tokenizer=None,
+    overwrite: bool = False,
+) -> Path:
     """Write causal LMs (and a FlyThinker config) into ``path``, atomically.
 
     ``parts`` maps a sub-folder name to ``(model, state_dict or None)``: ``{"generator": ...,

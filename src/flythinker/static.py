@@ -13,8 +13,9 @@ from flythinker.lm import first_real_column
 from flythinker.model import FlyThinker
 
 
-def last_prompt_index(attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
-                      prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:  # (B,)
+def last_prompt_index(
+    attention_mask: torch.Tensor, labels: torch.Tensor | None = None, prompt_lengths: torch.Tensor | None = None
+) -> torch.Tensor:  # (B,)
     """Column of each row's last prompt token in a padded batch (left or right).
 
     From ``prompt_lengths`` (real prompt tokens per row), else from ``labels`` (the token before

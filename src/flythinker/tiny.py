@@ -17,40 +17,117 @@ import torch
 from flythinker.errors import UserError
 
 
-def _config(cls, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int | None, vocab: int,
-            tie: bool, max_positions: int, eos, pad, bos, init_std: float, attn: str | None):
+def _config(
+    cls,
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int | None,
+    vocab: int,
+    tie: bool,
+    max_positions: int,
+    eos,
+    pad,
+    bos,
+    init_std: float,
+    attn: str | None,
+):
     if hidden % heads or heads % kv_heads:
         raise UserError(f"hidden {hidden} must split into {heads} heads, and heads into {kv_heads} KV heads")
     cfg = cls(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or 4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
-        tie_word_embeddings=tie, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, initializer_range=init_std,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate or 4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=tie,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        initializer_range=init_std,
     )
     if attn:
         cfg._attn_implementation = attn
     return cfg
 
 
-def qwen2_config(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int | None, vocab: int,
-                 tie: bool = True, *, max_positions: int = 32768, eos: int | None = None, pad: int | None = 0,
-                 bos: int | None = None, init_std: float = 0.02, attn: str | None = None):
+def qwen2_config(
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int | None,
+    vocab: int,
+    tie: bool = True,
+    *,
+    max_positions: int = 32768,
+    eos: int | None = None,
+    pad: int | None = 0,
+    bos: int | None = None,
+    init_std: float = 0.02,
+    attn: str | None = None,
+):
     """A ``Qwen2Config`` (``intermediate`` None: 4 × hidden). The default has no EOS, so that a
     benchmark never stops early; pass the tokenizer's ids for a model that is trained or sampled.
     ``init_std`` is transformers' ``initializer_range``; ``attn`` its attention implementation."""
     from transformers import Qwen2Config
 
-    return _config(Qwen2Config, hidden, layers, heads, kv_heads, intermediate, vocab, tie, max_positions, eos, pad,
-                   bos, init_std, attn)
+    return _config(
+        Qwen2Config,
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        intermediate,
+        vocab,
+        tie,
+        max_positions,
+        eos,
+        pad,
+        bos,
+        init_std,
+        attn,
+    )
 
 
-def llama_config(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int | None, vocab: int,
-                 tie: bool = True, *, max_positions: int = 8192, eos: int | None = None, pad: int | None = None,
-                 bos: int | None = None, init_std: float = 0.02, attn: str | None = None):
+def llama_config(
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int | None,
+    vocab: int,
+    tie: bool = True,
+    *,
+    max_positions: int = 8192,
+    eos: int | None = None,
+    pad: int | None = None,
+    bos: int | None = None,
+    init_std: float = 0.02,
+    attn: str | None = None,
+):
     """A ``LlamaConfig`` shaped like SmolLM2 (tied embeddings, no pad token by default)."""
     from transformers import LlamaConfig
 
-    return _config(LlamaConfig, hidden, layers, heads, kv_heads, intermediate, vocab, tie, max_positions, eos, pad,
-                   bos, init_std, attn)
+    return _config(
+        LlamaConfig,
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        intermediate,
+        vocab,
+        tie,
+        max_positions,
+        eos,
+        pad,
+        bos,
+        init_std,
+        attn,
+    )
 
 
 def random_lm(config, seed: int = 0, *, dtype: torch.dtype | None = None, device=None, keep_rng: bool = False):

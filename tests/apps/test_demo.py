@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tiny_models import GITCOMMITS
+
 from flythinker.cli import main
 
 

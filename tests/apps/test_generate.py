@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from tiny_models import GITCOMMITS
+
 from flythinker.cli import main
 
 DATA = GITCOMMITS / "sample" / "user_based"
@@ -45,8 +45,25 @@ def test_generate_writes_every_example_once_in_order_and_resumes(saved_tiny_mode
 def test_sampling_is_reproducible_and_seeded(saved_tiny_model, tmp_path):
     a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
     for out, seed in ((a, "1"), (b, "1"), (c, "2")):
-        main(["generate", "--model", str(saved_tiny_model), "--data", str(DATA), "--out", str(out),
-              "--split", "test", "--limit", "6", "--max-new-tokens", "8", "--seed", seed])
+        main(
+            [
+                "generate",
+                "--model",
+                str(saved_tiny_model),
+                "--data",
+                str(DATA),
+                "--out",
+                str(out),
+                "--split",
+                "test",
+                "--limit",
+                "6",
+                "--max-new-tokens",
+                "8",
+                "--seed",
+                seed,
+            ]
+        )
     assert a.read_text() == b.read_text() != c.read_text()
 
 
@@ -55,9 +72,25 @@ def test_two_processes_shard_and_merge_in_dataset_order(saved_tiny_model, tmp_pa
     single = tmp_path / "single.jsonl"
     _run(saved_tiny_model, single)
     sharded = tmp_path / "sharded.jsonl"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "flythinker.cli", "generate", "--model", str(saved_tiny_model), "--data", str(DATA),
-           "--out", str(sharded), *ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "flythinker.cli",
+        "generate",
+        "--model",
+        str(saved_tiny_model),
+        "--data",
+        str(DATA),
+        "--out",
+        str(sharded),
+        *ARGS,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -10,8 +10,8 @@ import subprocess
 import zipfile
 
 import pytest
-
 from tiny_models import tiny_llama
+
 from flythinker.apps import models as M
 from flythinker.cli import main
 from flythinker.errors import UserError
@@ -91,8 +91,9 @@ def _pulled_folder(folder, p):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<|im_end|>": 1}, unk_token="a")),
-                                  eos_token="<|im_end|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<|im_end|>": 1}, unk_token="a")), eos_token="<|im_end|>"
+    )
     tok.save_pretrained(folder)
     (folder / M.MANIFEST).write_text(json.dumps({"source_sha256": p.gguf_sha256, "parameters": 1234}))
 

@@ -16,32 +16,56 @@ from flythinker.errors import UserError
 SAMPLE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gitcommits" / "sample"
 
 ROWS = [
-    {"id": f"r{i}", "user_id": f"u{i % 2}", "input": f"Write note {i}.", "output": f"Note {i} body. It ends here.",
-     "profile": [{"title": "Old", "text": f"Earlier text {i}.", "date": "2020-01-01"}]}
+    {
+        "id": f"r{i}",
+        "user_id": f"u{i % 2}",
+        "input": f"Write note {i}.",
+        "output": f"Note {i} body. It ends here.",
+        "profile": [{"title": "Old", "text": f"Earlier text {i}.", "date": "2020-01-01"}],
+    }
     for i in range(3)
 ]
 
 # one public LongLaMP row per task, field names as on the hub (no `id`, a task-specific user field)
 LONGLAMP_ROWS = {
     "product_review": {
-        "reviewerId": "A1B2", "input": 'Generate the review text for a product with description "A kettle".',
+        "reviewerId": "A1B2",
+        "input": 'Generate the review text for a product with description "A kettle".',
         "output": "It boils fast. I like it.",
-        "profile": [{"overall": 5.0, "summary": "Great mug", "description": "A travel mug",
-                     "reviewText": "Keeps coffee hot for hours."}]},
+        "profile": [
+            {
+                "overall": 5.0,
+                "summary": "Great mug",
+                "description": "A travel mug",
+                "reviewText": "Keeps coffee hot for hours.",
+            }
+        ],
+    },
     "abstract_generation": {
-        "name": "Ada Lovelace", "input": 'Generate an abstract for the title "Engines" using the following '
-                                         "items: 1. analytical engine",
+        "name": "Ada Lovelace",
+        "input": 'Generate an abstract for the title "Engines" using the following items: 1. analytical engine',
         "output": "We describe an engine. It computes.",
-        "profile": [{"id": "p1", "title": "Notes on engines", "abstract": "We discuss the engine.",
-                     "year": 1843}]},
+        "profile": [{"id": "p1", "title": "Notes on engines", "abstract": "We discuss the engine.", "year": 1843}],
+    },
     "topic_writing": {
-        "author": "redditor42", "input": "Generate the content for a reddit post about tea.",
+        "author": "redditor42",
+        "input": "Generate the content for a reddit post about tea.",
         "output": "Tea is great. Drink it hot.",
-        "profile": [{"id": "t1", "author": "redditor42", "summary": "Coffee thoughts",
-                     "content": "Coffee is fine but tea is better."}]},
+        "profile": [
+            {
+                "id": "t1",
+                "author": "redditor42",
+                "summary": "Coffee thoughts",
+                "content": "Coffee is fine but tea is better.",
+            }
+        ],
+    },
 }
-MAIN_TEXT = {"product_review": "Keeps coffee hot for hours.", "abstract_generation": "We discuss the engine.",
-             "topic_writing": "Coffee is fine but tea is better."}
+MAIN_TEXT = {
+    "product_review": "Keeps coffee hot for hours.",
+    "abstract_generation": "We discuss the engine.",
+    "topic_writing": "Coffee is fine but tea is better.",
+}
 USER = {"product_review": "A1B2", "abstract_generation": "Ada Lovelace", "topic_writing": "redditor42"}
 
 
@@ -76,14 +100,22 @@ def write_arrow_stream(path: Path, rows) -> Path:
 
 
 def test_json_list_jsonl_and_parquet_load_the_same_examples(tmp_path):
-    loaded = [load_examples(write_json(tmp_path / "a.json", ROWS)),
-              load_examples(write_jsonl(tmp_path / "b.jsonl", ROWS)),
-              load_examples(write_parquet(tmp_path / "c.parquet", ROWS)),
-              load_examples(write_jsonl(tmp_path / "d.json", ROWS))]  # JSON lines named .json
+    loaded = [
+        load_examples(write_json(tmp_path / "a.json", ROWS)),
+        load_examples(write_jsonl(tmp_path / "b.jsonl", ROWS)),
+        load_examples(write_parquet(tmp_path / "c.parquet", ROWS)),
+        load_examples(write_jsonl(tmp_path / "d.json", ROWS)),
+    ]  # JSON lines named .json
     assert loaded[0] == loaded[1] == loaded[2] == loaded[3]
     ex = loaded[0][1]
-    assert ex == Example(id="r1", user_id="u1", input="Write note 1.", output="Note 1 body. It ends here.",
-                         profile=ROWS[1]["profile"], task="generic")
+    assert ex == Example(
+        id="r1",
+        user_id="u1",
+        input="Write note 1.",
+        output="Note 1 body. It ends here.",
+        profile=ROWS[1]["profile"],
+        task="generic",
+    )
 
 
 def test_directory_with_splits(tmp_path):
@@ -205,15 +237,23 @@ def test_datasets_cache_and_save_to_disk_layouts(tmp_path):
 
 BAD_ROWS = {
     "missing field": ({"id": "bad", "input": "x", "profile": []}, "field 'output': missing"),
-    "wrong type": ({"id": "bad", "input": 3, "output": "y", "profile": []},
-                   "field 'input': expected a string, got int"),
+    "wrong type": (
+        {"id": "bad", "input": 3, "output": "y", "profile": []},
+        "field 'input': expected a string, got int",
+    ),
     "empty output": ({"id": "bad", "input": "x", "output": "  \n", "profile": []}, "field 'output': is empty"),
-    "profile not a list": ({"id": "bad", "input": "x", "output": "y", "profile": "none"},
-                           "field 'profile': expected a list"),
-    "profile item type": ({"id": "bad", "input": "x", "output": "y", "profile": ["text"]},
-                          r"field 'profile\[0\]': expected an object"),
-    "profile item key": ({"id": "bad", "input": "x", "output": "y", "profile": [{"title": "t"}]},
-                         r"field 'profile\[0\].text': missing"),
+    "profile not a list": (
+        {"id": "bad", "input": "x", "output": "y", "profile": "none"},
+        "field 'profile': expected a list",
+    ),
+    "profile item type": (
+        {"id": "bad", "input": "x", "output": "y", "profile": ["text"]},
+        r"field 'profile\[0\]': expected an object",
+    ),
+    "profile item key": (
+        {"id": "bad", "input": "x", "output": "y", "profile": [{"title": "t"}]},
+        r"field 'profile\[0\].text': missing",
+    ),
     "id type": ({"id": [1], "input": "x", "output": "y", "profile": []}, "field 'id': expected a string"),
     "duplicate id": ({"id": "r0", "input": "x", "output": "y", "profile": []}, "repeats the id of row 0"),
 }

@@ -23,8 +23,10 @@ from flythinker.data.prompts import (
 from flythinker.errors import UserError
 
 SAMPLE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gitcommits" / "sample"
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 CORPUS = [
     "The cat sleeps on the warm mat all day long.",
     "My garden grows tomatoes, beans and a few stubborn carrots.",
@@ -42,8 +44,12 @@ def make_tokenizer(chat_template: str | None = None):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<eos>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<pad>", "<eos>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(CORPUS * 3, trainer=trainer)
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
     if chat_template is not None:
@@ -61,8 +67,12 @@ def chat_tok():
     return make_tokenizer(CHAT_TEMPLATE)
 
 
-def example(output="First sentence here. Second one follows. The last sentence ends it.",
-            profile=None, input="Write a short text about the garden.", task="generic"):
+def example(
+    output="First sentence here. Second one follows. The last sentence ends it.",
+    profile=None,
+    input="Write a short text about the garden.",
+    task="generic",
+):
     if profile is None:
         profile = [{"title": f"Note {i}", "text": CORPUS[i], "date": f"2020-01-0{i + 1}"} for i in range(4)]
     return Example(id="x", user_id="u", input=input, output=output, profile=profile, task=task)
@@ -74,7 +84,10 @@ def example(output="First sentence here. Second one follows. The last sentence e
 def test_sentence_spans_keep_abbreviations_and_split_blank_lines():
     text = "It works. See e.g. the docs!\n\nA list item\nwith two lines"
     assert [text[a:b] for a, b in sentence_spans(text)] == [
-        "It works.", "See e.g. the docs!", "A list item\nwith two lines"]
+        "It works.",
+        "See e.g. the docs!",
+        "A list item\nwith two lines",
+    ]
 
 
 def test_target_within_budget_is_kept_whole_with_its_last_sentence(tok):
@@ -142,8 +155,11 @@ def test_profile_keeps_whole_items_newest_first_then_shows_them_oldest_first(tok
 
 
 def test_profile_skips_an_item_too_big_for_the_rest_of_the_budget(tok):
-    profile = [{"title": "a", "text": CORPUS[0], "date": "2020"}, {"title": "b", "text": CORPUS[1], "date": "2021"},
-               {"title": "big", "text": " ".join(CORPUS * 4), "date": "2022"}]
+    profile = [
+        {"title": "a", "text": CORPUS[0], "date": "2020"},
+        {"title": "b", "text": CORPUS[1], "date": "2021"},
+        {"title": "big", "text": " ".join(CORPUS * 4), "date": "2022"},
+    ]
     ex = example(profile=profile)
     small = f"[1] {render_profile_item(profile[0], 'generic')}\n\n[2] {render_profile_item(profile[1], 'generic')}"
     assert prompt_parts(ex, tok, PromptConfig(profile_tokens=n_tokens(small, tok) + 2)).profile == small
@@ -179,17 +195,25 @@ def test_bm25_says_nothing_below_a_warning(caplog):
 
 
 def test_abstract_query_uses_the_title_part_only():
-    profile = [{"title": "Graph neural networks", "abstract": "We study message passing on graphs."},
-               {"title": "Protein folding", "abstract": "We predict protein structure."}]
-    ex = example(task="abstract_generation", profile=profile,
-                 input='Generate an abstract for the title "Deep graph networks" using the following '
-                       "items: 1. protein 2. protein structure 3. protein folding")
+    profile = [
+        {"title": "Graph neural networks", "abstract": "We study message passing on graphs."},
+        {"title": "Protein folding", "abstract": "We predict protein structure."},
+    ]
+    ex = example(
+        task="abstract_generation",
+        profile=profile,
+        input='Generate an abstract for the title "Deep graph networks" using the following '
+        "items: 1. protein 2. protein structure 3. protein folding",
+    )
     assert select_profile(ex, PromptConfig(retrieval="bm25", k=1)) == [profile[0]]
 
 
 def test_recent_uses_dates_else_list_order():
-    profile = [{"text": "b", "date": "2021-05-01"}, {"text": "a", "date": "2019-01-01"},
-               {"text": "c", "date": "2022-01-01"}]
+    profile = [
+        {"text": "b", "date": "2021-05-01"},
+        {"text": "a", "date": "2019-01-01"},
+        {"text": "c", "date": "2022-01-01"},
+    ]
     ex = example(profile=profile)
     assert select_profile(ex, PromptConfig(retrieval="recent", k=2)) == [profile[0], profile[2]]
     assert select_profile(ex, PromptConfig(retrieval="recent", k=2, order="score")) == [profile[2], profile[0]]
@@ -233,10 +257,12 @@ def test_chat_template_is_used_when_present(tok, chat_tok):
 
 
 def test_template_without_system_role_gets_the_instructions_in_the_user_turn():
-    no_system = ("{% for m in messages %}{% if m['role'] == 'system' %}"
-                 "{{ raise_exception('System role not supported') }}{% endif %}"
-                 "<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    no_system = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
     prompt = build_prompt(example(), make_tokenizer(no_system), PromptConfig())
     assert prompt.startswith("<|user|>\nYou write personalized") and "### Query" in prompt
 
@@ -265,9 +291,17 @@ def test_collate_generation_features_have_no_labels(tok):
     assert batch["attention_mask"][0].sum().item() == short
 
 
-@pytest.mark.parametrize("bad", [dict(profile_tokens=0), dict(k=-1), dict(query_tokens=2.5),
-                                 dict(retrieval="dense"), dict(order="newest"),
-                                 dict(use_chat_template="yes")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(profile_tokens=0),
+        dict(k=-1),
+        dict(query_tokens=2.5),
+        dict(retrieval="dense"),
+        dict(order="newest"),
+        dict(use_chat_template="yes"),
+    ],
+)
 def test_prompt_config_validation(bad):
     with pytest.raises(UserError, match=next(iter(bad))):
         PromptConfig(**bad)

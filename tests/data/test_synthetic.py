@@ -50,8 +50,7 @@ def test_user_does_not_change_with_n_users():
 def test_user_split_sizes_and_disjoint(data):
     users = {s: {r["user_id"] for r in data[s]} for s in data}
     assert [len(users[s]) for s in ("train", "dev", "test")] == [16, 4, 4]
-    assert not (users["train"] & users["dev"] or users["train"] & users["test"]
-                or users["dev"] & users["test"])
+    assert not (users["train"] & users["dev"] or users["train"] & users["test"] or users["dev"] & users["test"])
     per_user = collections.Counter(r["user_id"] for r in _rows(data))
     assert set(per_user.values()) == {10}
     # no held-out text appears anywhere in train (outputs or profiles)
@@ -127,6 +126,7 @@ def test_profile_predicts_output_better_than_another_users_profile(data):
     """TF-IDF cosine(output, own profile) > cosine(output, other user's profile) in > 80% of
     comparisons (the gitcommits benchmark: 0.89). The other row is drawn with the same query
     topic when one exists, so topic words cannot carry the signal alone."""
+
     def tok(x):
         return re.findall(r"[\w']+|[!.,]", x.lower())
 

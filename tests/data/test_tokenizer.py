@@ -86,8 +86,18 @@ def test_cache_dir_from_env(corpus, tmp_path, monkeypatch):
 def test_cache_key_depends_on_texts_and_settings():
     key = T.cache_key(["ab", "c"], 2000, 2)
     assert key == T.cache_key(["ab", "c"], 2000, 2)
-    assert len({key, T.cache_key(["a", "bc"], 2000, 2), T.cache_key(["ab", "d"], 2000, 2),
-                T.cache_key(["ab", "c"], 1999, 2), T.cache_key(["ab", "c"], 2000, 3)}) == 5
+    assert (
+        len(
+            {
+                key,
+                T.cache_key(["a", "bc"], 2000, 2),
+                T.cache_key(["ab", "d"], 2000, 2),
+                T.cache_key(["ab", "c"], 1999, 2),
+                T.cache_key(["ab", "c"], 2000, 3),
+            }
+        )
+        == 5
+    )
 
 
 def test_load_tokenizer(tok, tmp_path):

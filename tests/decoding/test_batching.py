@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tiny_models import VOCAB, tiny_causal_lm, tiny_pair
+
 from flythinker.decoding.batching import RunningBatch
 from flythinker.errors import UserError
 from flythinker.static import StaticThinker
@@ -19,8 +19,15 @@ def _prompts(lengths, seed=0):
 
 def _alone(model, prompt, n, **kw):
     ids = torch.tensor([prompt])
-    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, mode="sequential",
-                          eos_token_id=[], pad_token_id=0, **kw)[0].tolist()
+    return model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        mode="sequential",
+        eos_token_id=[],
+        pad_token_id=0,
+        **kw,
+    )[0].tolist()
 
 
 def _schedule(model, concurrent, prompts, joins, budgets):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tiny_models import VOCAB, left_padded_batch, tiny_pair
+
 from flythinker.decoding import stream
 from flythinker.decoding.concurrent import (
     ConcurrentDecoder,
@@ -72,7 +72,10 @@ def descendants() -> set[int]:
     while frontier:
         frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - found
         found |= frontier
-    helpers = {getattr(resource_tracker._resource_tracker, "_pid", None), getattr(forkserver._forkserver, "_forkserver_pid", None)}
+    helpers = {
+        getattr(resource_tracker._resource_tracker, "_pid", None),
+        getattr(forkserver._forkserver, "_forkserver_pid", None),
+    }
     return found - helpers
 
 
@@ -114,8 +117,16 @@ def test_per_row_eos_and_streamer_match_the_reference(backend):
     for mode in ("sequential", "concurrent"):
         rec = Recorder()
         with threads(default_threads()):
-            seen[mode] = model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=0,
-                                        streamer=rec, mode=mode, backend=backend if mode == "concurrent" else None)
+            seen[mode] = model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=10,
+                eos_token_id=eos,
+                pad_token_id=0,
+                streamer=rec,
+                mode=mode,
+                backend=backend if mode == "concurrent" else None,
+            )
         seen[mode + "_puts"], seen[mode + "_ended"] = rec.puts, rec.ended
     assert torch.equal(seen["concurrent"], seen["sequential"])
     assert (seen["concurrent"][0, 3:] == 0).all() and seen["concurrent_ended"]
@@ -136,8 +147,12 @@ def test_backend_errors_are_user_errors():
     model = tiny_pair()
     assert resolve_backend(model, "auto") == "shm" and resolve_backend(model, None) == "shm"
     ids, mask = left_padded_batch([4], seed=0)
-    for name, message in [("bogus", "unknown concurrent backend"), ("streams", "one CUDA device"),
-                          ("devices", "two devices"), ("nccl", "torchrun")]:
+    for name, message in [
+        ("bogus", "unknown concurrent backend"),
+        ("streams", "one CUDA device"),
+        ("devices", "two devices"),
+        ("nccl", "torchrun"),
+    ]:
         with pytest.raises(UserError, match=message):
             model.generate(ids, attention_mask=mask, max_new_tokens=2, mode="concurrent", backend=name)
 
@@ -179,8 +194,11 @@ def test_close_leaves_no_process_no_shared_memory_and_no_spinning(backend):
     before, shm_before = descendants(), set(os.listdir("/dev/shm"))
     dec = ConcurrentDecoder(model, backend)
     pid = dec.reasoner.process.pid
-    semaphores = [s._semlock.name for s in (getattr(dec.reasoner.link, "tokens_ready", None),
-                                             getattr(dec.reasoner.link, "latent_ready", None)) if s is not None]
+    semaphores = [
+        s._semlock.name
+        for s in (getattr(dec.reasoner.link, "tokens_ready", None), getattr(dec.reasoner.link, "latent_ready", None))
+        if s is not None
+    ]
     dec.generate(ids, attention_mask=mask, max_new_tokens=20, **FREE)
     used = cpu_seconds(pid)
     time.sleep(0.5)  # idle between decodes: the worker must sleep, not spin

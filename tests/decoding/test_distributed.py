@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import torch
-
 from tiny_models import left_padded_batch, tiny_pair
+
 from flythinker.decoding.worker import context
 
 KW = dict(max_new_tokens=9, eos_token_id=[], pad_token_id=0)
@@ -40,7 +40,9 @@ def rank_main(rank: int, port: int, results) -> None:
             with decoder:
                 # lists: a tensor in a queue is shared memory, gone if this process exits first
                 results.put(("greedy", model.generate(ids, mask, mode="concurrent", backend=decoder, **KW).tolist()))
-                results.put(("sampled", model.generate(ids, mask, mode="concurrent", backend=decoder, **KW, **SAMPLE).tolist()))
+                results.put(
+                    ("sampled", model.generate(ids, mask, mode="concurrent", backend=decoder, **KW, **SAMPLE).tolist())
+                )
         results.put((f"rank {rank} done", None))
     finally:
         dist.destroy_process_group()
@@ -93,7 +95,10 @@ def test_a_script_under_torchrun_equals_the_reference(tmp_path):
     (tmp_path / "decode.py").write_text(SCRIPT.format(tests=tests, kw=KW))
     out = subprocess.run(
         [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), str(tmp_path / "decode.py")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
     model = tiny_pair(d_g=48, d_r=32, lam=1.0)

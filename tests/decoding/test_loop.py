@@ -29,8 +29,9 @@ class ScriptedLM(nn.Module):
     def get_decoder(self):
         return self
 
-    def forward(self, inputs_embeds, attention_mask, position_ids, use_cache=False, logits_to_keep=0,
-                past_key_values=None):
+    def forward(
+        self, inputs_embeds, attention_mask, position_ids, use_cache=False, logits_to_keep=0, past_key_values=None
+    ):
         c = len(self.calls)
         self.calls.append({"mask": attention_mask.clone(), "positions": position_ids.clone(), "cache": past_key_values})
         B, T = inputs_embeds.shape[:2]
@@ -59,8 +60,7 @@ class FakeFlyThinker:
 
 def decode(script, ids, mask, max_new, sampling=None, eos=(EOS,), streamer=None):
     model = FakeFlyThinker(script)
-    out = run_generator(model, NoReasoner(), ids, mask, max_new, sampling or SamplingConfig(), list(eos), PAD,
-                        streamer)
+    out = run_generator(model, NoReasoner(), ids, mask, max_new, sampling or SamplingConfig(), list(eos), PAD, streamer)
     return out, model.generator.calls
 
 

@@ -50,8 +50,22 @@ def test_evaluate_end_to_end(sample, tmp_path, capsys):
     # the same run again refuses to overwrite, then does with --overwrite
     assert _run("evaluate", "--predictions", preds, "--references", ref_path, "--out", out, "--no-bertscore") == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert _run("evaluate", "--predictions", preds, "--references", ref_path, "--out", out, "--no-bertscore",
-                "--bootstrap", 0, "--overwrite") == 0
+    assert (
+        _run(
+            "evaluate",
+            "--predictions",
+            preds,
+            "--references",
+            ref_path,
+            "--out",
+            out,
+            "--no-bertscore",
+            "--bootstrap",
+            0,
+            "--overwrite",
+        )
+        == 0
+    )
     m2 = json.loads((out / "metrics.json").read_text())
     assert m2["bertscore"] is None and m2["ci"] == {} and m2["rouge1"] == pytest.approx(m["rouge1"])
 
@@ -61,8 +75,22 @@ def test_compare_two_prediction_files(sample, tmp_path):
     a = _write_preds(tmp_path / "a.jsonl", [{"id": e["id"], "prediction": e["output"]} for e in examples])
     b = _copy_input(tmp_path, examples, "b.jsonl")
     out = tmp_path / "eval"
-    code = _run("evaluate", "--predictions", a, "--references", ref_path, "--out", out, "--compare", b,
-                "--no-bertscore", "--bootstrap", 100, "--seed", 1)
+    code = _run(
+        "evaluate",
+        "--predictions",
+        a,
+        "--references",
+        ref_path,
+        "--out",
+        out,
+        "--compare",
+        b,
+        "--no-bertscore",
+        "--bootstrap",
+        100,
+        "--seed",
+        1,
+    )
     assert code == 0
     cmp = json.loads((out / "metrics.json").read_text())["comparison"]
     assert cmp["b"] == str(b) and cmp["seed"] == 1
@@ -74,7 +102,10 @@ def test_mismatched_ids_exit_2(sample, tmp_path, capsys):
     ref_path, examples = sample
     rows = [{"id": e["id"], "prediction": "x"} for e in examples[1:]] + [{"id": "nope-1", "prediction": "x"}]
     preds = _write_preds(tmp_path / "p.jsonl", rows)
-    assert _run("evaluate", "--predictions", preds, "--references", ref_path, "--out", tmp_path / "o", "--no-bertscore") == 2
+    assert (
+        _run("evaluate", "--predictions", preds, "--references", ref_path, "--out", tmp_path / "o", "--no-bertscore")
+        == 2
+    )
     err = capsys.readouterr().err
     assert "1 prediction id(s)" in err and "'nope-1'" in err
     assert "1 reference(s)" in err and repr(examples[0]["id"]) in err
@@ -85,11 +116,15 @@ def test_duplicated_or_malformed_predictions_exit_2(sample, tmp_path, capsys):
     ref_path, examples = sample
     rows = [{"id": e["id"], "prediction": "x"} for e in examples] + [{"id": examples[0]["id"], "prediction": "y"}]
     dup = _write_preds(tmp_path / "dup.jsonl", rows)
-    assert _run("evaluate", "--predictions", dup, "--references", ref_path, "--out", tmp_path / "o", "--no-bertscore") == 2
+    assert (
+        _run("evaluate", "--predictions", dup, "--references", ref_path, "--out", tmp_path / "o", "--no-bertscore") == 2
+    )
     assert "appears twice" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "prediction": "x"}\n{"id": "b"}\n')
-    assert _run("evaluate", "--predictions", bad, "--references", ref_path, "--out", tmp_path / "o", "--no-bertscore") == 2
+    assert (
+        _run("evaluate", "--predictions", bad, "--references", ref_path, "--out", tmp_path / "o", "--no-bertscore") == 2
+    )
     assert "line 2" in capsys.readouterr().err
 
 
@@ -98,7 +133,9 @@ def test_duplicated_reference_ids_exit_2(sample, tmp_path, capsys):
     refs = tmp_path / "refs.json"
     refs.write_text(json.dumps(examples + examples[:1]))
     preds = _copy_input(tmp_path, examples)
-    assert _run("evaluate", "--predictions", preds, "--references", refs, "--out", tmp_path / "o", "--no-bertscore") == 2
+    assert (
+        _run("evaluate", "--predictions", preds, "--references", refs, "--out", tmp_path / "o", "--no-bertscore") == 2
+    )
     assert examples[0]["id"] in capsys.readouterr().err
 
 
@@ -112,10 +149,34 @@ def test_limit_scores_the_first_n_references_as_generate_limit_writes_them(tmp_p
     first = load_examples(refs, limit=3)
     preds = tmp_path / "p.jsonl"
     preds.write_text("".join(json.dumps({"id": e.id, "prediction": e.output}) + "\n" for e in first))
-    main(["evaluate", "--predictions", str(preds), "--references", str(refs), "--out", str(tmp_path / "e"),
-          "--no-bertscore", "--bootstrap", "0", "--limit", "3"])
+    main(
+        [
+            "evaluate",
+            "--predictions",
+            str(preds),
+            "--references",
+            str(refs),
+            "--out",
+            str(tmp_path / "e"),
+            "--no-bertscore",
+            "--bootstrap",
+            "0",
+            "--limit",
+            "3",
+        ]
+    )
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert m["n"] == 3 and m["rouge1"] == 1.0
     with pytest.raises(SystemExit):  # without --limit the other references have no prediction
-        main(["evaluate", "--predictions", str(preds), "--references", str(refs), "--out", str(tmp_path / "f"),
-              "--no-bertscore"])
+        main(
+            [
+                "evaluate",
+                "--predictions",
+                str(preds),
+                "--references",
+                str(refs),
+                "--out",
+                str(tmp_path / "f"),
+                "--no-bertscore",
+            ]
+        )

@@ -169,10 +169,17 @@ def test_paired_comparison():
 
 
 def test_bertscore_local_model_two_pairs():
-    m = M.compute_metrics(["the kid was glad at home", "the kid was glad at home"],
-                          ["the kid was glad at home", "the build fails on windows"], bootstrap=0, positions=False)
-    s = M.score_examples(["the kid was glad at home", "", "the kid was glad at home"],
-                         ["the child was happy at home", "x", "the build fails on windows"], bertscore=True)
+    m = M.compute_metrics(
+        ["the kid was glad at home", "the kid was glad at home"],
+        ["the kid was glad at home", "the build fails on windows"],
+        bootstrap=0,
+        positions=False,
+    )
+    s = M.score_examples(
+        ["the kid was glad at home", "", "the kid was glad at home"],
+        ["the child was happy at home", "x", "the build fails on windows"],
+        bertscore=True,
+    )
     assert m["bertscore_model"].endswith("model") and m["bertscore_layers"] == 6
     assert s.bertscore[0] > s.bertscore[2] and s.bertscore[1] == 0.0  # empty prediction scores 0
     assert m["bertscore"] == pytest.approx((1.0 + s.bertscore[2]) / 2, abs=1e-4)

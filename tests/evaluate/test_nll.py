@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import VOCAB, tiny_causal_lm, tiny_pair
 
 from flythinker.evaluate.nll import logits_needed, response_nll, token_nll
 from flythinker.lm import accepts_logits_to_keep
 from flythinker.train.assemble import SFTModel
-from tiny_models import VOCAB, tiny_causal_lm, tiny_pair
 
 
 def _batch(prompt_lengths, response_lengths, padding_side: str, seed: int = 0) -> dict:
@@ -19,9 +19,9 @@ def _batch(prompt_lengths, response_lengths, padding_side: str, seed: int = 0) -
     mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
     for i, (p, r) in enumerate(zip(prompt_lengths, response_lengths)):
         start = T - p - r if padding_side == "left" else 0
-        ids[i, start: start + p + r] = torch.randint(3, VOCAB, (p + r,), generator=g)
-        mask[i, start: start + p + r] = 1
-        labels[i, start + p: start + p + r] = ids[i, start + p: start + p + r]
+        ids[i, start : start + p + r] = torch.randint(3, VOCAB, (p + r,), generator=g)
+        mask[i, start : start + p + r] = 1
+        labels[i, start + p : start + p + r] = ids[i, start + p : start + p + r]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -47,8 +47,11 @@ def test_logits_needed_starts_one_before_the_earliest_label():
 @pytest.mark.parametrize("kind", ["flythinker", "sft_model", "plain"])
 def test_response_nll_with_kept_logits_equals_the_full_logits(kind, padding_side):
     torch.manual_seed(0)
-    model = {"flythinker": lambda: tiny_pair(lam=0.5), "sft_model": lambda: SFTModel(tiny_causal_lm()).eval(),
-             "plain": lambda: tiny_causal_lm()}[kind]()
+    model = {
+        "flythinker": lambda: tiny_pair(lam=0.5),
+        "sft_model": lambda: SFTModel(tiny_causal_lm()).eval(),
+        "plain": lambda: tiny_causal_lm(),
+    }[kind]()
     batch = _batch([9, 4, 14], [5, 11, 3], padding_side)
     assert accepts_logits_to_keep(model)
     got_sum, got_n = response_nll(model, batch)

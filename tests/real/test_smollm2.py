@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.testing import assert_close
-
 from tiny_models import GITCOMMITS
+from torch.testing import assert_close
 
 pytestmark = pytest.mark.real
 NAME = "smollm2-135m-instruct"
@@ -66,10 +65,11 @@ def test_greedy_is_the_teacher_forced_argmax_and_lambda_zero_is_generate(pair, p
     new = model.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=[])
     full, full_mask = torch.cat([ids, new], 1), torch.cat([mask, torch.ones_like(new)], 1)
     logits = model(input_ids=full, attention_mask=full_mask).logits
-    assert torch.equal(logits[:, ids.shape[1] - 1: -1].argmax(-1), new)
+    assert torch.equal(logits[:, ids.shape[1] - 1 : -1].argmax(-1), new)
     sft = FlyThinker(model.generator, model.reasoner, lam=0.0)
-    hf = model.generator.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
-                                  pad_token_id=tok.pad_token_id)[:, ids.shape[1]:]
+    hf = model.generator.generate(
+        ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id
+    )[:, ids.shape[1] :]
     ours = sft.generate(ids, attention_mask=mask, max_new_tokens=8)
     assert torch.equal(ours[:, : hf.shape[1]], hf)
 
@@ -108,11 +108,20 @@ def test_lora_bf16_training_steps_and_the_merged_export(pair, tmp_path):
     model, tok = pair
     lora = {"r": 4, "alpha": 8, "dropout": 0.0}
     prompt = dict(retrieval="recent", k=1, profile_tokens=48, query_tokens=32, target_tokens=32)
-    cfg = from_dict(TrainConfig, {
-        "model": {"mode": "flythinker", "lam": 0.1, "generator": {"path": "unused", "lora": lora},
-                  "reasoner": {"path": "unused", "lora": lora}, "tokenizer": "unused"},
-        "data": {"prompt": prompt},
-        "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-4, "precision": "bf16", "eval": False, "save_every": 0}})
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "model": {
+                "mode": "flythinker",
+                "lam": 0.1,
+                "generator": {"path": "unused", "lora": lora},
+                "reasoner": {"path": "unused", "lora": lora},
+                "tokenizer": "unused",
+            },
+            "data": {"prompt": prompt},
+            "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-4, "precision": "bf16", "eval": False, "save_every": 0},
+        },
+    )
     examples = load_examples(GITCOMMITS / "sample" / "user_based", split="train", limit=4)
     result = train(cfg, tmp_path / "run", model=model, tokenizer=tok, train_examples=examples)
     assert len(result.losses) == 2 and all(3 < x < 12 for x in result.losses)
@@ -136,8 +145,10 @@ def test_continuous_batching_gives_each_row_its_alone_tokens_and_serves_a_load(p
     from flythinker.decoding.batching import RunningBatch
 
     model, tok = pair
-    prompts = [tok("Write a commit message for a parser fix.")["input_ids"],
-               tok("Summarize: the merge machinery now keeps going after a conflict in a submodule.")["input_ids"]]
+    prompts = [
+        tok("Write a commit message for a parser fix.")["input_ids"],
+        tok("Summarize: the merge machinery now keeps going after a conflict in a submodule.")["input_ids"],
+    ]
     batch, out, logits = RunningBatch(model, concurrent=True), [[], []], None
     logits = batch.add([prompts[0]], tok.pad_token_id)
     rows = [0]
@@ -155,16 +166,27 @@ def test_continuous_batching_gives_each_row_its_alone_tokens_and_serves_a_load(p
     batch.close()
     for i, n in ((0, 7), (1, 7)):
         ids = torch.tensor([prompts[i]])
-        alone = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, mode="sequential",
-                               eos_token_id=[], pad_token_id=tok.pad_token_id)[0].tolist()
+        alone = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            mode="sequential",
+            eos_token_id=[],
+            pad_token_id=tok.pad_token_id,
+        )[0].tolist()
         assert out[i] == alone, i
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = Engine(model, tok, max_batch=4)
         server = _Server(make_app(model, tok, ProfileStore(Path(tmp) / "p.db"), PromptConfig(), engine=engine))
         try:
-            body = {"prompt": "Write the body of the commit 'parser: skip blank lines'.", "max_tokens": 8,
-                    "temperature": 0.8, "top_p": 0.95, "stream": True}
+            body = {
+                "prompt": "Write the body of the commit 'parser: skip blank lines'.",
+                "max_tokens": 8,
+                "temperature": 0.8,
+                "top_p": 0.95,
+                "stream": True,
+            }
             r = _level(server.port, clients=4, per_client=1, body=body, duration_s=6.0)
         finally:
             server.close()

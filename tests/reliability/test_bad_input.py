@@ -26,10 +26,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _row(i: int, **over) -> dict:
-    row = {"id": f"ex-{i}", "user_id": f"u{i % 2}", "input": f"Write commit message {i}.",
-           "output": f"Fix the parser bug number {i} in the reader.",
-           "profile": [{"title": "Old fix", "text": "Handle empty lines in the reader."},
-                       {"title": "Docs", "text": "Explain the reader options."}]}
+    row = {
+        "id": f"ex-{i}",
+        "user_id": f"u{i % 2}",
+        "input": f"Write commit message {i}.",
+        "output": f"Fix the parser bug number {i} in the reader.",
+        "profile": [
+            {"title": "Old fix", "text": "Handle empty lines in the reader."},
+            {"title": "Docs", "text": "Explain the reader options."},
+        ],
+    }
     row.update(over)
     return {k: v for k, v in row.items() if v is not _DROP}
 
@@ -66,23 +72,54 @@ class World:
             _write(self.data / f"{split}.json", _rows())
         self.refs = self.data / "test.json"
         self.preds = root / "preds.jsonl"
-        self.preds.write_text("".join(json.dumps({"id": f"ex-{i}", "prediction": "Fix the bug."}) + "\n"
-                                      for i in range(4)))
+        self.preds.write_text(
+            "".join(json.dumps({"id": f"ex-{i}", "prediction": "Fix the bug."}) + "\n" for i in range(4))
+        )
         self.config = root / "tiny.yaml"
         import yaml
 
-        self.config.write_text(yaml.safe_dump({
-            "model": {"mode": "flythinker", "generator": {"tiny": {"hidden_size": 32}},
-                      "reasoner": {"tiny": {"hidden_size": 32}}},
-            "data": {"path": str(self.data)}, "train": {"max_steps": 1}}))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "model": {
+                        "mode": "flythinker",
+                        "generator": {"tiny": {"hidden_size": 32}},
+                        "reasoner": {"tiny": {"hidden_size": 32}},
+                    },
+                    "data": {"path": str(self.data)},
+                    "train": {"max_steps": 1},
+                }
+            )
+        )
 
     def evaluate(self, preds=None, refs=None, out=None) -> list[str]:
-        return ["evaluate", "--predictions", str(preds or self.preds), "--references", str(refs or self.refs),
-                "--out", str(out or self.root / "no-such-eval"), "--no-bertscore", "--bootstrap", "0"]
+        return [
+            "evaluate",
+            "--predictions",
+            str(preds or self.preds),
+            "--references",
+            str(refs or self.refs),
+            "--out",
+            str(out or self.root / "no-such-eval"),
+            "--no-bertscore",
+            "--bootstrap",
+            "0",
+        ]
 
     def generate(self, t: Path, model=None, data=None, out=None, *extra) -> list[str]:
-        return ["generate", "--model", str(model or self.model), "--data", str(data or self.data),
-                "--out", str(out or t / "preds.jsonl"), "--greedy", "--max-new-tokens", "2", *extra]
+        return [
+            "generate",
+            "--model",
+            str(model or self.model),
+            "--data",
+            str(data or self.data),
+            "--out",
+            str(out or t / "preds.jsonl"),
+            "--greedy",
+            "--max-new-tokens",
+            "2",
+            *extra,
+        ]
 
     def model_copy(self, t: Path) -> Path:
         return Path(shutil.copytree(self.model, t / "model"))
@@ -116,6 +153,7 @@ def case(name: str, *expect: str):
     def register(fn):
         CLI_CASES[name] = (fn, expect)
         return fn
+
     return register
 
 
@@ -134,18 +172,30 @@ _data_case("empty output", _rows(bad=2, output="   "), "row 2", "'output'", "is 
 _data_case("empty input", _rows(bad=0, input=""), "row 0", "'input'", "is empty")
 _data_case("profile not a list", _rows(bad=1, profile="my history"), "row 1", "'profile'", "expected a list")
 _data_case("profile item not an object", _rows(bad=2, profile=["text"]), "row 2", "profile[0]", "expected an object")
-_data_case("profile item without its text", _rows(bad=2, profile=[{"title": "x"}]), "row 2", "profile[0].text",
-           "missing")
+_data_case(
+    "profile item without its text", _rows(bad=2, profile=[{"title": "x"}]), "row 2", "profile[0].text", "missing"
+)
 _data_case("row is not an object", [_row(0), "just a string"], "row 1", "expected an object, got str")
 _data_case("id mistyped (list)", _rows(bad=1, id=[1, 2]), "row 1", "'id'", "expected a string or integer")
 _data_case("user_id mistyped (object)", _rows(bad=1, user_id={"a": 1}), "row 1", "'user_id'", "expected a string")
 _data_case("repeated id", _rows(bad=3, id="ex-0"), "row 3", "'id'", "repeats the id of row 0")
 _data_case("invalid JSON list", json.dumps(_rows())[:-40].encode() + b"}}]", "refs.json", "invalid JSON")
 _data_case("data after the list", json.dumps(_rows()).encode() + b" [1]", "invalid JSON", "data after the list")
-_data_case("invalid JSONL line", b"\n".join(json.dumps(r).encode() for r in _rows())[:-5] + b"\n{oops}\n",
-           "refs.jsonl", "invalid JSON on line", suffix=".jsonl")
-_data_case("non-UTF-8 byte in output", json.dumps(_rows()).encode().replace(b"parser bug number 2", b"parser \xff\xfe 2"),
-           "row 2", "'output'", "not valid UTF-8", "0xff")
+_data_case(
+    "invalid JSONL line",
+    b"\n".join(json.dumps(r).encode() for r in _rows())[:-5] + b"\n{oops}\n",
+    "refs.jsonl",
+    "invalid JSON on line",
+    suffix=".jsonl",
+)
+_data_case(
+    "non-UTF-8 byte in output",
+    json.dumps(_rows()).encode().replace(b"parser bug number 2", b"parser \xff\xfe 2"),
+    "row 2",
+    "'output'",
+    "not valid UTF-8",
+    "0xff",
+)
 _data_case("empty data file", b"", "refs.json", "expected a JSON list")
 _data_case("JSON object instead of rows", b'{"data": 1}', "refs.json", "row 0", "'input'", "missing")
 _data_case("unsupported data file type", b"id,input\n", "refs.csv", "unsupported file type", suffix=".csv")
@@ -251,10 +301,21 @@ _train_case("config mistyped value", ["train.batch_size=two"], "train.batch_size
 _train_case("config zero batch size", ["train.batch_size=0"], "train.batch_size", ">= 1")
 _train_case("config unknown choice", ["model.fusion=concat"], "model.fusion", "must be one of")
 _train_case("override without =", ["train.lr"], "override 'train.lr'", "KEY=VALUE")
-_train_case("reasoner path does not exist", ["model.reasoner={path: /no/such/reasoner}"],
-            "model.reasoner.path", "/no/such/reasoner", "does not exist")
-_train_case("generator path is a hub id", ["model.generator={path: Qwen/Qwen2.5-3B}", "model.tokenizer=train"],
-            "model.generator.path", "Qwen/Qwen2.5-3B", "hub id", "local folders only")
+_train_case(
+    "reasoner path does not exist",
+    ["model.reasoner={path: /no/such/reasoner}"],
+    "model.reasoner.path",
+    "/no/such/reasoner",
+    "does not exist",
+)
+_train_case(
+    "generator path is a hub id",
+    ["model.generator={path: Qwen/Qwen2.5-3B}", "model.tokenizer=train"],
+    "model.generator.path",
+    "Qwen/Qwen2.5-3B",
+    "hub id",
+    "local folders only",
+)
 _train_case("data path does not exist", ["data.path=/no/such/data"], "data.path", "/no/such/data", "does not exist")
 
 
@@ -296,15 +357,28 @@ def _resume_case(name, mutate, *expect):
         return ["train", str(w.config), *w.RUN_ARGS[:2], "train.max_steps=4", "--out", str(run), "--resume"]
 
 
-_resume_case("resume from a checkpoint with model.safetensors cut in half",
-             lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:4000]),
-             "checkpoint", "step-00000002", "damaged", "model.safetensors", "delete that folder")
-_resume_case("resume from a checkpoint with a truncated optimizer file",
-             lambda c: (c / "optimizer.bin").write_bytes((c / "optimizer.bin").read_bytes()[:300]),
-             "step-00000002", "damaged")
-_resume_case("resume from a checkpoint with garbage trainer_state.json",
-             lambda c: (c / "trainer_state.json").write_text("{\"step\": 2, "),
-             "step-00000002", "damaged", "trainer_state.json")
+_resume_case(
+    "resume from a checkpoint with model.safetensors cut in half",
+    lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:4000]),
+    "checkpoint",
+    "step-00000002",
+    "damaged",
+    "model.safetensors",
+    "delete that folder",
+)
+_resume_case(
+    "resume from a checkpoint with a truncated optimizer file",
+    lambda c: (c / "optimizer.bin").write_bytes((c / "optimizer.bin").read_bytes()[:300]),
+    "step-00000002",
+    "damaged",
+)
+_resume_case(
+    "resume from a checkpoint with garbage trainer_state.json",
+    lambda c: (c / "trainer_state.json").write_text('{"step": 2, '),
+    "step-00000002",
+    "damaged",
+    "trainer_state.json",
+)
 
 
 @case("generator and reasoner with different vocabularies (train)", "model.reasoner.path", "tokenizers differ")
@@ -316,8 +390,14 @@ def _(t, w):
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (other / f).unlink(missing_ok=True)
     tok.save_pretrained(other)
-    return ["train", str(w.config), f"model.generator={{path: {w.model / 'generator'}}}",
-            f"model.reasoner={{path: {other}}}", "--out", str(t / "run")]
+    return [
+        "train",
+        str(w.config),
+        f"model.generator={{path: {w.model / 'generator'}}}",
+        f"model.reasoner={{path: {other}}}",
+        "--out",
+        str(t / "run"),
+    ]
 
 
 # --- model folders (flythinker generate) -----------------------------------------------------------
@@ -367,27 +447,59 @@ def _other_vocab_reasoner(m, t):
 
 _model_case("model.safetensors cut in half", _cut_half, "generator/model.safetensors", "is damaged")
 _model_case("model.safetensors header corrupted", _scramble_header, "reasoner/model.safetensors", "is damaged")
-_model_case("model.safetensors missing", lambda m, t: (m / "generator" / "model.safetensors").unlink(),
-            "generator", "model.safetensors")
+_model_case(
+    "model.safetensors missing",
+    lambda m, t: (m / "generator" / "model.safetensors").unlink(),
+    "generator",
+    "model.safetensors",
+)
 _model_case("pickle weights instead of safetensors", _pickle_only, "pytorch_model.bin", "safetensors only")
 _model_case("config with auto_map (custom code)", _auto_map, "auto_map", "--trust-remote-code")
-_model_case("flythinker.json garbage", lambda m, t: (m / "flythinker.json").write_text("{lam: 0.5"),
-            "flythinker.json", "unreadable FlyThinker config")
-_model_case("flythinker.json without lam", lambda m, t: (m / "flythinker.json").write_text('{"fusion": "prefix"}'),
-            "flythinker.json", "'lam'")
-_model_case("flythinker.json unknown variant", lambda m, t: (m / "flythinker.json").write_text(
-    '{"lam": 0.5, "fusion": "prefix", "variant": "magic"}'), "flythinker.json", "unknown FlyThinker variant")
-_model_case("flythinker.json negative lambda", lambda m, t: (m / "flythinker.json").write_text(
-    '{"lam": -2, "fusion": "prefix"}'), "lam", "-2")
-_model_case("generator config.json garbage", lambda m, t: (m / "generator" / "config.json").write_text("{x"),
-            "config.json", "not valid JSON")
-_model_case("tokenizer.json truncated", lambda m, t: (m / "generator" / "tokenizer.json").write_text(
-    (m / "generator" / "tokenizer.json").read_text()[:500]), "generator", "cannot load the tokenizer")
+_model_case(
+    "flythinker.json garbage",
+    lambda m, t: (m / "flythinker.json").write_text("{lam: 0.5"),
+    "flythinker.json",
+    "unreadable FlyThinker config",
+)
+_model_case(
+    "flythinker.json without lam",
+    lambda m, t: (m / "flythinker.json").write_text('{"fusion": "prefix"}'),
+    "flythinker.json",
+    "'lam'",
+)
+_model_case(
+    "flythinker.json unknown variant",
+    lambda m, t: (m / "flythinker.json").write_text('{"lam": 0.5, "fusion": "prefix", "variant": "magic"}'),
+    "flythinker.json",
+    "unknown FlyThinker variant",
+)
+_model_case(
+    "flythinker.json negative lambda",
+    lambda m, t: (m / "flythinker.json").write_text('{"lam": -2, "fusion": "prefix"}'),
+    "lam",
+    "-2",
+)
+_model_case(
+    "generator config.json garbage",
+    lambda m, t: (m / "generator" / "config.json").write_text("{x"),
+    "config.json",
+    "not valid JSON",
+)
+_model_case(
+    "tokenizer.json truncated",
+    lambda m, t: (m / "generator" / "tokenizer.json").write_text(
+        (m / "generator" / "tokenizer.json").read_text()[:500]
+    ),
+    "generator",
+    "cannot load the tokenizer",
+)
 _model_case("reasoner folder missing", lambda m, t: shutil.rmtree(m / "reasoner"), "missing reasoner/ folder")
-_model_case("generator and reasoner with different vocabularies", _other_vocab_reasoner,
-            "vocabulary sizes differ")
-_model_case("empty model folder", lambda m, t: [shutil.rmtree(p) if p.is_dir() else p.unlink() for p in m.iterdir()],
-            "neither a FlyThinker folder")
+_model_case("generator and reasoner with different vocabularies", _other_vocab_reasoner, "vocabulary sizes differ")
+_model_case(
+    "empty model folder",
+    lambda m, t: [shutil.rmtree(p) if p.is_dir() else p.unlink() for p in m.iterdir()],
+    "neither a FlyThinker folder",
+)
 
 
 @case("model path is a hub id", "Qwen/Qwen2.5-3B", "hub id", "local folders only")
@@ -492,8 +604,13 @@ def test_debug_shows_the_traceback(world, tmp_path):
     os.environ.pop("FLYTHINKER_DEBUG", None)
 
 
-SUBPROCESS_CASES = ["row missing output", "config NaN lambda", "model.safetensors cut in half",
-                    "model path is a hub id", "generate --out holds another dataset's predictions"]
+SUBPROCESS_CASES = [
+    "row missing output",
+    "config NaN lambda",
+    "model.safetensors cut in half",
+    "model path is a hub id",
+    "generate --out holds another dataset's predictions",
+]
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_CASES)
@@ -502,8 +619,9 @@ def test_real_exit_code_and_no_traceback(name, world, tmp_path):
     argv = build(tmp_path, world)
     before = _snapshot(tmp_path, world.root, world.model)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "flythinker.cli", *argv], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flythinker.cli", *argv], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -520,6 +638,7 @@ def _api_examples(**over):
 
         f = _write(t / "d.json", _rows(bad=1, **over))
         return lambda: load_examples(f)
+
     return setup
 
 
@@ -535,6 +654,7 @@ def _api_pair(vocab_r, lam=0.5):
 
         g, r = tiny_causal_lm(vocab=97), tiny_causal_lm(vocab=vocab_r, seed=1)
         return lambda: FlyThinker(g, r, lam=lam)
+
     return setup
 
 
@@ -564,19 +684,21 @@ def _api_config(text):
 
         (t / "c.yaml").write_text(text)
         return lambda: load_config(t / "c.yaml")
+
     return setup
 
 
 def _api_generate_foreign(t, w):
-    from flythinker.data.longlamp import load_examples
     from flythinker.apps.generate import DecodeSettings, generate_predictions
     from flythinker.auto import load_model as load_for_inference
+    from flythinker.data.longlamp import load_examples
 
     model, tok = load_for_inference(w.model)
     out = t / "p.jsonl"
     out.write_text(json.dumps({"id": "elsewhere-1", "prediction": "x"}) + "\n")
-    return lambda: generate_predictions(model, tok, load_examples(w.refs), out,
-                                        settings=DecodeSettings(max_new_tokens=1), progress=False)
+    return lambda: generate_predictions(
+        model, tok, load_examples(w.refs), out, settings=DecodeSettings(max_new_tokens=1), progress=False
+    )
 
 
 API_CASES = {  # name -> (setup(t, world) -> the failing call, pattern of the UserError)
@@ -593,8 +715,10 @@ API_CASES = {  # name -> (setup(t, world) -> the failing call, pattern of the Us
     "FlyThinker: negative lambda": (_api_pair(97, lam=-1.0), "lam"),
     "from_pretrained: hub id": (_api_from_pretrained(lambda t, w: "Qwen/Qwen2.5-3B"), "hub id"),
     "from_pretrained: not a FlyThinker folder": (_api_from_pretrained(lambda t, w: w.data), "not a FlyThinker folder"),
-    "load_config: unknown key": (_api_config("train: {lr: 1.0e-3, epoch: 2}\n"),
-                                 r"c\.yaml: train\.epoch: unknown key .*'epochs'"),
+    "load_config: unknown key": (
+        _api_config("train: {lr: 1.0e-3, epoch: 2}\n"),
+        r"c\.yaml: train\.epoch: unknown key .*'epochs'",
+    ),
     "load_config: NaN lambda": (_api_config("model: {lam: .nan}\n"), "model.lam"),
     "train: out holds a run": (_api_train_existing, "already holds a run"),
     "generate_predictions: foreign ids in out": (_api_generate_foreign, "ids not among"),
@@ -612,14 +736,13 @@ def test_api_bad_input_raises_user_error(name, world, tmp_path):
 
 
 def test_a_100k_token_input_is_truncated_not_a_crash(world, tmp_path):
-    from flythinker.data.longlamp import load_examples
-    from flythinker.data.prompts import PromptConfig, encode_for_generation
     from flythinker.apps.generate import DecodeSettings, generate_predictions
     from flythinker.auto import load_model as load_for_inference
+    from flythinker.data.longlamp import load_examples
+    from flythinker.data.prompts import PromptConfig, encode_for_generation
 
     words = " ".join(f"w{i % 977}" for i in range(100_000))
-    data = _write(tmp_path / "long.json", _rows(2, bad=1, input=words,
-                                                 profile=[{"title": "long", "text": words}]))
+    data = _write(tmp_path / "long.json", _rows(2, bad=1, input=words, profile=[{"title": "long", "text": words}]))
     examples = load_examples(data)
     model, tok = load_for_inference(world.model)
     cfg = PromptConfig()
@@ -627,6 +750,7 @@ def test_a_100k_token_input_is_truncated_not_a_crash(world, tmp_path):
     n_prompt = len(encode_for_generation(examples[1], tok, cfg))
     assert n_prompt <= cfg.profile_tokens + cfg.query_tokens + 200  # budgets cut the prompt (+ template)
     out = tmp_path / "p.jsonl"
-    generate_predictions(model, tok, examples, out, settings=DecodeSettings(max_new_tokens=2, do_sample=False),
-                         progress=False)
+    generate_predictions(
+        model, tok, examples, out, settings=DecodeSettings(max_new_tokens=2, do_sample=False), progress=False
+    )
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["ex-0", "ex-1"]

@@ -28,6 +28,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
 def _train_helpers():
     """tests/train/helpers.py, loaded by path (putting tests/train on sys.path would shadow conftest)."""
     import importlib.util
@@ -67,8 +68,12 @@ main(sys.argv[1:])
 
 
 def _env(tmp_path_factory) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            "FLYTHINKER_CACHE": str(tmp_path_factory.getbasetemp() / "faults-cache")}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "FLYTHINKER_CACHE": str(tmp_path_factory.getbasetemp() / "faults-cache"),
+    }
 
 
 def _cli(*args) -> list[str]:
@@ -128,8 +133,9 @@ def test_training_killed_at_random_resumes_to_the_uninterrupted_curve(tmp_path, 
 
     run = tmp_path / "killed"
     kills, mid_write, resumed_from = 0, 0, []
-    forced = _FORCED_KILL.format(module="train.checkpoint", name="_write_json", after=3,
-                                 payload='json.dumps(obj).encode()')
+    forced = _FORCED_KILL.format(
+        module="train.checkpoint", name="_write_json", after=3, payload="json.dumps(obj).encode()"
+    )
     for i in range(KILLS):
         before = [p.name for p in list_checkpoints(run)]
         before_step = read_state(run / "checkpoints" / before[-1])["step"] if before else None
@@ -137,8 +143,9 @@ def test_training_killed_at_random_resumes_to_the_uninterrupted_curve(tmp_path, 
         log = tmp_path / f"attempt{i}.log"
         if i == 4:  # forced: die while writing trainer_state.json, the last file of a checkpoint
             with open(log, "w") as out:
-                proc = subprocess.run([sys.executable, "-c", forced, *args[0:]], env=env, cwd=ROOT,
-                                      stdout=out, stderr=subprocess.STDOUT)
+                proc = subprocess.run(
+                    [sys.executable, "-c", forced, *args[0:]], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+                )
             assert proc.returncode == -signal.SIGKILL, log.read_text()[-2000:]
             assert list((run / "checkpoints").glob(".step-*.tmp")), "no half-written checkpoint was left"
             killed = True
@@ -157,16 +164,19 @@ def test_training_killed_at_random_resumes_to_the_uninterrupted_curve(tmp_path, 
     assert kills >= KILLS, f"only {kills} kills landed before the run finished"
     assert resumed_from == sorted(resumed_from) and not (run / "final").exists()
 
-    out = subprocess.run(_cli("train", cfg, "--out", run, "--resume"), env=env, cwd=ROOT, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        _cli("train", cfg, "--out", run, "--resume"), env=env, cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     a, b = _train_steps(ref), _train_steps(run)
     assert [r["step"] for r in b] == list(range(1, total + 1))  # each step once: nothing lost or doubled
     for ra, rb in zip(a, b):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6), ra["step"]
         assert rb["lr"] == pytest.approx(ra["lr"], rel=1e-9)
-    print(f"\ntraining: {kills} SIGKILLs survived ({mid_write} left a checkpoint half-written), "
-          f"resumed from steps {resumed_from}; {total} steps equal the uninterrupted run")
+    print(
+        f"\ntraining: {kills} SIGKILLs survived ({mid_write} left a checkpoint half-written), "
+        f"resumed from steps {resumed_from}; {total} steps equal the uninterrupted run"
+    )
 
 
 # --- generation -----------------------------------------------------------------------------------------
@@ -196,9 +206,16 @@ def decisive_model(tmp_path_factory, sample_tokenizer):
 
 @pytest.mark.slow
 def test_generation_killed_at_random_resumes_to_the_uninterrupted_file(tmp_path, tmp_path_factory, decisive_model):
-    rows = [{"id": f"ex-{i}", "user_id": f"u{i % 3}", "input": f"Write commit message number {i}.",
-             "output": "Fix the reader.", "profile": [{"title": "Old", "text": f"Handle case {j}."} for j in range(3)]}
-            for i in range(160)]
+    rows = [
+        {
+            "id": f"ex-{i}",
+            "user_id": f"u{i % 3}",
+            "input": f"Write commit message number {i}.",
+            "output": "Fix the reader.",
+            "profile": [{"title": "Old", "text": f"Handle case {j}."} for j in range(3)],
+        }
+        for i in range(160)
+    ]
     data = tmp_path / "test.json"
     data.write_text(json.dumps(rows))
     env, rng = _env(tmp_path_factory), random.Random(SEED)
@@ -211,21 +228,28 @@ def test_generation_killed_at_random_resumes_to_the_uninterrupted_file(tmp_path,
 
     out = tmp_path / "preds.jsonl"
     kills, torn = 0, 0
-    forced = _FORCED_KILL.format(module="data.predictions", name="append_records", after=2,
-                                 payload="M.encode_records(obj)")  # the product's own bytes
+    forced = _FORCED_KILL.format(
+        module="data.predictions", name="append_records", after=2, payload="M.encode_records(obj)"
+    )  # the product's own bytes
     for i in range(KILLS):
         done_before = _complete(out)
         log = tmp_path / f"attempt{i}.log"
         if i == 3:  # forced: die with half a batch's line written
             with open(log, "w") as f:
-                proc = subprocess.run([sys.executable, "-c", forced, "generate", *common, "--out", out],
-                                      env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+                proc = subprocess.run(
+                    [sys.executable, "-c", forced, "generate", *common, "--out", out],
+                    env=env,
+                    cwd=ROOT,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                )
             assert proc.returncode == -signal.SIGKILL, log.read_text()[-2000:]
             assert not out.read_bytes().endswith(b"\n"), "the forced kill left no torn line"
             killed = True
         else:
-            killed = _kill_after_progress(_cli("generate", *common, "--out", out), env, lambda: _complete(out),
-                                          rng, log)
+            killed = _kill_after_progress(
+                _cli("generate", *common, "--out", out), env, lambda: _complete(out), rng, log
+            )
         if not killed:
             break
         kills += 1
@@ -238,5 +262,7 @@ def test_generation_killed_at_random_resumes_to_the_uninterrupted_file(tmp_path,
 
     subprocess.run(_cli("generate", *common, "--out", out), check=True, env=env, cwd=ROOT, capture_output=True)
     assert out.read_bytes() == ref.read_bytes()  # same records, same order, no duplicate, no torn line
-    print(f"\ngeneration: {kills} SIGKILLs survived ({torn} left a torn last line); "
-          f"{len(rows)} predictions equal the uninterrupted run")
+    print(
+        f"\ngeneration: {kills} SIGKILLs survived ({torn} left a torn last line); "
+        f"{len(rows)} predictions equal the uninterrupted run"
+    )

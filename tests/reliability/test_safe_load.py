@@ -100,17 +100,21 @@ def test_custom_code_needs_the_flag(tmp_path):
 @pytest.mark.parametrize("hub_id", ["Qwen/Qwen2.5-3B", "meta-llama/Llama-3.1-8B-Instruct"])
 def test_a_hub_id_is_a_clear_error_and_no_connection_is_attempted(hub_id, no_network, tmp_path, capsys):
     from flythinker import FlyThinker
-    from flythinker.cli import main
     from flythinker.auto import load_model as load_for_inference
+    from flythinker.cli import main
     from flythinker.train.config import TrainConfig, check_paths
     from flythinker.train.config import from_dict as build
 
     for load in (FlyThinker.from_pretrained, load_for_inference):
-        with pytest.raises(UserError, match=f"{re.escape(hub_id)}: no such local folder; it looks like a "
-                                            "Hugging Face hub id.*local folders only"):
+        with pytest.raises(
+            UserError,
+            match=f"{re.escape(hub_id)}: no such local folder; it looks like a Hugging Face hub id.*local folders only",
+        ):
             load(hub_id)
-    cfg = build(TrainConfig, {"model": {"generator": {"path": hub_id}, "reasoner": {"path": hub_id}},
-                              "data": {"path": str(tmp_path)}})
+    cfg = build(
+        TrainConfig,
+        {"model": {"generator": {"path": hub_id}, "reasoner": {"path": hub_id}}, "data": {"path": str(tmp_path)}},
+    )
     with pytest.raises(UserError, match=r"model\.generator\.path: .*hub id"):
         check_paths(cfg)
     (tmp_path / "d.json").write_text(json.dumps([{"id": "a", "input": "q", "output": "o", "profile": []}]))
@@ -154,11 +158,11 @@ def test_every_loader_in_the_source_is_local_and_safe():
         if re.search(r"trust_remote_code\s*=\s*True", text):
             offenders.append(f"{file.name}: trust_remote_code=True")
         for m in re.finditer(r"AutoModel\w*\.from_pretrained\(([^)]*)\)", text):
-            window = text[max(0, m.start() - 600):m.end()]
+            window = text[max(0, m.start() - 600) : m.end()]
             if "use_safetensors=True" not in window:
                 offenders.append(f"{file.name}: {m.group(0)}")
         for m in re.finditer(r"Tokenizer\w*\.from_pretrained\(", text):
-            call = text[m.start():text.index("\n", m.end())]
+            call = text[m.start() : text.index("\n", m.end())]
             if "local_files_only=True" not in call:
                 offenders.append(f"{file.name}: {call}")
     assert offenders == []

@@ -13,11 +13,20 @@ TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "
 def tiny_raw(**sections) -> dict:
     """A raw (dict) config; keyword sections are merged into the defaults one level deep."""
     raw = {
-        "model": {"mode": "flythinker", "lam": 0.5, "generator": {"tiny": dict(TINY)},
-                  "reasoner": {"tiny": dict(TINY)}, "tokenizer": "train", "tokenizer_vocab_size": 400},
-        "data": {"path": str(SAMPLE), "limit_train": 8, "limit_dev": 4,
-                 "prompt": {"retrieval": "recent", "k": 1, "profile_tokens": 48, "query_tokens": 32,
-                            "target_tokens": 48}},
+        "model": {
+            "mode": "flythinker",
+            "lam": 0.5,
+            "generator": {"tiny": dict(TINY)},
+            "reasoner": {"tiny": dict(TINY)},
+            "tokenizer": "train",
+            "tokenizer_vocab_size": 400,
+        },
+        "data": {
+            "path": str(SAMPLE),
+            "limit_train": 8,
+            "limit_dev": 4,
+            "prompt": {"retrieval": "recent", "k": 1, "profile_tokens": 48, "query_tokens": 32, "target_tokens": 48},
+        },
         "train": {"epochs": 2, "batch_size": 2, "lr": 1e-2, "warmup_steps": 1, "seed": 0, "save_every": 0},
     }
     for name, values in sections.items():

@@ -36,7 +36,9 @@ def test_the_first_k_layers_are_the_full_model_stopped_after_layer_k(three_layer
 
 @pytest.mark.parametrize("k", [0, 4])
 def test_a_cut_outside_the_model_names_its_layers(three_layer_folder, k):
-    with pytest.raises(UserError, match=rf"model\.reasoner\.path: num_layers must be between 1 and the model's 3 layers, got {k}"):
+    with pytest.raises(
+        UserError, match=rf"model\.reasoner\.path: num_layers must be between 1 and the model's 3 layers, got {k}"
+    ):
         loading.load_causal_lm(three_layer_folder[0], "model.reasoner.path", num_layers=k)
 
 
@@ -57,8 +59,10 @@ def test_a_flythinker_with_a_cut_reasoner_saves_and_reloads_with_k_layers(sample
     assert again.reasoner.config.num_hidden_layers == 2 and len(again.reasoner.model.layers) == 2
     ids = torch.randint(3, len(sample_tokenizer), (1, 7), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert torch.equal(model.reasoner(ids, output_hidden_states=True).hidden_states[-1],
-                           again.reasoner(ids, output_hidden_states=True).hidden_states[-1])
+        assert torch.equal(
+            model.reasoner(ids, output_hidden_states=True).hidden_states[-1],
+            again.reasoner(ids, output_hidden_states=True).hidden_states[-1],
+        )
 
 
 def test_num_layers_is_refused_on_a_tiny_model():

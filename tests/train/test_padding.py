@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TINY, tiny_config
 
 from flythinker.lm import fully_masked_queries
-from helpers import TINY, tiny_config
 
 
 def _sdpa_without_promise(real):
@@ -51,23 +51,28 @@ def test_training_with_a_kernel_that_gives_nan_on_keyless_queries_stays_finite(t
 
     from flythinker.train.trainer import train
 
-    monkeypatch.setattr(sdpa_module.torch.nn.functional, "scaled_dot_product_attention",
-                        _sdpa_without_promise(torch.nn.functional.scaled_dot_product_attention))
+    monkeypatch.setattr(
+        sdpa_module.torch.nn.functional,
+        "scaled_dot_product_attention",
+        _sdpa_without_promise(torch.nn.functional.scaled_dot_product_attention),
+    )
     for mode in ("sft", "flythinker"):
         spec = {"tiny": dict(TINY), "attn_implementation": "sdpa"}
-        cfg = tiny_config(model={"mode": mode, "generator": spec, "reasoner": dict(spec)},
-                          train={"epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "seed": 0, "save_every": 0})
+        cfg = tiny_config(
+            model={"mode": mode, "generator": spec, "reasoner": dict(spec)},
+            train={"epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "seed": 0, "save_every": 0},
+        )
         result = train(cfg, tmp_path / mode)  # raises on a non-finite loss or gradient norm
         assert result.steps >= 2 and all(torch.isfinite(torch.tensor(result.losses + result.dev_losses)))
 
 
 @pytest.mark.parametrize("variant", ["flythinker", "static"])
 def test_the_loss_is_the_same_under_left_and_right_padding(variant):
-    from flythinker.data.prompts import collate
-    from flythinker.static import StaticThinker
     from tiny_models import tiny_causal_lm
 
     from flythinker import FlyThinker
+    from flythinker.data.prompts import collate
+    from flythinker.static import StaticThinker
 
     cls = StaticThinker if variant == "static" else FlyThinker
     model = cls(tiny_causal_lm(seed=0), tiny_causal_lm(seed=1), lam=0.5).eval()

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from helpers import SAMPLE, tiny_config
 
 pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="gitcommits sample not present")
@@ -30,8 +29,10 @@ def test_lambda_warmup_ramps_lambda_and_the_saved_model_has_the_configured_one(t
     from flythinker.auto import load_model
     from flythinker.train.trainer import train
 
-    train(tiny_config(model={"lam": 0.8, "lam_warmup_steps": 4},
-                      train={"epochs": 1, "max_steps": 4, "eval_every": 1}), tmp_path)
+    train(
+        tiny_config(model={"lam": 0.8, "lam_warmup_steps": 4}, train={"epochs": 1, "max_steps": 4, "eval_every": 1}),
+        tmp_path,
+    )
     lams = [r["lam"] for r in _records(tmp_path, "eval_step")]
     assert lams == pytest.approx([0.2, 0.2, 0.4, 0.6])  # the λ of step 1, 1, 2, 3 (step 4 is the final eval)
     assert load_model(tmp_path / "final")[0].lam == pytest.approx(0.8)

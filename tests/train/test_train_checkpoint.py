@@ -15,14 +15,23 @@ pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="gitcommits sample n
 
 
 def _losses(run):
-    return [(r["step"], r["loss"], r["lr"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
-            if r["kind"] == "train"]
+    return [
+        (r["step"], r["loss"], r["lr"])
+        for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
+        if r["kind"] == "train"
+    ]
 
 
 def test_only_complete_checkpoints_are_listed(tmp_path):
     root = tmp_path / "checkpoints"
-    for name, complete in [("step-00000004", True), ("step-00000012", True), (".step-00000016.tmp", True),
-                           ("step-00000020", False), ("step-1", True), ("notes", True)]:
+    for name, complete in [
+        ("step-00000004", True),
+        ("step-00000012", True),
+        (".step-00000016.tmp", True),
+        ("step-00000020", False),
+        ("step-1", True),
+        ("notes", True),
+    ]:
         (root / name).mkdir(parents=True)
         if complete:
             (root / name / STATE_FILE).write_text("{}")
@@ -67,8 +76,12 @@ def test_resume_after_a_crash_repeats_the_uninterrupted_run(tmp_path):
 
     settings = {"epochs": 3, "save_every": 3, "keep_last": 5, "warmup_steps": 2}
     # LoRA dropout on the reasoner: the curve only repeats if the RNG state is restored too
-    model_cfg = {"reasoner": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2},
-                              "lora": {"r": 4, "dropout": 0.3}}}
+    model_cfg = {
+        "reasoner": {
+            "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2},
+            "lora": {"r": 4, "dropout": 0.3},
+        }
+    }
     reference = train(tiny_config(model=model_cfg, train=settings), tmp_path / "ref")
 
     cfg = tiny_config(model=model_cfg, train=settings)

@@ -16,8 +16,14 @@ from flythinker.train.trainer import lr_factor
 CONFIGS = Path(__file__).resolve().parents[2] / "src" / "flythinker" / "configs"
 
 
-RECIPES = ("tiny_flythinker.yaml", "tiny_sft.yaml", "qwen2.5-3b_flythinker.yaml", "qwen2.5-3b_sft.yaml",
-           "qwen2.5-7b-g_1.5b-r_flythinker.yaml", "qwen2.5-7b_sft.yaml")
+RECIPES = (
+    "tiny_flythinker.yaml",
+    "tiny_sft.yaml",
+    "qwen2.5-3b_flythinker.yaml",
+    "qwen2.5-3b_sft.yaml",
+    "qwen2.5-7b-g_1.5b-r_flythinker.yaml",
+    "qwen2.5-7b_sft.yaml",
+)
 
 
 def shipped():
@@ -55,25 +61,28 @@ def test_tiny_configs_point_at_the_shared_sample_and_pass_path_checks(monkeypatc
         check_paths(cfg)  # raises if anything is missing
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.lr=-1e-4", "train.lr"),
-    ("train.lr=nan", "train.lr"),
-    ("train.lr=abc", "train.lr"),
-    ("model.lam=-0.5", "model.lam"),
-    ("model.lam=.nan", "model.lam"),
-    ("train.lrr=1", "train.lrr"),
-    ("model.generator.dtype=int8", "model.generator.dtype"),
-    ("model.generator.tiny.num_heads=3", "model.generator.tiny.num_heads"),
-    ("model.generator.lora.r=0", "model.generator.lora.r"),
-    ("data.prompt.retreival=bm25", "data.prompt.retreival"),
-    ("data.prompt.k=0", "data.prompt"),
-    ("train.precision=fp8", "train.precision"),
-    ("train.epochs=1.5", "train.epochs"),
-    ("train.resume=maybe", "train.resume"),
-    ("model.generator.path=/x", "model.generator.path"),  # path and tiny both given
-    ("model.generator.num_layers=1", "model.generator.num_layers"),  # a tiny model has tiny.num_layers
-    ("bogus.key=1", "bogus"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lr=-1e-4", "train.lr"),
+        ("train.lr=nan", "train.lr"),
+        ("train.lr=abc", "train.lr"),
+        ("model.lam=-0.5", "model.lam"),
+        ("model.lam=.nan", "model.lam"),
+        ("train.lrr=1", "train.lrr"),
+        ("model.generator.dtype=int8", "model.generator.dtype"),
+        ("model.generator.tiny.num_heads=3", "model.generator.tiny.num_heads"),
+        ("model.generator.lora.r=0", "model.generator.lora.r"),
+        ("data.prompt.retreival=bm25", "data.prompt.retreival"),
+        ("data.prompt.k=0", "data.prompt"),
+        ("train.precision=fp8", "train.precision"),
+        ("train.epochs=1.5", "train.epochs"),
+        ("train.resume=maybe", "train.resume"),
+        ("model.generator.path=/x", "model.generator.path"),  # path and tiny both given
+        ("model.generator.num_layers=1", "model.generator.num_layers"),  # a tiny model has tiny.num_layers
+        ("bogus.key=1", "bogus"),
+    ],
+)
 def test_bad_values_name_their_key(tmp_path, override, key):
     cfg = write_yaml(tmp_path / "c.yaml", tiny_raw())
     with pytest.raises(UserError) as e:
@@ -102,9 +111,17 @@ def test_missing_paths_name_the_key(tmp_path):
 
 
 def test_overrides_parse_types_and_create_sections(tmp_path):
-    cfg = load_config(write_yaml(tmp_path / "c.yaml", tiny_raw()),
-                      ["train.lr=1e-4", "model.lam=0.3", "model.reasoner.lora.r=8", "train.max_grad_norm=null",
-                       "train.betas=[0.9, 0.95]", "data.prompt.retrieval=bm25"])
+    cfg = load_config(
+        write_yaml(tmp_path / "c.yaml", tiny_raw()),
+        [
+            "train.lr=1e-4",
+            "model.lam=0.3",
+            "model.reasoner.lora.r=8",
+            "train.max_grad_norm=null",
+            "train.betas=[0.9, 0.95]",
+            "data.prompt.retrieval=bm25",
+        ],
+    )
     assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)  # YAML 1.1 reads 1e-4 as a string
     assert cfg.model.lam == 0.3
     assert cfg.model.reasoner.lora.r == 8 and cfg.model.reasoner.lora.alpha == 32.0

@@ -34,8 +34,21 @@ def test_two_process_ddp_matches_one_process(tmp_path):
 
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "flythinker.cli", "train", str(cfg_file), "--out", str(tmp_path / "ddp")]
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "flythinker.cli",
+        "train",
+        str(cfg_file),
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "2 process(es) × batch 2 × accumulation 1" in out.stdout

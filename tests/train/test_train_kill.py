@@ -34,8 +34,9 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     subprocess.run(_cli(cfg, "--out", ref), check=True, env=env, cwd=ROOT, capture_output=True)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(cfg, "--out", run), env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(cfg, "--out", run), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 240
         while not (run / "checkpoints" / "step-00000008").is_dir():  # 2 complete checkpoints

@@ -74,8 +74,14 @@ def test_api_with_model_and_examples_passed_in_and_freeze_reasoner(tmp_path):
     model = build_model(cfg.model, tok, seed=3)
     before = copy.deepcopy(model.state_dict())
     cfg.data.path = None  # everything comes from the arguments
-    result = train(cfg, tmp_path, model=model, tokenizer=tok, train_examples=examples,
-                   dev_examples=load_examples(SAMPLE, split="dev", limit=2))
+    result = train(
+        cfg,
+        tmp_path,
+        model=model,
+        tokenizer=tok,
+        train_examples=examples,
+        dev_examples=load_examples(SAMPLE, split="dev", limit=2),
+    )
     assert result.steps == 4 and len(result.dev_losses) == 1
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -88,12 +94,19 @@ def test_api_with_model_and_examples_passed_in_and_freeze_reasoner(tmp_path):
 
 
 def test_lora_trains_only_the_adapters_and_the_export_merges_them(tmp_path):
-    cfg = tiny_config(model={"generator": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 4,
-                                                    "num_kv_heads": 2}, "lora": {"r": 4, "dropout": 0.0}},
-                             "reasoner": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 4,
-                                                   "num_kv_heads": 2}, "lora": {"r": 4, "dropout": 0.0,
-                                                                                "target_modules": ["q_proj"]}}},
-                      train={"epochs": 1, "lr": 5e-2, "eval": False})
+    cfg = tiny_config(
+        model={
+            "generator": {
+                "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2},
+                "lora": {"r": 4, "dropout": 0.0},
+            },
+            "reasoner": {
+                "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2},
+                "lora": {"r": 4, "dropout": 0.0, "target_modules": ["q_proj"]},
+            },
+        },
+        train={"epochs": 1, "lr": 5e-2, "eval": False},
+    )
     from flythinker.data.longlamp import load_examples
     from flythinker.train.assemble import build_model, build_tokenizer
 
@@ -186,5 +199,7 @@ def test_bf16_autocast_trains_and_leaves_a_passed_model_in_fp32(tmp_path):
     # like the exported model
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(input_ids=ids).logits,
-                                   FlyThinker.from_pretrained(result.final_checkpoint)(input_ids=ids).logits)
+        torch.testing.assert_close(
+            model.eval()(input_ids=ids).logits,
+            FlyThinker.from_pretrained(result.final_checkpoint)(input_ids=ids).logits,
+        )

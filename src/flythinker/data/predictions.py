@@ -30,9 +30,10 @@ def read_records(path: Path) -> dict[str, dict]:
     try:
         text = raw[:end].decode("utf-8")
     except UnicodeDecodeError as e:  # checked before the cut below: a foreign file stays untouched
-        line = raw[:e.start].count(b"\n") + 1
-        raise UserError(f"{path}: line {line} is not valid UTF-8; "
-                        "not a predictions file (pass another --out)") from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}: line {line} is not valid UTF-8; not a predictions file (pass another --out)"
+        ) from None
     done = {}
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -55,9 +56,8 @@ def read_predictions(path: Path) -> dict[str, str]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        line = e.object[:e.start].count(b"\n") + 1
-        raise UserError(f"{path}: line {line}: not valid UTF-8 "
-                        f"(bad byte 0x{e.object[e.start]:02x})") from None
+        line = e.object[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line}: not valid UTF-8 (bad byte 0x{e.object[e.start]:02x})") from None
     preds, line_of = {}, {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():

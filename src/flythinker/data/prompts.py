@@ -37,12 +37,36 @@ from flythinker.errors import UserError
 IGNORE_INDEX = -100  # label value that cross-entropy skips (prompt and padding)
 RETRIEVALS = ("none", "all", "bm25", "recent")
 ORDERS = ("oldest", "score")
-SYSTEM_WITH_PROFILE = ("You write personalized long-form text. The profile holds earlier texts by "
-                       "this user; write the response the way this user writes.")
+SYSTEM_WITH_PROFILE = (
+    "You write personalized long-form text. The profile holds earlier texts by "
+    "this user; write the response the way this user writes."
+)
 SYSTEM_NO_PROFILE = "You write long-form text. Write the response to the query."
 # Punkt without a trained model splits after every period; these keep common abbreviations whole
-_ABBREVIATIONS = {"e.g", "i.e", "etc", "vs", "cf", "al", "approx", "dr", "mr", "mrs", "ms", "prof",
-                  "fig", "eq", "no", "vol", "resp", "inc", "ltd", "jr", "sr", "st"}
+_ABBREVIATIONS = {
+    "e.g",
+    "i.e",
+    "etc",
+    "vs",
+    "cf",
+    "al",
+    "approx",
+    "dr",
+    "mr",
+    "mrs",
+    "ms",
+    "prof",
+    "fig",
+    "eq",
+    "no",
+    "vol",
+    "resp",
+    "inc",
+    "ltd",
+    "jr",
+    "sr",
+    "st",
+}
 
 
 @dataclass
@@ -74,13 +98,13 @@ class PromptConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"PromptConfig.{name} must be an integer >= 1, got {value!r}")
         if self.retrieval not in RETRIEVALS:
-            raise UserError(f"PromptConfig.retrieval must be one of {', '.join(RETRIEVALS)}, "
-                            f"got {self.retrieval!r}")
+            raise UserError(f"PromptConfig.retrieval must be one of {', '.join(RETRIEVALS)}, got {self.retrieval!r}")
         if self.order not in ORDERS:
             raise UserError(f"PromptConfig.order must be one of {', '.join(ORDERS)}, got {self.order!r}")
         if self.use_chat_template not in (None, True, False):
-            raise UserError(f"PromptConfig.use_chat_template must be true, false or null, "
-                            f"got {self.use_chat_template!r}")
+            raise UserError(
+                f"PromptConfig.use_chat_template must be true, false or null, got {self.use_chat_template!r}"
+            )
 
 
 @dataclass
@@ -163,7 +187,7 @@ def truncate_text(text: str, max_tokens: int, tokenizer, keep_last: bool = False
         return text
     spans = sentence_spans(text)
     if keep_last and len(spans) > 1:
-        (start, end), gap = spans[-1], text[spans[-2][1]: spans[-1][0]]
+        (start, end), gap = spans[-1], text[spans[-2][1] : spans[-1][0]]
         last = text[start:end]
 
         def head_and_last(j):  # j - 1 leading sentences, then the last one
@@ -350,8 +374,10 @@ def collate(features: list[dict], pad_token_id: int, padding_side: str = "left")
     if with_labels not in (0, len(feats)):
         raise ValueError("collate(): some features have labels and some do not")
     B, T = len(feats), max(len(f["input_ids"]) for f in feats)
-    batch = {"input_ids": torch.full((B, T), pad_token_id, dtype=torch.long),  # (B, T)
-             "attention_mask": torch.zeros((B, T), dtype=torch.long)}  # (B, T)
+    batch = {
+        "input_ids": torch.full((B, T), pad_token_id, dtype=torch.long),  # (B, T)
+        "attention_mask": torch.zeros((B, T), dtype=torch.long),
+    }  # (B, T)
     if with_labels:
         batch["labels"] = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
     for b, f in enumerate(feats):

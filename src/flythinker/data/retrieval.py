@@ -62,8 +62,9 @@ def bm25_rank(profile: list[dict], query: str, task: str, k: int | None = None) 
     if not profile:
         return []
     k = len(profile) if k is None else min(k, len(profile))
-    corpus = bm25s.tokenize([retrieval_text(it, task) for it in profile], stopwords="en",
-                            return_ids=False, show_progress=False)
+    corpus = bm25s.tokenize(
+        [retrieval_text(it, task) for it in profile], stopwords="en", return_ids=False, show_progress=False
+    )
     query_tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
     if not any(corpus) or not query_tokens[0]:  # nothing to match: fall back to recency
         return recent_rank(profile, k)

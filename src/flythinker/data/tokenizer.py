@@ -56,8 +56,10 @@ def cache_key(texts: list[str], vocab_size: int, min_frequency: int) -> str:
     import tokenizers
 
     h = hashlib.sha256()
-    h.update(f"{_RECIPE}|{tokenizers.__version__}|{vocab_size}|{min_frequency}|"
-             f"{'|'.join(SPECIAL_TOKENS)}|{len(texts)}\n".encode())
+    h.update(
+        f"{_RECIPE}|{tokenizers.__version__}|{vocab_size}|{min_frequency}|"
+        f"{'|'.join(SPECIAL_TOKENS)}|{len(texts)}\n".encode()
+    )
     for text in texts:
         data = text.encode("utf-8")
         h.update(len(data).to_bytes(8, "little"))
@@ -74,7 +76,9 @@ def _train_bpe(texts: list[str], vocab_size: int, min_frequency: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte, even unseen ones
         show_progress=False,
     )
@@ -86,14 +90,17 @@ def _wrap(tok) -> PreTrainedTokenizerFast:
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD_TOKEN, eos_token=EOS_TOKEN, padding_side="left",
+        tokenizer_object=tok,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        padding_side="left",
         clean_up_tokenization_spaces=False,  # cleanup would eat the space in " ." on decode
     )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000,
-                    cache_dir: str | Path | None = None,
-                    min_frequency: int = 2) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 2000, cache_dir: str | Path | None = None, min_frequency: int = 2
+) -> PreTrainedTokenizerFast:
     """Train (or load from the cache) a byte-level BPE tokenizer on ``texts``.
 
     ``texts`` is read once into memory (it is hashed and trained on). ``vocab_size`` counts
@@ -111,8 +118,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000,
     if not any(texts):
         raise UserError("train_tokenizer: no text to train on (all texts are empty)")
     if vocab_size < _N_BYTES + len(SPECIAL_TOKENS):
-        raise UserError(f"train_tokenizer: vocab_size={vocab_size} is too small; byte-level BPE "
-                        f"needs at least {_N_BYTES + len(SPECIAL_TOKENS)} (256 bytes + 2 special)")
+        raise UserError(
+            f"train_tokenizer: vocab_size={vocab_size} is too small; byte-level BPE "
+            f"needs at least {_N_BYTES + len(SPECIAL_TOKENS)} (256 bytes + 2 special)"
+        )
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / cache_key(texts, vocab_size, min_frequency)
     if (final / "tokenizer.json").is_file():

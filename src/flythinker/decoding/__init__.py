@@ -49,19 +49,49 @@ def decode(
         from flythinker.decoding.concurrent import generate_concurrent
 
         return generate_concurrent(
-            model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id,
-            streamer, backend=backend,
+            model,
+            input_ids,
+            attention_mask,
+            max_new_tokens,
+            sampling,
+            eos_token_id,
+            pad_token_id,
+            streamer,
+            backend=backend,
         )
     raise UserError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def _decoder(mode: str):
-    def generate(model, input_ids, attention_mask, *, max_new_tokens, do_sample, temperature, top_p, top_k, seed,
-                 eos_token_id, pad_token_id, streamer=None, backend=None):
+    def generate(
+        model,
+        input_ids,
+        attention_mask,
+        *,
+        max_new_tokens,
+        do_sample,
+        temperature,
+        top_p,
+        top_k,
+        seed,
+        eos_token_id,
+        pad_token_id,
+        streamer=None,
+        backend=None,
+    ):
         sampling = SamplingConfig(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-        return decode(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, sampling=sampling,
-                      eos_token_id=eos_token_id, pad_token_id=pad_token_id, streamer=streamer, mode=mode,
-                      backend=backend)
+        return decode(
+            model,
+            input_ids,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            streamer=streamer,
+            mode=mode,
+            backend=backend,
+        )
 
     return generate
 

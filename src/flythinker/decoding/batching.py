@@ -32,8 +32,9 @@ from flythinker.lm import device_of, positions_from_mask
 
 def _layers(cache) -> list:
     layers = getattr(cache, "layers", None)
-    if layers is None or not all(hasattr(layer, "keys") and not getattr(layer, "is_sliding", False)
-                                 for layer in layers):
+    if layers is None or not all(
+        hasattr(layer, "keys") and not getattr(layer, "is_sliding", False) for layer in layers
+    ):
         raise UserError(f"continuous batching needs full-attention DynamicCache layers, got {type(cache).__name__}")
     return layers
 

@@ -201,8 +201,10 @@ class ConcurrentDecoder:
 
     def bind(self, model) -> None:
         """Decode for ``model`` from now on (a process worker receives R's weights again)."""
-        if self.reasoner is not None and self.model is model and (
-            not self.rebindable or weights_key(model.reasoner) == self._key
+        if (
+            self.reasoner is not None
+            and self.model is model
+            and (not self.rebindable or weights_key(model.reasoner) == self._key)
         ):
             return
         if not self.rebindable:
@@ -226,8 +228,15 @@ class ConcurrentDecoder:
                 if self.threads:
                     torch.set_num_threads(self.threads)
                 return run_generator(
-                    model, self.reasoner, input_ids, attention_mask, max_new_tokens, sampling,
-                    eos_token_id, pad_token_id, streamer,
+                    model,
+                    self.reasoner,
+                    input_ids,
+                    attention_mask,
+                    max_new_tokens,
+                    sampling,
+                    eos_token_id,
+                    pad_token_id,
+                    streamer,
                 )
             except BaseException:
                 if getattr(self.reasoner, "broken", False):  # dead or out of step: start afresh next time

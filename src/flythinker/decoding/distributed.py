@@ -92,9 +92,15 @@ def main(argv: list[str] | None = None) -> None:
                 for prompt in args.prompt:
                     ids = model.tokenizer(prompt, return_tensors="pt").input_ids.to(device)
                     model.generate(
-                        ids, max_new_tokens=args.max_new_tokens, do_sample=args.seed is not None,
-                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                        streamer=TextStreamer(model.tokenizer, skip_prompt=True), mode="concurrent", backend=decoder,
+                        ids,
+                        max_new_tokens=args.max_new_tokens,
+                        do_sample=args.seed is not None,
+                        temperature=args.temperature,
+                        top_p=args.top_p,
+                        seed=args.seed,
+                        streamer=TextStreamer(model.tokenizer, skip_prompt=True),
+                        mode="concurrent",
+                        backend=decoder,
                     )
     finally:
         dist.destroy_process_group()

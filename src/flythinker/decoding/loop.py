@@ -122,8 +122,15 @@ def generate_sequential(
     streamer=None,
 ) -> torch.Tensor:  # (B, T_new)
     return run_generator(
-        model, reference_reasoner(model), input_ids, attention_mask, max_new_tokens, sampling, eos_token_id,
-        pad_token_id, streamer,
+        model,
+        reference_reasoner(model),
+        input_ids,
+        attention_mask,
+        max_new_tokens,
+        sampling,
+        eos_token_id,
+        pad_token_id,
+        streamer,
     )
 
 

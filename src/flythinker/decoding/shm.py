@@ -31,7 +31,6 @@ from flythinker.decoding.worker import (
 )
 
 
-
 class ShmLink:
     """Both ends of the shared-memory link; ``send(message, share)``/``recv()`` use the pipe.
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from flythinker.evaluate.nll import batches, keep_logits, per_example_nll, token_nll
 from flythinker.devices import model_device
+from flythinker.evaluate.nll import batches, keep_logits, per_example_nll, token_nll
 from flythinker.lm import positions_from_mask
 
 
@@ -156,8 +156,9 @@ def profile_use(model, tokenizer, examples, prompt_cfg, *, bootstrap: int = 1000
     >>> profile_use(model, tok, load_examples(data, split="test", limit=40), PromptConfig(k=2))  # doctest: +SKIP
     {'nll': {'own': 3.138, 'none': 3.466, 'other': 3.35}, ...}
     """
-    import numpy as np
     from dataclasses import replace
+
+    import numpy as np
 
     conditions = {"own": (examples, prompt_cfg), "none": (examples, replace(prompt_cfg, retrieval="none"))}
     others = other_user_profiles(examples, seed)

@@ -51,7 +51,9 @@ class ExampleScores:
 
     def take(self, idx) -> ExampleScores:
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
-        return ExampleScores(pick(self.rouge1), pick(self.rougeL), pick(self.meteor), pick(self.bleu_stats), pick(self.bertscore))
+        return ExampleScores(
+            pick(self.rouge1), pick(self.rougeL), pick(self.meteor), pick(self.bleu_stats), pick(self.bertscore)
+        )
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -79,8 +81,14 @@ def _wordnet_if_wanted(meteor: bool | None):
         return None
 
 
-def score_examples(predictions: list[str], references: list[str], *, bertscore: bool = True,
-                   bertscore_model: str | None = None, meteor: bool | None = True) -> ExampleScores:
+def score_examples(
+    predictions: list[str],
+    references: list[str],
+    *,
+    bertscore: bool = True,
+    bertscore_model: str | None = None,
+    meteor: bool | None = True,
+) -> ExampleScores:
     """Score each (prediction, reference) pair; see the module docstring for the metrics.
 
     ``meteor=None`` scores METEOR only when WordNet is installed (a quick look without
@@ -98,9 +106,14 @@ def score_examples(predictions: list[str], references: list[str], *, bertscore: 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
     rouge = [scorer.score(r, p) for p, r in zip(predictions, references)]  # score(target, prediction)
     wn = _wordnet_if_wanted(meteor)
-    meteor_f = None if wn is None else np.array(
-        [meteor_score([_meteor_tokens(r)], _meteor_tokens(p), wordnet=wn) for p, r in zip(predictions, references)],
-        dtype=float)
+    meteor_f = (
+        None
+        if wn is None
+        else np.array(
+            [meteor_score([_meteor_tokens(r)], _meteor_tokens(p), wordnet=wn) for p, r in zip(predictions, references)],
+            dtype=float,
+        )
+    )
     # sacrebleu's per-sentence sufficient statistics (private but stable in 2.x; the tests check
     # that summing them reproduces corpus_bleu).
     stats = _bleu()._extract_corpus_statistics(predictions, [references]) if predictions else []
@@ -125,7 +138,9 @@ def default_bertscore_model() -> str:
 def _bertscorer(model: str):
     os.environ["HF_HUB_OFFLINE"] = "1"  # a local folder only; never reach for a hub
     if not (Path(model) / "config.json").is_file():
-        raise UserError(f"--bertscore-model {model}: not a local model folder (no config.json); models are never downloaded")
+        raise UserError(
+            f"--bertscore-model {model}: not a local model folder (no config.json); models are never downloaded"
+        )
     from flythinker.safe_load import check_model_folder
 
     # bert_score loads with AutoModel.from_pretrained: refuse pickle-only weights and custom code first
@@ -223,8 +238,13 @@ def _by_position(predictions, references, *, bertscore, bertscore_model, bounds,
         if not pairs:
             out[name] = {"n": 0, **{m: None for m in METRICS}}
             continue
-        seg = score_examples([p for p, _ in pairs], [r for _, r in pairs], bertscore=bertscore,
-                             bertscore_model=bertscore_model, meteor=meteor)
+        seg = score_examples(
+            [p for p, _ in pairs],
+            [r for _, r in pairs],
+            bertscore=bertscore,
+            bertscore_model=bertscore_model,
+            meteor=meteor,
+        )
         out[name] = {"n": len(pairs), **aggregate(seg)}
     return out
 
@@ -261,9 +281,18 @@ def check_texts(predictions, references, user_ids=None) -> None:
         raise UserError(f"compute_metrics: {len(user_ids)} user ids for {len(predictions)} predictions")
 
 
-def compute_metrics(predictions: list[str], references: list[str], *, user_ids=None, bertscore: bool = True,
-                    bertscore_model: str | None = None, bootstrap: int = 1000, seed: int = 0,
-                    positions: bool = True, meteor: bool | None = True) -> dict:
+def compute_metrics(
+    predictions: list[str],
+    references: list[str],
+    *,
+    user_ids=None,
+    bertscore: bool = True,
+    bertscore_model: str | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    positions: bool = True,
+    meteor: bool | None = True,
+) -> dict:
     """All metrics for one system: the paper's five, ``ci`` (bootstrap 95%), ``by_position``, ``by_user``.
 
     ``meteor=None``: METEOR only where WordNet is installed (``None`` in the result otherwise).
@@ -277,22 +306,45 @@ def compute_metrics(predictions: list[str], references: list[str], *, user_ids=N
         raise UserError(f"compute_metrics: bootstrap must be >= 0, got {bootstrap}")
     model = (bertscore_model or default_bertscore_model()) if bertscore else None
     scores = score_examples(predictions, references, bertscore=bertscore, bertscore_model=model, meteor=meteor)
-    return metrics_from_scores(scores, predictions, references, user_ids=user_ids, bertscore_model=model,
-                               bootstrap=bootstrap, seed=seed, positions=positions)
+    return metrics_from_scores(
+        scores,
+        predictions,
+        references,
+        user_ids=user_ids,
+        bertscore_model=model,
+        bootstrap=bootstrap,
+        seed=seed,
+        positions=positions,
+    )
 
 
-def metrics_from_scores(scores: ExampleScores, predictions: list[str], references: list[str], *, user_ids=None,
-                        bertscore_model: str | None = None, bootstrap: int = 1000, seed: int = 0,
-                        positions: bool = True) -> dict:
+def metrics_from_scores(
+    scores: ExampleScores,
+    predictions: list[str],
+    references: list[str],
+    *,
+    user_ids=None,
+    bertscore_model: str | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    positions: bool = True,
+) -> dict:
     """:func:`compute_metrics` for already scored examples (positions are rescored by segment)."""
     out = summarize(scores, user_ids=user_ids, bootstrap=bootstrap, seed=seed)
     bertscore = scores.bertscore is not None
     out["bertscore_model"] = bertscore_model if bertscore else None
     out["bertscore_layers"] = BERTSCORE_LAYERS if bertscore else None
     out["by_position"] = (
-        _by_position(predictions, references, bertscore=bertscore, bertscore_model=bertscore_model,
-                     bounds=POSITION_BOUNDS, meteor=scores.meteor is not None)
-        if positions else {}
+        _by_position(
+            predictions,
+            references,
+            bertscore=bertscore,
+            bertscore_model=bertscore_model,
+            bounds=POSITION_BOUNDS,
+            meteor=scores.meteor is not None,
+        )
+        if positions
+        else {}
     )
     return out
 
@@ -316,8 +368,16 @@ def compare_scores(a: ExampleScores, b: ExampleScores, *, bootstrap: int = 1000,
     return out
 
 
-def paired_comparison(preds_a: list[str], preds_b: list[str], references: list[str], *, bootstrap: int = 1000,
-                      seed: int = 0, bertscore: bool = True, bertscore_model: str | None = None) -> dict:
+def paired_comparison(
+    preds_a: list[str],
+    preds_b: list[str],
+    references: list[str],
+    *,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    bertscore: bool = True,
+    bertscore_model: str | None = None,
+) -> dict:
     """Compare two systems on the same references (paired bootstrap over examples).
 
     ``metrics[m]`` holds ``a``, ``b``, ``diff`` (A − B), ``ci`` (95% of the resampled diff) and
@@ -328,5 +388,9 @@ def paired_comparison(preds_a: list[str], preds_b: list[str], references: list[s
         (1.0, 1.0)
     """
     kw = dict(bertscore=bertscore, bertscore_model=bertscore_model)
-    return compare_scores(score_examples(preds_a, references, **kw), score_examples(preds_b, references, **kw),
-                          bootstrap=bootstrap, seed=seed)
+    return compare_scores(
+        score_examples(preds_a, references, **kw),
+        score_examples(preds_b, references, **kw),
+        bootstrap=bootstrap,
+        seed=seed,
+    )

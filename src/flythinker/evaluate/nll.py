@@ -21,9 +21,10 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits (B, k, V) of the last k ≤ T positions (k = T, or a :func:`keep_logits` forward),
     labels (B, T).
     """
-    labels = labels[:, labels.shape[1] - logits.shape[1]:]  # the same k final positions
-    return torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:],
-                                             ignore_index=-100, reduction="none")
+    labels = labels[:, labels.shape[1] - logits.shape[1] :]  # the same k final positions
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none"
+    )
 
 
 def logits_needed(labels: torch.Tensor) -> int:
@@ -78,8 +79,12 @@ def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
     batch = to_device(batch, model_device(model))
     labels = batch["labels"]
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   **keep_logits(model, labels), **placement(model, batch)).logits  # (B, k, V)
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        **keep_logits(model, labels),
+        **placement(model, batch),
+    ).logits  # (B, k, V)
     return token_nll(logits, labels).sum(1), (labels[:, 1:] != -100).sum(1)
 
 
@@ -94,7 +99,7 @@ def batches(examples, tokenizer, prompt_cfg, batch_size: int = 16, device=None):
     from flythinker.lm import pad_id
 
     for i in range(0, len(examples), batch_size):
-        feats = [encode_for_training(e, tokenizer, prompt_cfg) for e in examples[i: i + batch_size]]
+        feats = [encode_for_training(e, tokenizer, prompt_cfg) for e in examples[i : i + batch_size]]
         batch = collate(feats, pad_token_id=pad_id(tokenizer), padding_side=TEACHER_FORCED_PADDING)
         yield batch if device is None else to_device(batch, device)
 
@@ -109,8 +114,13 @@ def per_example_nll(model, tokenizer, examples, prompt_cfg, batch_size: int = 16
 
     sums, counts = [], []
     model.eval()
-    for batch in tqdm(batches(examples, tokenizer, prompt_cfg, batch_size), total=math.ceil(len(examples) / batch_size),
-                      desc=desc, disable=desc is None, leave=False):
+    for batch in tqdm(
+        batches(examples, tokenizer, prompt_cfg, batch_size),
+        total=math.ceil(len(examples) / batch_size),
+        desc=desc,
+        disable=desc is None,
+        leave=False,
+    ):
         s, n = response_nll(model, batch)
         sums += s.double().tolist()
         counts += n.tolist()

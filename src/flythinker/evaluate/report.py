@@ -18,7 +18,6 @@ def fmt_metric(metric: str, x, bleu_digits: int = 2, missing: str = "–") -> st
     return f"{x:.{bleu_digits}f}" if metric == "bleu" else f"{x:.4f}"
 
 
-
 def model_label(path: str | None) -> str:
     if not path:
         return "off"
@@ -30,9 +29,9 @@ def model_label(path: str | None) -> str:
 def format_table(metrics: dict, *, max_users: int = 20) -> str:
     """Markdown: one row per metric (all examples, 95% CI, by position), then a per-user table.
 
-        >>> print(format_table({"n": 1, "rouge1": 1.0, "rougeL": 1.0, "meteor": 0.99, "bleu": 100.0,
-        ...                     "bertscore": None, "ci": {}}).splitlines()[2])
-        | ROUGE-1 | 1.0000 |
+    >>> print(format_table({"n": 1, "rouge1": 1.0, "rougeL": 1.0, "meteor": 0.99, "bleu": 100.0,
+    ...                     "bertscore": None, "ci": {}}).splitlines()[2])
+    | ROUGE-1 | 1.0000 |
     """
     ci = metrics.get("ci") or {}
     positions = metrics.get("by_position") or {}
@@ -47,7 +46,11 @@ def format_table(metrics: dict, *, max_users: int = 20) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     users = sorted((metrics.get("by_user") or {}).items(), key=lambda kv: (-kv[1]["n"], kv[0]))
     if users:
-        lines += ["", "| user | n | " + " | ".join(name for _, name in COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
+        lines += [
+            "",
+            "| user | n | " + " | ".join(name for _, name in COLUMNS) + " |",
+            "|---|---:|" + "---:|" * len(COLUMNS),
+        ]
         for user, row in users[:max_users]:
             lines.append(f"| {user} | {row['n']} | " + " | ".join(fmt_metric(m, row.get(m)) for m, _ in COLUMNS) + " |")
         if len(users) > max_users:
@@ -57,25 +60,33 @@ def format_table(metrics: dict, *, max_users: int = 20) -> str:
 
 
 def _footnote(metrics: dict) -> str:
-    notes = ["ROUGE-1/ROUGE-L (stemmed F-measure), METEOR (nltk + WordNet) and BERTScore F1: mean over examples, 0–1;",
-             "BLEU: sacrebleu corpus BLEU, 0–100."]
+    notes = [
+        "ROUGE-1/ROUGE-L (stemmed F-measure), METEOR (nltk + WordNet) and BERTScore F1: mean over examples, 0–1;",
+        "BLEU: sacrebleu corpus BLEU, 0–100.",
+    ]
     if metrics.get("ci"):
-        notes.append(f"95% CI: percentile bootstrap over examples ({metrics.get('bootstrap')} resamples, seed {metrics.get('seed')}).")
+        notes.append(
+            f"95% CI: percentile bootstrap over examples ({metrics.get('bootstrap')} resamples, seed {metrics.get('seed')})."
+        )
     if metrics.get("by_position"):
-        notes.append("0-100, 100-300, 300+: the same metrics on the words at those whitespace-word indices of the "
-                     "reference, the prediction cut at the same indices (n: references that reach the segment).")
+        notes.append(
+            "0-100, 100-300, 300+: the same metrics on the words at those whitespace-word indices of the "
+            "reference, the prediction cut at the same indices (n: references that reach the segment)."
+        )
     if metrics.get("bertscore") is not None:
-        notes.append(f"BERTScore model: {model_label(metrics.get('bertscore_model'))}, layer {metrics.get('bertscore_layers')} "
-                     "(the paper used a different BERTScore model; do not compare absolute values).")
+        notes.append(
+            f"BERTScore model: {model_label(metrics.get('bertscore_model'))}, layer {metrics.get('bertscore_layers')} "
+            "(the paper used a different BERTScore model; do not compare absolute values)."
+        )
     return " ".join(notes)
 
 
 def format_comparison(comparison: dict, name_a: str = "A", name_b: str = "B") -> str:
     """Markdown: A, B, A − B with its paired-bootstrap 95% CI, and the fraction of resamples where A > B.
 
-        >>> c = {"n": 2, "bootstrap": 0, "metrics": {"bleu": {"a": 50.0, "b": 40.0, "diff": 10.0, "ci": None, "p_a_better": None}}}
-        >>> print(format_comparison(c).splitlines()[2])
-        | BLEU | 50.00 | 40.00 | +10.00 | – | – |
+    >>> c = {"n": 2, "bootstrap": 0, "metrics": {"bleu": {"a": 50.0, "b": 40.0, "diff": 10.0, "ci": None, "p_a_better": None}}}
+    >>> print(format_comparison(c).splitlines()[2])
+    | BLEU | 50.00 | 40.00 | +10.00 | – | – |
     """
     lines = ["| metric | A | B | A − B | 95% CI of A − B | P(A > B) |", "|---|---:|---:|---:|---:|---:|"]
     for m, name in COLUMNS:
@@ -86,6 +97,9 @@ def format_comparison(comparison: dict, name_a: str = "A", name_b: str = "B") ->
         ci = f"{fmt_metric(m, row['ci']['low'])} to {fmt_metric(m, row['ci']['high'])}" if row["ci"] else "–"
         p = f"{row['p_a_better']:.3f}" if row["p_a_better"] is not None else "–"
         lines.append(f"| {name} | {fmt_metric(m, row['a'])} | {fmt_metric(m, row['b'])} | {diff} | {ci} | {p} |")
-    lines += ["", f"A = {name_a}, B = {name_b}. Paired bootstrap over the same {comparison['n']} examples "
-              f"({comparison['bootstrap']} resamples); P(A > B) is the fraction of resamples where A scores higher."]
+    lines += [
+        "",
+        f"A = {name_a}, B = {name_b}. Paired bootstrap over the same {comparison['n']} examples "
+        f"({comparison['bootstrap']} resamples); P(A > B) is the fraction of resamples where A scores higher.",
+    ]
     return "\n".join(lines)

@@ -85,7 +85,9 @@ def _build_wordnet(src: Path, root: Path) -> None:
     tmp.mkdir(parents=True)
     for name in WORDNET_FILES:
         if not (src / name).is_file():
-            raise UserError(f"{src}: WordNet file {name!r} missing; reinstall with `apt-get install --reinstall wordnet-base`")
+            raise UserError(
+                f"{src}: WordNet file {name!r} missing; reinstall with `apt-get install --reinstall wordnet-base`"
+            )
         shutil.copyfile(src / name, tmp / name)
     lines = [f"{i:02d}\t{name}\t{_LEX_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES)]
     (tmp / "lexnames").write_text("".join(lines))

@@ -39,8 +39,14 @@ class SFTModel(nn.Module):
     def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return self.generator(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                              position_ids=positions_from_mask(attention_mask), use_cache=False, **kwargs)
+        return self.generator(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            position_ids=positions_from_mask(attention_mask),
+            use_cache=False,
+            **kwargs,
+        )
 
 
 # --- tokenizer ----------------------------------------------------------------------------------
@@ -74,22 +80,40 @@ def build_tokenizer(cfg: ModelConfig, train_examples):
 
 # --- models --------------------------------------------------------------------------------------
 
+
 def tiny_causal_lm(spec: ModelSpec, tokenizer, seed: int) -> nn.Module:
     """A random Qwen2ForCausalLM sized by ``spec.tiny``, its vocabulary the tokenizer's."""
     from flythinker.tiny import qwen2_config, random_lm
 
     t = spec.tiny
-    cfg = qwen2_config(t.hidden_size, t.num_layers, t.num_heads, t.num_kv_heads, t.intermediate_size, len(tokenizer),
-                       t.tie_embeddings, max_positions=t.max_positions, eos=tokenizer.eos_token_id,
-                       pad=tokenizer.pad_token_id, bos=tokenizer.bos_token_id, attn=spec.attn_implementation)
+    cfg = qwen2_config(
+        t.hidden_size,
+        t.num_layers,
+        t.num_heads,
+        t.num_kv_heads,
+        t.intermediate_size,
+        len(tokenizer),
+        t.tie_embeddings,
+        max_positions=t.max_positions,
+        eos=tokenizer.eos_token_id,
+        pad=tokenizer.pad_token_id,
+        bos=tokenizer.bos_token_id,
+        attn=spec.attn_implementation,
+    )
     dtype = loading.as_dtype(spec.dtype)
     return random_lm(cfg, seed, dtype=None if dtype == "auto" else dtype, keep_rng=True)  # the run's RNG untouched
 
 
 def load_causal_lm(spec: ModelSpec, key: str) -> nn.Module:
     """The local folder of a ``ModelSpec``, through the one loader (``flythinker.loading``)."""
-    return loading.load_causal_lm(spec.path, f"{key}.path", dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
-                                  attn_implementation=spec.attn_implementation, num_layers=spec.num_layers)
+    return loading.load_causal_lm(
+        spec.path,
+        f"{key}.path",
+        dtype=spec.dtype,
+        trust_remote_code=spec.trust_remote_code,
+        attn_implementation=spec.attn_implementation,
+        num_layers=spec.num_layers,
+    )
 
 
 def _causal_lm(spec: ModelSpec, tokenizer, seed: int, key: str) -> nn.Module:
@@ -109,8 +133,9 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> nn.Module:
     if cfg.reasoner.path is not None and (Path(cfg.reasoner.path) / "tokenizer.json").is_file():
         r_tok = loading.load_tokenizer(cfg.reasoner.path, trust_remote_code=cfg.reasoner.trust_remote_code)
     try:
-        return FlyThinker(generator, reasoner, lam=cfg.lam, fusion=cfg.fusion,
-                          generator_tokenizer=tokenizer, reasoner_tokenizer=r_tok)
+        return FlyThinker(
+            generator, reasoner, lam=cfg.lam, fusion=cfg.fusion, generator_tokenizer=tokenizer, reasoner_tokenizer=r_tok
+        )
     except UserError as e:
         raise UserError(f"model.generator.path / model.reasoner.path: {e}") from None
 
@@ -129,8 +154,13 @@ def as_trainable(model: nn.Module, cfg: ModelConfig) -> nn.Module:
 def _add_lora(model: nn.Module, spec, key: str) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                     target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.target_modules),
+        task_type="CAUSAL_LM",
+    )
     try:
         return get_peft_model(model, cfg)
     except ValueError as e:  # e.g. a target module name the model does not have
@@ -235,4 +265,4 @@ class EpochSampler(torch.utils.data.Sampler):
         return math.ceil(self.n / self.multiple) * self.multiple - self.skip
 
     def __iter__(self):
-        return iter(self.epoch_order(self.epoch)[self.skip:])
+        return iter(self.epoch_order(self.epoch)[self.skip :])

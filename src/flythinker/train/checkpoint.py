@@ -46,8 +46,7 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name))
-             and (p / STATE_FILE).is_file()]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
     return [p for _, p in sorted(found)]
 
 
@@ -107,8 +106,10 @@ def check_same_setup(saved: dict, current: dict, ckpt: Path) -> None:
     old, new = _flat(saved), _flat(current)
     for key in sorted(set(old) | set(new)):
         if any(key == f or key.startswith(f + ".") for f in _RESUME_FIXED) and old.get(key) != new.get(key):
-            raise UserError(f"cannot resume from {ckpt}: {key} was {old.get(key)!r}, now {new.get(key)!r} "
-                            "(use --overwrite to start a new run)")
+            raise UserError(
+                f"cannot resume from {ckpt}: {key} was {old.get(key)!r}, now {new.get(key)!r} "
+                "(use --overwrite to start a new run)"
+            )
 
 
 _STATE_KEYS = ("step", "epoch", "step_in_epoch", "scheduler", "config")
@@ -116,8 +117,10 @@ _STATE_KEYS = ("step", "epoch", "step_in_epoch", "scheduler", "config")
 
 def _damaged(path: Path, problem: str) -> UserError:
     # a checkpoint is renamed into place only when complete, so this is damage after the fact
-    return UserError(f"checkpoint {path} is damaged ({problem}); delete that folder to resume from the "
-                     "checkpoint before it, or start over with --overwrite")
+    return UserError(
+        f"checkpoint {path} is damaged ({problem}); delete that folder to resume from the "
+        "checkpoint before it, or start over with --overwrite"
+    )
 
 
 def read_state(path: Path) -> dict:
@@ -182,7 +185,7 @@ def _merge_lora(state: dict, peft_model) -> dict:
 
 
 def _submodule_state(state: dict, prefix: str) -> dict:
-    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+    return {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
 
 
 def export_model(accelerator, model, path: Path, tokenizer=None) -> Path | None:
@@ -224,9 +227,14 @@ def _write_model(unwrapped, state: dict, path: Path, tokenizer) -> None:
         if hasattr(lm, "peft_config"):
             sub, lm = _merge_lora(sub, lm), lm.get_base_model()
         parts[name if is_flythinker else ""] = (lm, sub)
-    write_model_folder(path, parts, config=unwrapped.fusion_config() if is_flythinker else None,
-                       fusion_state=_submodule_state(state, "fusion") if is_flythinker else None,
-                       tokenizer=tokenizer, overwrite=True)
+    write_model_folder(
+        path,
+        parts,
+        config=unwrapped.fusion_config() if is_flythinker else None,
+        fusion_state=_submodule_state(state, "fusion") if is_flythinker else None,
+        tokenizer=tokenizer,
+        overwrite=True,
+    )
 
 
 def load_trained(path: str | os.PathLike, **kwargs):

@@ -1,7 +1,7 @@
 """`flythinker train` (heavy imports inside the function, so `flythinker --help` stays fast).
 
-    flythinker train src/flythinker/configs/tiny_flythinker.yaml train.epochs=1 model.lam=0.3
-    accelerate launch --config_file configs/accelerate/ddp.yaml -m flythinker.cli train CONFIG.yaml
+flythinker train src/flythinker/configs/tiny_flythinker.yaml train.epochs=1 model.lam=0.3
+accelerate launch --config_file configs/accelerate/ddp.yaml -m flythinker.cli train CONFIG.yaml
 """
 
 from __future__ import annotations
@@ -14,10 +14,16 @@ import typer
 
 def train_command(
     config: Annotated[Path, typer.Argument(help="YAML config (see src/flythinker/configs/).")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(
-        help="KEY=VALUE overrides, e.g. train.lr=1e-4 model.lam=0.3", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/<config file name>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last complete checkpoint.")] = False,
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="KEY=VALUE overrides, e.g. train.lr=1e-4 model.lam=0.3", show_default=False),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/<config file name>).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run folder's last complete checkpoint.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete a previous run in the run folder.")] = False,
 ) -> None:
     """Train FlyThinker (G + R) or the SFT baseline; one CPU, or many GPUs via accelerate launch."""

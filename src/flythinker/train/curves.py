@@ -1,8 +1,8 @@
 """The run's JSONL log (one line per logged optimizer step or evaluation) and its PNG plot.
 
-    {"kind": "train", "step": 12, "epoch": 0, "loss": 5.31, "lr": 0.001, "grad_norm": 1.7,
-     "tokens": 2048, "step_time_s": 0.21, "tokens_per_s": 9752.4, "time": 1718000000.0}
-    {"kind": "eval", "step": 15, "epoch": 0, "dev_loss": 5.02, "dev_tokens": 4310}
+{"kind": "train", "step": 12, "epoch": 0, "loss": 5.31, "lr": 0.001, "grad_norm": 1.7,
+ "tokens": 2048, "step_time_s": 0.21, "tokens_per_s": 9752.4, "time": 1718000000.0}
+{"kind": "eval", "step": 15, "epoch": 0, "dev_loss": 5.02, "dev_tokens": 4310}
 """
 
 from __future__ import annotations

@@ -31,8 +31,10 @@ def make_accelerator(cfg):
     mixed = "bf16" if cfg.train.precision == "bf16" else "no"
     acc = Accelerator(mixed_precision=mixed, cpu=cpu, step_scheduler_with_optimizer=False)
     if acc.num_processes != world:
-        raise UserError(f"launched as {world} processes but accelerate set up {acc.num_processes}; "
-                        "check the launch command (CPU runs: ACCELERATE_USE_CPU=1)")
+        raise UserError(
+            f"launched as {world} processes but accelerate set up {acc.num_processes}; "
+            "check the launch command (CPU runs: ACCELERATE_USE_CPU=1)"
+        )
     # known only now (it depends on the device count); read by prepare() (DeepSpeed "auto")
     acc.gradient_accumulation_steps = cfg.train.accumulation(acc.num_processes)
     return acc

@@ -33,16 +33,28 @@ def generation_metrics(model, tokenizer, examples, prompt_cfg, max_new_tokens: i
         batch = collate([encode_for_generation(ex, tokenizer, prompt_cfg)], pad_token_id=pad)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (1, T)
         if isinstance(model, FlyThinker):
-            new = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)  # (1, T_new)
+            new = model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=pad,
+            )  # (1, T_new)
         else:
-            out = model.generator.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                           do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
-            new = out[:, ids.shape[1]:]
+            out = model.generator.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=pad,
+            )
+            new = out[:, ids.shape[1] :]
         predictions.append(tokenizer.decode(new[0], skip_special_tokens=True))
     model.train(was_training)
-    m = compute_metrics(predictions, [ex.output for ex in examples], bertscore=False, bootstrap=0, positions=False,
-                        meteor=None)
+    m = compute_metrics(
+        predictions, [ex.output for ex in examples], bertscore=False, bootstrap=0, positions=False, meteor=None
+    )
     out = {f"gen_{k}": m[k] for k in ("bleu", "rouge1", "rougeL", "meteor") if isinstance(m.get(k), (int, float))}
     out["gen_sample"] = predictions[0][:200] if predictions else ""
     return out

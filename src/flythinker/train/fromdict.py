@@ -83,8 +83,11 @@ def from_dict(cls, raw: dict, prefix: str = ""):
     for key in raw:
         if key not in fields:
             raise UserError(f"{prefix}{key}: unknown key{suggest(str(key), fields)}")
-    missing = [n for n, f in fields.items() if n not in raw and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise UserError(f"{prefix}{missing[0]}: required key is missing")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in raw.items()}
@@ -114,7 +117,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node.get(part), dict):
                 if part in node and node[part] is not None:
-                    raise UserError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
+                    raise UserError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
                 node[part] = {}
             node = node[part]
         node[parts[-1]] = value

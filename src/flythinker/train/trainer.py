@@ -33,8 +33,15 @@ import torch
 from flythinker.errors import UserError
 from flythinker.lm import pad_id
 from flythinker.train import assemble
-from flythinker.train.checkpoint import (check_same_setup, export_model, latest_checkpoint, load_checkpoint,
-                                         read_state, save_checkpoint, state_fingerprint)
+from flythinker.train.checkpoint import (
+    check_same_setup,
+    export_model,
+    latest_checkpoint,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+    state_fingerprint,
+)
 from flythinker.train.config import TrainConfig, check_paths
 from flythinker.train.curves import RunLog, plot_curves
 from flythinker.train.engine import cache_rho, is_sharded, make_accelerator

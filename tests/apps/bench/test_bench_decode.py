@@ -7,14 +7,25 @@ import json
 
 import pytest
 import torch
-
 from tiny_models import ROOT
-from flythinker.apps.bench.decode import DecodeBenchConfig, run_decode_bench
-from flythinker.tiny import qwen2_config, random_pair
-from flythinker.errors import UserError
 
-TINY = dict(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, vocab=97, prompt=6, new=5,
-            think_tokens=3, repeats=2, throughput_batch=3)
+from flythinker.apps.bench.decode import DecodeBenchConfig, run_decode_bench
+from flythinker.errors import UserError
+from flythinker.tiny import qwen2_config, random_pair
+
+TINY = dict(
+    hidden=32,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    intermediate=64,
+    vocab=97,
+    prompt=6,
+    new=5,
+    think_tokens=3,
+    repeats=2,
+    throughput_batch=3,
+)
 
 
 def gpu_script():
@@ -27,13 +38,24 @@ def gpu_script():
 def test_bench_reports_every_decoder_with_equal_tokens():
     result = run_decode_bench(DecodeBenchConfig(**TINY, backends=["threads", "shm"]), log=lambda m: None)
     ms = result["ms_per_token"]
-    for key in ("generator", "reasoner", "sequential", "concurrent", "hf_generate", "think_then_generate",
-                "concurrent_threads", "concurrent_shm"):
+    for key in (
+        "generator",
+        "reasoner",
+        "sequential",
+        "concurrent",
+        "hf_generate",
+        "think_then_generate",
+        "concurrent_threads",
+        "concurrent_shm",
+    ):
         assert ms[key] > 0 and result["tokens_per_s"][key] > 0
     assert result["best_backend"] in ("threads", "shm")
     assert ms["concurrent"] == min(ms["concurrent_threads"], ms["concurrent_shm"])
     assert result["tokens_equal"] and all(result["tokens_equal"].values())
-    assert set(result["tokens_equal"]) >= {"hf_generate_vs_generator_latency", "concurrent_shm_vs_sequential_throughput"}
+    assert set(result["tokens_equal"]) >= {
+        "hf_generate_vs_generator_latency",
+        "concurrent_shm_vs_sequential_throughput",
+    }
     assert len(result["samples_s"]["sequential"]["latency"]) == 1 + TINY["repeats"]  # warm-up + repeats
     r = result["ratios"]
     assert r["concurrent_over_sequential"] == pytest.approx(ms["concurrent"] / ms["sequential"])
@@ -49,8 +71,14 @@ def test_cli_writes_json_and_refuses_bad_settings(tmp_path, capsys):
         args += [f"--{key.replace('_', '-')}", str(value)]
     main(args)
     result = json.loads(out.read_text())
-    assert set(result["ms_per_token"]) == {"generator", "reasoner", "sequential", "concurrent_threads", "hf_generate",
-                                            "concurrent"}
+    assert set(result["ms_per_token"]) == {
+        "generator",
+        "reasoner",
+        "sequential",
+        "concurrent_threads",
+        "hf_generate",
+        "concurrent",
+    }
     assert "concurrent_threads" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         main(["bench", "decode", "--new", "0"])
@@ -84,7 +112,9 @@ def test_gpu_script_builds_qwen25_shapes_and_their_bandwidth_bound(pair, g_param
     r_bytes = script.streamed_bytes(model.reasoner, lm_head=False)
     assert r_bytes < 2 * r_params and g_bytes < 2 * g_params  # bf16, and the embedding lookup is not a read
     one, two = script.bound_ms(model, 1e12, False), script.bound_ms(model, 1e12, True)
-    assert one == pytest.approx(1000 * (g_bytes + r_bytes) / 1e12) and two == pytest.approx(1000 * max(g_bytes, r_bytes) / 1e12)
+    assert one == pytest.approx(1000 * (g_bytes + r_bytes) / 1e12) and two == pytest.approx(
+        1000 * max(g_bytes, r_bytes) / 1e12
+    )
 
 
 def test_gpu_script_fails_clearly_without_cuda():
@@ -99,12 +129,14 @@ def test_gpu_script_fails_clearly_without_cuda():
 
 def test_reasoner_alone_runs_the_prefill_and_one_step_per_later_token():
     from tiny_models import left_padded_batch, tiny_pair
+
     from flythinker.apps.bench.decode import reasoner_alone
 
     model = tiny_pair()
     calls = []
-    model.reasoner.model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape),
-                                               with_kwargs=True)
+    model.reasoner.model.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
     ids, mask = left_padded_batch([5, 3], seed=0)
     reasoner_alone(model, ids, mask, new=4)
     assert calls == [(2, 5)] + [(2, 1)] * 3
@@ -112,14 +144,35 @@ def test_reasoner_alone_runs_the_prefill_and_one_step_per_later_token():
 
 def test_a_local_model_pair_with_all_cores_generate_and_the_bandwidth_bound(tmp_path, sample_tokenizer):
     from tiny_models import tiny_llama
+
     from flythinker.cli import main
 
     folder = tmp_path / "lm"
     tiny_llama(vocab=len(sample_tokenizer)).save_pretrained(folder)
     sample_tokenizer.save_pretrained(folder)
     out = tmp_path / "bench.json"
-    main(["bench", "decode", "--generator", str(folder), "--json", str(out), "--backends", "threads", "--repeats", "1",
-          "--new", "4", "--prompt", "8", "--think-tokens", "2", "--threads-per-model", "1"])
+    main(
+        [
+            "bench",
+            "decode",
+            "--generator",
+            str(folder),
+            "--json",
+            str(out),
+            "--backends",
+            "threads",
+            "--repeats",
+            "1",
+            "--new",
+            "4",
+            "--prompt",
+            "8",
+            "--think-tokens",
+            "2",
+            "--threads-per-model",
+            "1",
+        ]
+    )
     result = json.loads(out.read_text())
     from flythinker.apps.bench.machine import all_threads
 
@@ -132,15 +185,31 @@ def test_a_local_model_pair_with_all_cores_generate_and_the_bandwidth_bound(tmp_
     wb = result["weight_bytes"]
     emb = len(sample_tokenizer) * 32 * 4  # the tied table, fp32
     assert wb["generator"] - wb["reasoner"] == emb  # R skips the table G's LM head reads
-    assert result["bandwidth_bound_ms"] == pytest.approx(1000 * (wb["generator"] + wb["reasoner"]) / (bw["all_threads_gb_s"] * 1e9))
+    assert result["bandwidth_bound_ms"] == pytest.approx(
+        1000 * (wb["generator"] + wb["reasoner"]) / (bw["all_threads_gb_s"] * 1e9)
+    )
 
 
 def test_bench_serve_compares_batched_and_one_at_a_time_serving(saved_tiny_model, tmp_path):
     from flythinker.cli import main
 
     out = tmp_path / "serve.json"
-    main(["bench", "serve", "--model", str(saved_tiny_model), "--concurrency", "1,3", "--per-client", "1",
-          "--max-tokens", "4", "--json", str(out)])
+    main(
+        [
+            "bench",
+            "serve",
+            "--model",
+            str(saved_tiny_model),
+            "--concurrency",
+            "1,3",
+            "--per-client",
+            "1",
+            "--max-tokens",
+            "4",
+            "--json",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     for n in ("1", "3"):
         for name in ("batched", "one_at_a_time"):

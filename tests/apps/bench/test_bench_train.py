@@ -8,8 +8,24 @@ import pytest
 
 from flythinker.cli import main
 
-TINY = ["--hidden", "32", "--layers", "1", "--vocab", "128", "--seq-len", "16", "--batch-size", "2",
-        "--repeats", "3", "--warmup", "1", "--threads", "1"]
+TINY = [
+    "--hidden",
+    "32",
+    "--layers",
+    "1",
+    "--vocab",
+    "128",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "2",
+    "--repeats",
+    "3",
+    "--warmup",
+    "1",
+    "--threads",
+    "1",
+]
 
 
 def test_bench_train_json(tmp_path, capsys):

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
-
 from tiny_models import ROOT
-from flythinker.apps.experiment.methods import BASELINES
-from flythinker.errors import UserError
+
 from flythinker.apps.experiment.cells import cell_train_config
 from flythinker.apps.experiment.config import cell_dir, load_experiment
+from flythinker.apps.experiment.methods import BASELINES
 from flythinker.apps.experiment.run import remeasure_experiment, run_experiment
+from flythinker.errors import UserError
 
 TINY = ROOT / "src" / "flythinker" / "configs" / "experiment_tiny.yaml"
 
@@ -42,7 +41,12 @@ def test_every_method_trains_generates_and_scores_then_resumes(tiny_experiment, 
     assert saved["variant"] == "static"
     static = json.loads((Path(exp.out) / "cells/user_based/static/seed0/latents.json").read_text())
     assert static["consecutive_cos"] == pytest.approx(1.0, abs=1e-4)  # one latent per example
-    assert "flythinker − sft" in text and "verdict at 95%" in text and "NLL per seed" in text and (Path(exp.out) / "results.png").is_file()
+    assert (
+        "flythinker − sft" in text
+        and "verdict at 95%" in text
+        and "NLL per seed" in text
+        and (Path(exp.out) / "results.png").is_file()
+    )
     assert (Path(exp.out) / "results_paired.png").is_file()
 
     # resume: finished cells are skipped (no training, files untouched); a cell without its
@@ -59,7 +63,9 @@ def test_every_method_trains_generates_and_scores_then_resumes(tiny_experiment, 
     run_experiment(exp)
     assert redo.is_file()
     trained = json.loads((redo.parent / "train" / "result.json").read_text())["train_time_s"]
-    assert json.loads(redo.read_text())["train_s"] == trained > 0  # the training's time, though this run trained nothing
+    assert (
+        json.loads(redo.read_text())["train_s"] == trained > 0
+    )  # the training's time, though this run trained nothing
     for p, t in mtimes.items():
         if p != redo:
             assert p.stat().st_mtime_ns == t, p
@@ -131,8 +137,16 @@ def test_the_latent_table_shows_a_static_cell_without_negative_zeros(tiny_experi
     exp = tiny_experiment
     folder = cell_dir(exp, next(g for g in exp.groups() if g.name == "static"), "user_based", 0)
     folder.mkdir(parents=True)
-    keys = ("lam", "rho", "offset_norm", "token_embedding_norm", "consecutive_cos", "nll_own", "nll_no_latent",
-            "nll_other_latent")
+    keys = (
+        "lam",
+        "rho",
+        "offset_norm",
+        "token_embedding_norm",
+        "consecutive_cos",
+        "nll_own",
+        "nll_no_latent",
+        "nll_other_latent",
+    )
     shares = {"constant": 0.993, "example": 0.007, "position": -5e-16}  # 1 - constant - example, rounded
     (folder / "latents.json").write_text(json.dumps({**dict.fromkeys(keys, 1.0), "latent_shares": shares}))
     lines = latent_table(exp)
@@ -186,8 +200,9 @@ def test_the_probe_reuses_the_callers_own_profile_pass(saved_tiny_model, gitcomm
     assert profile_use(model, tok, exs, cfg, bootstrap=50, batch_size=2, own=bogus)["nll"]["own"] > fresh["nll"]["own"]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "src" / "flythinker" / "configs").glob("experiment_*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "src" / "flythinker" / "configs").glob("experiment_*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_experiment_configs_load_and_every_cell_builds_a_train_config(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     exp = load_experiment(path)
@@ -212,9 +227,19 @@ def test_a_given_base_zero_shot_rows_the_probe_and_committed_cells(tmp_path, git
     lm.config.eos_token_id = sample_tokenizer.eos_token_id
     lm.save_pretrained(base)
     sample_tokenizer.save_pretrained(base)
-    exp = load_experiment(TINY, [f"out={tmp_path / 'exp'}", "splits=[user_based]", f"bases={{b: {{path: {base}}}}}",
-                                 "generator=b", "reasoner=b", "methods=[flythinker]", "probe=true",
-                                 "ablations=[{name: base_zeroshot, method: sft, zero_shot: true}]"])
+    exp = load_experiment(
+        TINY,
+        [
+            f"out={tmp_path / 'exp'}",
+            "splits=[user_based]",
+            f"bases={{b: {{path: {base}}}}}",
+            "generator=b",
+            "reasoner=b",
+            "methods=[flythinker]",
+            "probe=true",
+            "ablations=[{name: base_zeroshot, method: sft, zero_shot: true}]",
+        ],
+    )
     import flythinker.train.trainer as trainer
 
     calls = []
@@ -235,7 +260,12 @@ def test_a_given_base_zero_shot_rows_the_probe_and_committed_cells(tmp_path, git
     shutil.rmtree(ft / "train")
     monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a committed cell was run again"))
     text = run_experiment(exp).read_text()
-    assert "| flythinker |" in text and "Do the latents matter?" in text and "Where the fused latent" in text and "| user_based | base_zeroshot | 1 |" in text
+    assert (
+        "| flythinker |" in text
+        and "Do the latents matter?" in text
+        and "Where the fused latent" in text
+        and "| user_based | base_zeroshot | 1 |" in text
+    )
 
 
 def test_committed_predictions_rescore_to_the_committed_metrics(tiny_experiment, capsys):
@@ -253,8 +283,20 @@ def test_committed_predictions_rescore_to_the_committed_metrics(tiny_experiment,
     subset = cell / "refs.json"  # the experiment scored limit_eval examples: the same references
     rows = json.loads(refs.read_text())[: len(load_examples(refs, limit=exp.limit_eval))]
     subset.write_text(json.dumps(rows))
-    main(["evaluate", "--predictions", str(cell / "predictions.jsonl"), "--references", str(subset),
-          "--out", str(cell / "rescored"), "--no-bertscore", "--bootstrap", "0"])
+    main(
+        [
+            "evaluate",
+            "--predictions",
+            str(cell / "predictions.jsonl"),
+            "--references",
+            str(subset),
+            "--out",
+            str(cell / "rescored"),
+            "--no-bertscore",
+            "--bootstrap",
+            "0",
+        ]
+    )
     rescored = json.loads((cell / "rescored" / "metrics.json").read_text())
     for m in ("rouge1", "rougeL", "meteor", "bleu"):
         assert rescored[m] == pytest.approx(committed[m], rel=1e-9), m
@@ -322,8 +364,14 @@ def fake_row(root, name, seeds, offset):
         f = root / name / f"seed{s}"
         f.mkdir(parents=True)
         base = np.full(3, offset + s, dtype=float)
-        np.savez(f / "scores.npz", ids=np.array(["a", "b", "c"]), rouge1=base, rougeL=base, meteor=base,
-                 bleu_stats=np.ones((3, 10), dtype=np.int64) * (s + 1))
+        np.savez(
+            f / "scores.npz",
+            ids=np.array(["a", "b", "c"]),
+            rouge1=base,
+            rougeL=base,
+            meteor=base,
+            bleu_stats=np.ones((3, 10), dtype=np.int64) * (s + 1),
+        )
         folders.append(f)
     return {"folders": folders, "metrics": [{"seed": s} for s in seeds], "scores": pooled_scores(folders)}
 
@@ -349,19 +397,25 @@ def test_the_seed_table_compares_seed_by_seed_and_each_row_with_itself(tmp_path)
 
     from flythinker.apps.experiment.report import paired_tables, seed_table
 
-    rows = {"sft": fake_row(tmp_path, "sft", [0, 1, 2], 0.0), "flythinker": fake_row(tmp_path, "flythinker", [0, 2], 10.0),
-            "static": fake_row(tmp_path, "static", [0], 5.0)}
+    rows = {
+        "sft": fake_row(tmp_path, "sft", [0, 1, 2], 0.0),
+        "flythinker": fake_row(tmp_path, "flythinker", [0, 2], 10.0),
+        "static": fake_row(tmp_path, "static", [0], 5.0),
+    }
     exp = SimpleNamespace(compare=[["flythinker", "sft"], ["static", "sft"]], bootstrap=50)
     summary = {}
     paired_tables("user_based", rows, exp, summary)  # the per-seed comparisons the seed table reads
-    lines = [line for line in seed_table("user_based", rows, exp, summary) if line.startswith("| ") and "---" not in line][1:]
+    lines = [
+        line for line in seed_table("user_based", rows, exp, summary) if line.startswith("| ") and "---" not in line
+    ][1:]
     assert [line.split(" | ")[:3] for line in lines] == [
         ["| flythinker − sft", "seed 0", "+10.0000 [10.0000, 10.0000]*"],  # static − sft: one seed in common, no rows
         ["| flythinker − sft", "seed 2", "+10.0000 [10.0000, 10.0000]*"],
         ["| flythinker − sft", "mean of 2 seeds, t over seeds", "+10.0000 [10.0000, 10.0000]*"],  # sd 0 over seeds
         ["| sft − sft", "seed 1 − seed 0", "+1.0000 [1.0000, 1.0000]*"],
         ["| sft − sft", "seed 2 − seed 0", "+2.0000 [2.0000, 2.0000]*"],
-        ["| flythinker − flythinker", "seed 2 − seed 0", "+2.0000 [2.0000, 2.0000]*"]]
+        ["| flythinker − flythinker", "seed 2 − seed 0", "+2.0000 [2.0000, 2.0000]*"],
+    ]
     assert seed_table("user_based", {"static": rows["static"]}, exp, {}) == []  # nothing with 2 seeds
 
 
@@ -385,15 +439,23 @@ def test_over_seeds_takes_the_seed_as_the_unit(tmp_path):
     rows = {"sft": fake_row(tmp_path, "sft", [0, 1], 0.0), "flythinker": ft}
     exp = SimpleNamespace(compare=[["flythinker", "sft"]], bootstrap=50)
     summary = {}
-    table = [line.split(" | ") for line in paired_tables("user_based", rows, exp, summary) if line.startswith("| ROUGE")]
+    table = [
+        line.split(" | ") for line in paired_tables("user_based", rows, exp, summary) if line.startswith("| ROUGE")
+    ]
     mean_row = next(line for line in seed_table("user_based", rows, exp, summary) if "t over seeds |" in line)
     assert mean_row.split(" | ")[2] == "+11.0000 [-1.7062, 23.7062]"  # 11 ± 12.7062: no star, the CI holds 0
-    assert table[0][0] == "| ROUGE-1" and table[0][4] == "+11.0000 [-1.7062, 23.7062]" and table[0][-1] == "not shown over seeds |"
+    assert (
+        table[0][0] == "| ROUGE-1"
+        and table[0][4] == "+11.0000 [-1.7062, 23.7062]"
+        and table[0][-1] == "not shown over seeds |"
+    )
     assert table[1][0] == "| ROUGE-L" and table[1][-1] == "flythinker better |"
     over = summary["flythinker-vs-sft"]["over_seeds"]
-    assert over["seeds"] == [0, 1] and over["rouge1"]["sd"] == pytest.approx(2 ** 0.5)
+    assert over["seeds"] == [0, 1] and over["rouge1"]["sd"] == pytest.approx(2**0.5)
     assert summary["flythinker-vs-sft"]["metrics"]["rouge1"]["verdict"] == "not shown over seeds"
     per_seed = summary["flythinker-vs-sft"]["per_seed"]  # what the forest plot draws in grey
     assert [(p["seed"], p["rouge1"]["diff"]) for p in per_seed] == [(0, 10.0), (1, 12.0)]
-    assert plot_paired({"user_based": summary}, tmp_path / "paired.png") and (tmp_path / "paired.png").stat().st_size > 0
+    assert (
+        plot_paired({"user_based": summary}, tmp_path / "paired.png") and (tmp_path / "paired.png").stat().st_size > 0
+    )
     assert not plot_paired({"user_based": {"sft": {}}}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()

@@ -19,7 +19,7 @@ def test_registry_names_and_unknown_name():
 
 def test_think_block_is_stripped_before_scoring():
     ref = "Teach the parser to accept empty lines."
-    pred = "<think>\nOpening: \"Teach the\".\n</think>\nTeach the parser to accept empty lines."
+    pred = '<think>\nOpening: "Teach the".\n</think>\nTeach the parser to accept empty lines.'
     assert strip_think(pred) == ref
     assert score_examples([strip_think(pred)], [ref], bertscore=False).rouge1[0] == 1.0
     assert score_examples([pred], [ref], bertscore=False).rouge1[0] < 1.0
@@ -28,8 +28,10 @@ def test_think_block_is_stripped_before_scoring():
 
 
 def test_profile_teacher_reads_the_profile_never_the_output():
-    prof = [{"title": "a", "text": "Teach foo to bar.\n\nThe foo bar was slow."},
-            {"title": "b", "text": "Teach baz the foo bar trick."}]
+    prof = [
+        {"title": "a", "text": "Teach foo to bar.\n\nThe foo bar was slow."},
+        {"title": "b", "text": "Teach baz the foo bar trick."},
+    ]
     ex = Example("e", "u", "q", "SECRET OUTPUT WORDS", prof, "generic")
     plan = profile_teacher(ex)
     assert "SECRET" not in plan and "Teach" in plan and '"foo bar"' in plan

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from serving import start_server
 
 
@@ -33,8 +32,12 @@ def client(saved_tiny_model, tmp_path):
     store.close()
 
 
-PROFILE = {"items": [{"title": "fix parser", "text": "Teach the parser to skip blank lines."},
-                     {"title": "docs", "text": "Document the new option.", "date": "2024-02-01"}]}
+PROFILE = {
+    "items": [
+        {"title": "fix parser", "text": "Teach the parser to skip blank lines."},
+        {"title": "docs", "text": "Document the new option.", "date": "2024-02-01"},
+    ]
+}
 
 
 def test_profile_routes(client):
@@ -53,16 +56,28 @@ def test_chat_completion_is_the_models_own_decode_of_the_training_prompt(client)
     from flythinker.apps.serve.app import build_prompt_ids
 
     client.put("/v1/users/u1/profile", json=PROFILE)
-    body = {"messages": [{"role": "user", "content": "Write the body of the commit 'parser: skip blanks'."}],
-            "user": "u1", "max_tokens": 12, "temperature": 0.8, "top_p": 0.95, "seed": 7}
+    body = {
+        "messages": [{"role": "user", "content": "Write the body of the commit 'parser: skip blanks'."}],
+        "user": "u1",
+        "max_tokens": 12,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "seed": 7,
+    }
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["object"] == "chat.completion" and out["choices"][0]["message"]["role"] == "assistant"
-    ids = build_prompt_ids(client.tok, client.cfg, body["messages"][0]["content"], "u1",
-                           client.store.get("u1"))
-    want = client.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=True, temperature=0.8, top_p=0.95,
-                                 seed=7, eos_token_id=client.tok.eos_token_id)[0].tolist()
+    ids = build_prompt_ids(client.tok, client.cfg, body["messages"][0]["content"], "u1", client.store.get("u1"))
+    want = client.model.generate(
+        torch.tensor([ids]),
+        max_new_tokens=12,
+        do_sample=True,
+        temperature=0.8,
+        top_p=0.95,
+        seed=7,
+        eos_token_id=client.tok.eos_token_id,
+    )[0].tolist()
     want = [t for t in want if t != client.tok.eos_token_id][: out["usage"]["completion_tokens"]]
     assert out["choices"][0]["message"]["content"] == client.tok.decode(want, skip_special_tokens=True)
     assert out["usage"]["prompt_tokens"] == len(ids)
@@ -72,32 +87,40 @@ def test_chat_completion_is_the_models_own_decode_of_the_training_prompt(client)
 
 
 def test_streaming_sends_chunks_then_done_and_matches_the_plain_answer(client):
-    body = {"prompt": "Write the body of the commit 'docs: explain'.", "max_tokens": 10, "temperature": 0, "stream": True}
+    body = {
+        "prompt": "Write the body of the commit 'docs: explain'.",
+        "max_tokens": 10,
+        "temperature": 0,
+        "stream": True,
+    }
     with client.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [x for x in r.iter_lines() if x]
     assert lines[-1] == "data: [DONE]"
-    chunks = [json.loads(x[len("data: "):]) for x in lines[:-1]]
+    chunks = [json.loads(x[len("data: ") :]) for x in lines[:-1]]
     text = "".join(c["choices"][0]["text"] for c in chunks)
     plain = client.post("/v1/completions", json={**body, "stream": False}).json()
     assert text == plain["choices"][0]["text"] and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
     chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0, "stream": True}
     with client.stream("POST", "/v1/chat/completions", json=chat) as r:
-        first = json.loads(next(x for x in r.iter_lines() if x)[len("data: "):])
+        first = json.loads(next(x for x in r.iter_lines() if x)[len("data: ") :])
     assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
 
 
-@pytest.mark.parametrize("path,body,status", [
-    ("/v1/chat/completions", {"messages": "not a list"}, 422),
-    ("/v1/chat/completions", {"messages": []}, 422),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, 422),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": -0.5}, 422),
-    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 422),
-    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}, 400),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "user": "nobody"}, 404),
-    ("/v1/completions", {"prompt": ""}, 422),
-    ("/v1/completions", {"prompt": "x", "top_p": 0}, 422),
-])
+@pytest.mark.parametrize(
+    "path,body,status",
+    [
+        ("/v1/chat/completions", {"messages": "not a list"}, 422),
+        ("/v1/chat/completions", {"messages": []}, 422),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, 422),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": -0.5}, 422),
+        ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 422),
+        ("/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}, 400),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "user": "nobody"}, 404),
+        ("/v1/completions", {"prompt": ""}, 422),
+        ("/v1/completions", {"prompt": "x", "top_p": 0}, 422),
+    ],
+)
 def test_bad_requests_are_json_errors_and_change_nothing(client, path, body, status):
     client.put("/v1/users/u1/profile", json=PROFILE)
     r = client.post(path, json=body)
@@ -139,9 +162,12 @@ def test_flythinker_serve_listens_on_localhost_answers_and_stops_cleanly(saved_t
 
     proc, port = start_server(saved_tiny_model, tmp_path, key="k", stdout=subprocess.PIPE)
     try:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", method="POST",
-                                     data=json.dumps({"prompt": "hi", "max_tokens": 4}).encode(),
-                                     headers={"Content-Type": "application/json", "Authorization": "Bearer k"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/completions",
+            method="POST",
+            data=json.dumps({"prompt": "hi", "max_tokens": 4}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": "Bearer k"},
+        )
         out = json.loads(urllib.request.urlopen(req, timeout=30).read())
         assert out["object"] == "text_completion" and out["usage"]["completion_tokens"] <= 4
         for method, path, body, headers, status in MALFORMED:
@@ -161,9 +187,13 @@ def test_flythinker_serve_listens_on_localhost_answers_and_stops_cleanly(saved_t
 _CHAT = "/v1/chat/completions"
 _J = {"Content-Type": "application/json"}
 MALFORMED = [  # (method, path, body, headers, expected status or None for any 4xx)
-    ("POST", _CHAT, b"{not json", _J, 422), ("POST", _CHAT, b"", _J, 422), ("POST", _CHAT, b"[]", _J, 422),
-    ("POST", _CHAT, b"null", _J, 422), ("POST", _CHAT, b'"a string"', _J, 422),
-    ("POST", _CHAT, b'{"messages": "hi"}', _J, 422), ("POST", _CHAT, b'{"messages": []}', _J, 422),
+    ("POST", _CHAT, b"{not json", _J, 422),
+    ("POST", _CHAT, b"", _J, 422),
+    ("POST", _CHAT, b"[]", _J, 422),
+    ("POST", _CHAT, b"null", _J, 422),
+    ("POST", _CHAT, b'"a string"', _J, 422),
+    ("POST", _CHAT, b'{"messages": "hi"}', _J, 422),
+    ("POST", _CHAT, b'{"messages": []}', _J, 422),
     ("POST", _CHAT, b'{"messages": [{"role": "user"}]}', _J, 422),
     ("POST", _CHAT, b'{"messages": [{"role": "user", "content": 5}]}', _J, 422),
     ("POST", _CHAT, b'{"messages": [{"role": "alien", "content": "x"}]}', _J, 422),
@@ -179,14 +209,16 @@ MALFORMED = [  # (method, path, body, headers, expected status or None for any 4
     ("POST", _CHAT, b'{"messages": [{"role": "system", "content": "x"}]}', _J, 400),
     ("POST", _CHAT, b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes please"}', _J, 422),
     ("POST", _CHAT, b"x" * (1 << 21), _J, 413),
-    ("POST", "/v1/completions", b'{"prompt": ""}', _J, 422), ("POST", "/v1/completions", b'{}', _J, 422),
+    ("POST", "/v1/completions", b'{"prompt": ""}', _J, 422),
+    ("POST", "/v1/completions", b"{}", _J, 422),
     ("POST", "/v1/completions", b'{"prompt": ["a", "b"]}', _J, 422),
     ("PUT", "/v1/users/u1/profile", b'{"items": "x"}', _J, 422),
     ("PUT", "/v1/users/u1/profile", b'{"items": [{"title": "no text"}]}', _J, 422),
     ("PUT", "/v1/users/u1/profile", b'{"items": [{"text": ""}]}', _J, 422),
     ("PUT", "/v1/users/u1/profile", b'{"items": [{"text": "x", "unknown": 1}]}', _J, 422),
     ("POST", "/v1/users/u1/profile/items", b'{"text": 3}', _J, 422),
-    ("DELETE", "/v1/users/u1", None, {}, 404), ("GET", "/v1/nothing-here", None, {}, 404),
+    ("DELETE", "/v1/users/u1", None, {}, 404),
+    ("GET", "/v1/nothing-here", None, {}, 404),
     ("POST", "/v1/users/u1/profile", b"{}", _J, 405),
 ]
 
@@ -282,13 +314,25 @@ def test_the_playground_streams_both_answers_in_headless_chromium(saved_tiny_mod
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     server, port = start_server(saved_tiny_model, tmp_path, key="", stdout=subprocess.DEVNULL)
     try:
-        query = urllib.parse.urlencode({"user": "pg", "profile": "Teach the parser to skip blank lines.|Document it.",
-                                        "prompt": "Write a commit body.", "max": "12", "autorun": "1"})
+        query = urllib.parse.urlencode(
+            {
+                "user": "pg",
+                "profile": "Teach the parser to skip blank lines.|Document it.",
+                "prompt": "Write a commit body.",
+                "max": "12",
+                "autorun": "1",
+            }
+        )
         shot = tmp_path / "playground.png"
-        got = run_page(browser, f"http://127.0.0.1:{port}/?{query}", shot, tmp_path / "chrome",
-                       done="document.body && document.body.dataset.done === '1'",
-                       read="{with: document.getElementById('with').textContent, "
-                            "without: document.getElementById('without').textContent}")
+        got = run_page(
+            browser,
+            f"http://127.0.0.1:{port}/?{query}",
+            shot,
+            tmp_path / "chrome",
+            done="document.body && document.body.dataset.done === '1'",
+            read="{with: document.getElementById('with').textContent, "
+            "without: document.getElementById('without').textContent}",
+        )
         stored = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/users/pg/profile").read())
     finally:
         server.terminate()
@@ -298,7 +342,9 @@ def test_the_playground_streams_both_answers_in_headless_chromium(saved_tiny_mod
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
-    idat = b"".join(data[m.start() + 4: m.start() + 4 + struct.unpack(">I", data[m.start() - 4: m.start()])[0]]
-                    for m in re.finditer(b"IDAT", data))
+    idat = b"".join(
+        data[m.start() + 4 : m.start() + 4 + struct.unpack(">I", data[m.start() - 4 : m.start()])[0]]
+        for m in re.finditer(b"IDAT", data)
+    )
     rows = zlib.decompress(idat)
     assert width == 1200 and height > 600 and len(set(rows[::97])) > 8  # a rendered page, not a blank image

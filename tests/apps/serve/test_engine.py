@@ -15,8 +15,14 @@ def _reference(model, tok, prompt, n, threads):
     torch.set_num_threads(threads)  # the arithmetic the engine's G does (MKL's order depends on it)
     try:
         ids = torch.tensor([prompt])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, mode="sequential",
-                             eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)[0].tolist()
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            mode="sequential",
+            eos_token_id=[tok.eos_token_id],
+            pad_token_id=tok.pad_token_id,
+        )[0].tolist()
     finally:
         torch.set_num_threads(previous)
     return out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
@@ -28,8 +34,12 @@ def test_staggered_requests_join_the_running_batch_and_get_their_alone_tokens(sa
     from flythinker.auto import load_model
 
     model, tok = load_model(saved_tiny_model)
-    texts = ["fix the parser", "Document the new option for the command line tool and its tests",
-             "refs: speed up", "Teach the merge machinery to keep going after a conflict in a submodule"]
+    texts = [
+        "fix the parser",
+        "Document the new option for the command line tool and its tests",
+        "refs: speed up",
+        "Teach the merge machinery to keep going after a conflict in a submodule",
+    ]
     prompts = [tok(t)["input_ids"] for t in texts]
     budgets = [30, 9, 20, 14]
     engine = Engine(model, tok, max_batch=3, mode=mode)
@@ -70,9 +80,18 @@ def test_a_seeded_request_decodes_alone_and_samples_what_generate_samples(saved_
     finally:
         engine.close()
     ids = torch.tensor([prompt])
-    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, mode="sequential",
-                         do_sample=True, temperature=0.8, top_p=0.95, seed=11,
-                         eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)[0].tolist()
+    ref = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=12,
+        mode="sequential",
+        do_sample=True,
+        temperature=0.8,
+        top_p=0.95,
+        seed=11,
+        eos_token_id=[tok.eos_token_id],
+        pad_token_id=tok.pad_token_id,
+    )[0].tolist()
     assert got == (ref[: ref.index(tok.eos_token_id)] if tok.eos_token_id in ref else ref)
     # first come, first served: the seeded request waits for `other` to end, decodes alone, and
     # `late` (behind it in the queue) joins no one

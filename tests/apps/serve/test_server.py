@@ -9,7 +9,6 @@ import signal
 import subprocess
 
 import pytest
-
 from serving import start_server
 
 
@@ -28,10 +27,15 @@ def test_the_official_openai_client_works_unchanged(server):
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
     import urllib.request  # the client has no profile API: the profile goes in over plain HTTP
 
-    urllib.request.urlopen(urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/users/ana/profile", method="PUT",
-        data=json.dumps({"items": [{"title": "fix", "text": "Teach the parser to skip blank lines."}]}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": "Bearer k"}), timeout=30)
+    urllib.request.urlopen(
+        urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/users/ana/profile",
+            method="PUT",
+            data=json.dumps({"items": [{"title": "fix", "text": "Teach the parser to skip blank lines."}]}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": "Bearer k"},
+        ),
+        timeout=30,
+    )
     messages = [{"role": "user", "content": "Write the body of: docs: explain --quiet"}]
     kw = dict(model="flythinker", user="ana", messages=messages, max_tokens=12, temperature=0.8, top_p=0.95, seed=4)
     whole = client.chat.completions.create(**kw)
@@ -58,10 +62,14 @@ def test_concurrent_clients_for_a_fixed_time_are_all_answered(server):
     from flythinker.apps.bench.serve import _level
 
     proc, port = server
-    body = {"prompt": "Write the body of the commit 'parser: skip blank lines'.", "max_tokens": 16,
-            "temperature": 0.8, "top_p": 0.95, "stream": True}
-    r = _level(port, clients=8, per_client=1, body=body, duration_s=4.0,
-               headers={"Authorization": "Bearer k"})
+    body = {
+        "prompt": "Write the body of the commit 'parser: skip blank lines'.",
+        "max_tokens": 16,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "stream": True,
+    }
+    r = _level(port, clients=8, per_client=1, body=body, duration_s=4.0, headers={"Authorization": "Bearer k"})
     assert r["errors"] == 0, r["error_samples"]
     assert r["answered"] == r["requests"] >= 8 and r["tokens"] > 0
     assert r["p95_latency_s"] >= r["p50_latency_s"] > 0 and r["p50_ttft_s"] > 0
@@ -112,8 +120,10 @@ def test_an_oversized_body_sent_slowly_still_gets_its_413(server):
     _, port = server
     size = 4 << 20
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  f"Authorization: Bearer k\r\nConnection: close\r\nContent-Length: {size}\r\n\r\n".encode())
+        s.sendall(
+            f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer k\r\nConnection: close\r\nContent-Length: {size}\r\n\r\n".encode()
+        )
         time.sleep(0.3)  # the server has the headers (and could answer) before the body comes
         for _ in range(size // (64 << 10)):
             s.sendall(b"x" * (64 << 10))

@@ -29,8 +29,10 @@ def store(request, tmp_path):
 
 def test_replace_append_get_delete(store):
     assert store.get("u1") is None
-    assert store.replace("u1", [{"title": "A", "text": "first"}, {"text": "second", "date": "2024-01-02"}]) == \
-        [{"title": "A", "text": "first"}, {"text": "second", "date": "2024-01-02"}]
+    assert store.replace("u1", [{"title": "A", "text": "first"}, {"text": "second", "date": "2024-01-02"}]) == [
+        {"title": "A", "text": "first"},
+        {"text": "second", "date": "2024-01-02"},
+    ]
     store.append("u1", {"text": "third"})
     assert [i["text"] for i in store.get("u1")] == ["first", "second", "third"]
     store.replace("u1", [{"text": "only"}])
@@ -41,10 +43,19 @@ def test_replace_append_get_delete(store):
     assert store.get("u2") == []
 
 
-@pytest.mark.parametrize("items", [
-    [{"text": ""}], [{"title": "no text"}], [{"text": 5}], [{"text": "ok", "title": 3}], [{"text": "ok", "x": 1}],
-    ["just a string"], [{"text": "x" * 100_001}], "not a list",
-])
+@pytest.mark.parametrize(
+    "items",
+    [
+        [{"text": ""}],
+        [{"title": "no text"}],
+        [{"text": 5}],
+        [{"text": "ok", "title": 3}],
+        [{"text": "ok", "x": 1}],
+        ["just a string"],
+        [{"text": "x" * 100_001}],
+        "not a list",
+    ],
+)
 def test_a_bad_item_changes_nothing(store, items):
     store.replace("u1", [{"text": "kept"}])
     with pytest.raises(UserError):

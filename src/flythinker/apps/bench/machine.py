@@ -26,8 +26,12 @@ def all_threads() -> int:
 def machine_info() -> dict:
     import torch
 
-    return {"cpus": all_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine()}
+    return {
+        "cpus": all_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 @contextmanager
@@ -45,6 +49,7 @@ def _threads(n: int | None):
 def weight_bytes(model) -> dict:
     """Bytes each model reads per decoded token: G all its weights (the LM head reads the whole
     table), R all but its embedding table (a lookup reads one row; R runs no LM head)."""
+
     def unique(params):
         return sum({p.data_ptr(): p.numel() * p.element_size() for p in params}.values())
 

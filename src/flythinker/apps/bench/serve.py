@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import socket
-import tempfile
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -75,8 +75,9 @@ def _stream_one(port: int, body: dict, headers: dict | None = None) -> tuple[flo
     return time.perf_counter() - t0, first if first is not None else float("nan"), pieces
 
 
-def _level(port: int, clients: int, per_client: int, body: dict, duration_s: float | None = None,
-           headers: dict | None = None) -> dict:
+def _level(
+    port: int, clients: int, per_client: int, body: dict, duration_s: float | None = None, headers: dict | None = None
+) -> dict:
     """N client threads streaming completions one after another: ``per_client`` each, or as many
     as each can start within ``duration_s`` (the last one is waited for)."""
     results, errors, lock = [], [], threading.Lock()
@@ -102,11 +103,20 @@ def _level(port: int, clients: int, per_client: int, body: dict, duration_s: flo
         t.join()
     wall = time.perf_counter() - t0
     lat, ttft = sorted(r[0] for r in results), sorted(r[1] for r in results)
-    return {"clients": clients, "requests": len(results) + len(errors), "answered": len(results),
-            "errors": len(errors), "error_samples": errors[:3], "wall_s": wall,
-            "tokens": sum(r[2] for r in results), "tokens_per_s": sum(r[2] for r in results) / wall,
-            "p50_latency_s": statistics.median(lat) if lat else None, "p95_latency_s": _p95(lat),
-            "p50_ttft_s": statistics.median(ttft) if ttft else None, "p95_ttft_s": _p95(ttft)}
+    return {
+        "clients": clients,
+        "requests": len(results) + len(errors),
+        "answered": len(results),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "wall_s": wall,
+        "tokens": sum(r[2] for r in results),
+        "tokens_per_s": sum(r[2] for r in results) / wall,
+        "p50_latency_s": statistics.median(lat) if lat else None,
+        "p95_latency_s": _p95(lat),
+        "p50_ttft_s": statistics.median(ttft) if ttft else None,
+        "p95_ttft_s": _p95(ttft),
+    }
 
 
 def _p95(ordered: list[float]) -> float | None:
@@ -114,9 +124,16 @@ def _p95(ordered: list[float]) -> float | None:
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else None
 
 
-def run_serve_bench(model_dir: Path, concurrency: list[int], per_client: int = 2, max_tokens: int = 32,
-                    mode: str = "auto", duration_s: float | None = None, dtype: str | None = None,
-                    log=print) -> dict:
+def run_serve_bench(
+    model_dir: Path,
+    concurrency: list[int],
+    per_client: int = 2,
+    max_tokens: int = 32,
+    mode: str = "auto",
+    duration_s: float | None = None,
+    dtype: str | None = None,
+    log=print,
+) -> dict:
     """Batched (continuous batching, max_batch = the highest concurrency) against one-at-a-time
     serving (max_batch = 1) of the same model; each level runs ``per_client`` requests per client,
     or for ``duration_s`` seconds."""
@@ -127,15 +144,29 @@ def run_serve_bench(model_dir: Path, concurrency: list[int], per_client: int = 2
     from flythinker.data.prompts import PromptConfig
 
     model, tok = load_model(model_dir, dtype=dtype)
-    body = {"prompt": "Write the body of the commit 'parser: skip blank lines'.", "max_tokens": max_tokens,
-            "temperature": 0.8, "top_p": 0.95, "stream": True}
-    out = {"model": str(model_dir), "max_tokens": max_tokens, "per_client": per_client, "duration_s": duration_s,
-           "mode": mode, "dtype": dtype or "as saved", "levels": {}}
+    body = {
+        "prompt": "Write the body of the commit 'parser: skip blank lines'.",
+        "max_tokens": max_tokens,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "stream": True,
+    }
+    out = {
+        "model": str(model_dir),
+        "max_tokens": max_tokens,
+        "per_client": per_client,
+        "duration_s": duration_s,
+        "mode": mode,
+        "dtype": dtype or "as saved",
+        "levels": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name, max_batch in (("batched", max(concurrency)), ("one_at_a_time", 1)):
             engine = Engine(model, tok, max_batch=max_batch, max_queue=4 * max(concurrency), mode=mode)
             out["mode"] = engine.mode  # auto resolved
-            server = _Server(make_app(model, tok, ProfileStore(Path(tmp) / f"{name}.db"), PromptConfig(), engine=engine))
+            server = _Server(
+                make_app(model, tok, ProfileStore(Path(tmp) / f"{name}.db"), PromptConfig(), engine=engine)
+            )
             try:
                 _stream_one(server.port, {**body, "max_tokens": 2})  # warm-up
                 for n in concurrency:
@@ -153,17 +184,38 @@ def print_serve_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    each = (f"{result['duration_s']:g} s of streamed completions per client" if result.get("duration_s")
-            else f"{result['per_client']} streamed completions per client")
+    each = (
+        f"{result['duration_s']:g} s of streamed completions per client"
+        if result.get("duration_s")
+        else f"{result['per_client']} streamed completions per client"
+    )
     table = Table(title=f"serving {result['model']}: {each}, up to {result['max_tokens']} tokens each")
-    for col in ("clients", "server", "requests", "tok/s", "p50 latency s", "p95 latency s", "p50 TTFT s", "errors",
-                "batched / one"):
+    for col in (
+        "clients",
+        "server",
+        "requests",
+        "tok/s",
+        "p50 latency s",
+        "p95 latency s",
+        "p50 TTFT s",
+        "errors",
+        "batched / one",
+    ):
         table.add_column(col, justify="right")
     for n, row in result["levels"].items():
         for name in ("batched", "one_at_a_time"):
             r = row[name]
-            table.add_row(n, name, str(r["answered"]), f"{r['tokens_per_s']:.1f}", f"{r['p50_latency_s']:.2f}", f"{r['p95_latency_s']:.2f}",
-                          f"{r['p50_ttft_s']:.2f}", str(r["errors"]), f"{row['speedup']:.2f}" if name == "batched" else "")
+            table.add_row(
+                n,
+                name,
+                str(r["answered"]),
+                f"{r['tokens_per_s']:.1f}",
+                f"{r['p50_latency_s']:.2f}",
+                f"{r['p95_latency_s']:.2f}",
+                f"{r['p50_ttft_s']:.2f}",
+                str(r["errors"]),
+                f"{row['speedup']:.2f}" if name == "batched" else "",
+            )
     Console().print(table)
 
 
@@ -171,9 +223,13 @@ def bench_serve_command(
     model: Path = typer.Option(..., "--model", help="A FlyThinker folder or a plain causal-LM folder."),
     concurrency: str = typer.Option("1,4,16", "--concurrency", help="Comma-separated numbers of concurrent clients."),
     per_client: int = typer.Option(2, "--per-client", help="Completions each client requests, one after another."),
-    duration: float = typer.Option(None, "--duration", help="Instead: seconds each level runs (clients keep requesting)."),
+    duration: float = typer.Option(
+        None, "--duration", help="Instead: seconds each level runs (clients keep requesting)."
+    ),
     max_tokens: int = typer.Option(32, "--max-tokens", help="Tokens per completion."),
-    mode: str = typer.Option("auto", "--mode", help="The engine's mode, as flythinker serve's: auto, concurrent or sequential."),
+    mode: str = typer.Option(
+        "auto", "--mode", help="The engine's mode, as flythinker serve's: auto, concurrent or sequential."
+    ),
     dtype: str = typer.Option(None, "--dtype", help="Weights dtype (float32, bfloat16; default: as saved)."),
     json_path: Path = typer.Option(None, "--json", help="Also write the results here."),
 ) -> None:

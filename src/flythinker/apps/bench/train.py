@@ -62,8 +62,18 @@ def _device(cfg: BenchConfig) -> str:
 def _lm(cfg: BenchConfig, seed: int):
     from flythinker.tiny import qwen2_config, random_lm
 
-    qcfg = qwen2_config(cfg.hidden, cfg.layers, max(1, cfg.hidden // 64), max(1, cfg.hidden // 128), None, cfg.vocab,
-                        tie=False, max_positions=max(512, cfg.seq_len), eos=1, pad=0)
+    qcfg = qwen2_config(
+        cfg.hidden,
+        cfg.layers,
+        max(1, cfg.hidden // 64),
+        max(1, cfg.hidden // 128),
+        None,
+        cfg.vocab,
+        tie=False,
+        max_positions=max(512, cfg.seq_len),
+        eos=1,
+        pad=0,
+    )
     return random_lm(qcfg, seed)
 
 
@@ -118,7 +128,7 @@ def time_steps(cfg: BenchConfig) -> dict[str, list[float]]:
             train_step(model, opt, batch)
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
     for i in range(cfg.repeats):
-        order = CONFIGS[i % 3:] + CONFIGS[: i % 3]  # rotate: no configuration always runs first
+        order = CONFIGS[i % 3 :] + CONFIGS[: i % 3]  # rotate: no configuration always runs first
         for name in order:
             model, opt = setups[name]
             t0 = time.perf_counter()
@@ -195,12 +205,23 @@ def run_bench(cfg: BenchConfig) -> dict:
             memory = {name: _memory_in_fresh_process(name, cfg) for name in CONFIGS}
     ratio = step_s["flythinker"] / (step_s["sft_generator"] + step_s["sft_reasoner"])
     return {
-        "config": asdict(cfg), "device": device, "torch_threads": torch.get_num_threads(),
-        "parameters": params, "step_s": step_s, "step_s_all": times,
+        "config": asdict(cfg),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "parameters": params,
+        "step_s": step_s,
+        "step_s_all": times,
         "peak_memory_bytes": memory,
-        "memory_method": None if memory is None else ("cuda.max_memory_allocated" if device.startswith("cuda")
-                                                      else "peak RSS growth (VmHWM), fresh process per config"),
-        "flythinker_over_sum": ratio, "target": TARGET, "meets_target": ratio <= TARGET,
+        "memory_method": None
+        if memory is None
+        else (
+            "cuda.max_memory_allocated"
+            if device.startswith("cuda")
+            else "peak RSS growth (VmHWM), fresh process per config"
+        ),
+        "flythinker_over_sum": ratio,
+        "target": TARGET,
+        "meets_target": ratio <= TARGET,
         "loadavg": loadavg(),
     }
 
@@ -210,22 +231,31 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     cfg = result["config"]
-    table = Table(title=f"training step, {result['device']}: batch {cfg['batch_size']} × {cfg['seq_len']} tokens, "
-                        f"hidden {cfg['hidden']}, {cfg['layers']} layers, vocab {cfg['vocab']}")
+    table = Table(
+        title=f"training step, {result['device']}: batch {cfg['batch_size']} × {cfg['seq_len']} tokens, "
+        f"hidden {cfg['hidden']}, {cfg['layers']} layers, vocab {cfg['vocab']}"
+    )
     for col in ("configuration", "trainable params", "step (median)", "min", "max", "peak memory"):
         table.add_column(col, justify="left" if col == "configuration" else "right", no_wrap=True)
     mem = result["peak_memory_bytes"] or {}
     for name in CONFIGS:
         ts = result["step_s_all"][name]
-        table.add_row(name, f"{result['parameters'][name]['trainable'] / 1e6:.2f}M", f"{result['step_s'][name] * 1e3:.1f} ms",
-                      f"{min(ts) * 1e3:.1f}", f"{max(ts) * 1e3:.1f}",
-                      f"{mem[name] / 2**20:.0f} MiB" if name in mem else "-")
+        table.add_row(
+            name,
+            f"{result['parameters'][name]['trainable'] / 1e6:.2f}M",
+            f"{result['step_s'][name] * 1e3:.1f} ms",
+            f"{min(ts) * 1e3:.1f}",
+            f"{max(ts) * 1e3:.1f}",
+            f"{mem[name] / 2**20:.0f} MiB" if name in mem else "-",
+        )
     console = Console()
     console.print(table)
     verdict = "meets" if result["meets_target"] else "MISSES"
-    console.print(f"FlyThinker / (SFT(G) + SFT(R)) = {result['flythinker_over_sum']:.3f} ({verdict} the ≤ {TARGET} target); "
-                  f"{cfg['repeats']} interleaved repeats, {result['torch_threads']} torch threads, "
-                  f"loadavg {result['loadavg']}")
+    console.print(
+        f"FlyThinker / (SFT(G) + SFT(R)) = {result['flythinker_over_sum']:.3f} ({verdict} the ≤ {TARGET} target); "
+        f"{cfg['repeats']} interleaved repeats, {result['torch_threads']} torch threads, "
+        f"loadavg {result['loadavg']}"
+    )
 
 
 def bench_train_command(
@@ -237,14 +267,25 @@ def bench_train_command(
     seq_len: Annotated[int, typer.Option(help="Tokens per sequence (half prompt, half response).")] = 256,
     repeats: Annotated[int, typer.Option(help="Timed steps per configuration (interleaved).")] = 10,
     warmup: Annotated[int, typer.Option(help="Untimed steps per configuration first.")] = 2,
-    memory: Annotated[bool, typer.Option(help="Measure peak memory (one fresh process per configuration on CPU).")] = True,
+    memory: Annotated[
+        bool, typer.Option(help="Measure peak memory (one fresh process per configuration on CPU).")
+    ] = True,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
 ) -> None:
     """Step time and peak memory of SFT(G), SFT(R) and FlyThinker(G+R), same data and batch."""
-    cfg = BenchConfig(hidden=hidden, layers=layers, vocab=vocab, batch_size=batch_size, seq_len=seq_len,
-                      repeats=repeats, warmup=warmup, memory=memory, device=device,
-                      threads=threads)
+    cfg = BenchConfig(
+        hidden=hidden,
+        layers=layers,
+        vocab=vocab,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        repeats=repeats,
+        warmup=warmup,
+        memory=memory,
+        device=device,
+        threads=threads,
+    )
     result = run_bench(cfg)
     print_table(result)
     if json_path is not None:

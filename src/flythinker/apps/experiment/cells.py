@@ -53,8 +53,9 @@ def build_cell_model(cfg, method: str, tokenizer):
         return g
     r = load_causal_lm(cfg.model.reasoner, "model.reasoner")
     cls = StaticThinker if kind == "static" else FlyThinker
-    return cls(g, r, lam=cfg.model.lam, fusion=cfg.model.fusion, generator_tokenizer=tokenizer,
-               reasoner_tokenizer=tokenizer)
+    return cls(
+        g, r, lam=cfg.model.lam, fusion=cfg.model.fusion, generator_tokenizer=tokenizer, reasoner_tokenizer=tokenizer
+    )
 
 
 def cell_latents(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, loaded=None) -> dict | None:
@@ -106,24 +107,38 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
     settings = DecodeSettings(**{**exp.decode, "seed": 1000 * seed})
     if b.think:
         settings.max_new_tokens += exp.think_extra_tokens
-    stats = generate_predictions(model, tok, test_exs, out / "predictions.jsonl", prompt_cfg=prompt_cfg,
-                                 settings=settings, progress=False)
+    stats = generate_predictions(
+        model, tok, test_exs, out / "predictions.jsonl", prompt_cfg=prompt_cfg, settings=settings, progress=False
+    )
     metrics = score_cell(exp, out, test_exs, think=b.think, seed=seed)
-    metrics.update(nll, name=group.name, method=group.method, split=split, seed=seed, train_s=train_s,
-                   decode_ms_per_step=stats.ms_per_step or None, zero_shot=group.zero_shot,
-                   cell_s=time.perf_counter() - t0)
+    metrics.update(
+        nll,
+        name=group.name,
+        method=group.method,
+        split=split,
+        seed=seed,
+        train_s=train_s,
+        decode_ms_per_step=stats.ms_per_step or None,
+        zero_shot=group.zero_shot,
+        cell_s=time.perf_counter() - t0,
+    )
     if exp.probe:
         _probe(model, tok, test_exs, prompt_cfg, out, exp, seed, own=test_nll)
         metrics["cell_s"] = time.perf_counter() - t0
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     cell_latents(exp, group, split, seed, loaded=(model, tok))
-    log(f"[{split}/{group.name}/seed{seed}] " + " ".join(
-        f"{k}={metrics[k]:.4g}" for k in ("rougeL", "meteor", "bleu", "test_nll") if metrics.get(k) is not None))
+    log(
+        f"[{split}/{group.name}/seed{seed}] "
+        + " ".join(
+            f"{k}={metrics[k]:.4g}" for k in ("rougeL", "meteor", "bleu", "test_nll") if metrics.get(k) is not None
+        )
+    )
     return out
 
 
-def remeasure_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bases: dict[str, Path],
-                   log=print) -> None:
+def remeasure_cell(
+    exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bases: dict[str, Path], log=print
+) -> None:
     """Measure a finished cell's teacher-forced figures again from its model: dev and test NLL (in
     ``metrics.json``), ``probe.json`` and ``latents.json``. Predictions, scores and timings stay as
     they are: for cells measured by code that has since been fixed (a ``static`` cell's NLL and
@@ -137,8 +152,10 @@ def remeasure_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: in
     if not (out / "metrics.json").is_file():
         raise UserError(f"--remeasure: {name} is not finished (no metrics.json)")
     if not group.zero_shot and not (out / "train" / "final").is_dir():
-        raise UserError(f"--remeasure: {name} has no trained model ({out / 'train' / 'final'}); "
-                        "checkpoints are not committed, so only the machine that trained it can measure it again")
+        raise UserError(
+            f"--remeasure: {name} has no trained model ({out / 'train' / 'final'}); "
+            "checkpoints are not committed, so only the machine that trained it can measure it again"
+        )
     model, tok = load_model(bases[exp.generator] if group.zero_shot else out / "train" / "final")
     prompt_cfg = cell_train_config(exp, group, split, seed, bases).data.prompt_config()
     folder = Path(exp.data) / split
@@ -163,8 +180,10 @@ def _nll(model, tok, dev_exs, test_exs, prompt_cfg, think: bool):
     if think:
         return {}, None
     test_nll = per_example_nll(model, tok, test_exs, prompt_cfg, PROBE_BATCH)
-    return {"dev_nll": mean_nll(model, tok, dev_exs, prompt_cfg),
-            "test_nll": float(test_nll[0].sum() / max(test_nll[1].sum(), 1))}, test_nll
+    return {
+        "dev_nll": mean_nll(model, tok, dev_exs, prompt_cfg),
+        "test_nll": float(test_nll[0].sum() / max(test_nll[1].sum(), 1)),
+    }, test_nll
 
 
 def _train_cell(cfg, group: CellGroup, train_exs, out: Path) -> float:
@@ -177,8 +196,9 @@ def _train_cell(cfg, group: CellGroup, train_exs, out: Path) -> float:
     t0 = time.perf_counter()
     if not (out / "train" / "final").is_dir():
         tok = build_tokenizer(cfg.model, train_exs)
-        train(cfg, out / "train", model=build_cell_model(cfg, group.method, tok), tokenizer=tok,
-              train_examples=train_exs)
+        train(
+            cfg, out / "train", model=build_cell_model(cfg, group.method, tok), tokenizer=tok, train_examples=train_exs
+        )
     result = out / "train" / "result.json"
     if result.is_file():
         return float(json.loads(result.read_text())["train_time_s"])
@@ -197,15 +217,23 @@ def score_cell(exp: ExperimentConfig, out: Path, test_exs, think: bool, seed: in
     preds = [strip_think(p) for p in raw_preds] if think else raw_preds
     refs = [e.output for e in test_exs]
     scores = score_examples(preds, refs, bertscore=exp.bertscore)
-    np.savez(out / "scores.npz", ids=np.array([e.id for e in test_exs]), rouge1=scores.rouge1, rougeL=scores.rougeL,
-             meteor=scores.meteor, bleu_stats=scores.bleu_stats,
-             **({"bertscore": scores.bertscore} if scores.bertscore is not None else {}))
+    np.savez(
+        out / "scores.npz",
+        ids=np.array([e.id for e in test_exs]),
+        rouge1=scores.rouge1,
+        rougeL=scores.rougeL,
+        meteor=scores.meteor,
+        bleu_stats=scores.bleu_stats,
+        **({"bertscore": scores.bertscore} if scores.bertscore is not None else {}),
+    )
     # by position without BERTScore (re-encoding every segment costs more than the whole cell's scoring)
     metrics = metrics_from_scores(replace(scores, bertscore=None), preds, refs, bootstrap=0)
     metrics.update(summarize(scores, bootstrap=exp.bootstrap, seed=seed))
     metrics.pop("by_user", None)
-    metrics.update(mean_words=float(np.mean([len(p.split()) for p in preds])),
-                   think_closed=(float(np.mean(["</think>" in p for p in raw_preds])) if think else None))
+    metrics.update(
+        mean_words=float(np.mean([len(p.split()) for p in preds])),
+        think_closed=(float(np.mean(["</think>" in p for p in raw_preds])) if think else None),
+    )
     return metrics
 
 
@@ -216,7 +244,11 @@ def _probe(model, tok, test_exs, prompt_cfg, out: Path, exp: ExperimentConfig, s
     from flythinker.evaluate.diagnostics import profile_use
 
     if prompt_cfg.retrieval == "none":
-        prompt_cfg, own = replace(prompt_cfg, retrieval=exp.train.get("data", {}).get("prompt", {}).get("retrieval", "all")), None
-    result = profile_use(model, tok, test_exs, prompt_cfg, bootstrap=exp.bootstrap, seed=seed, batch_size=PROBE_BATCH,
-                         own=own)
+        prompt_cfg, own = (
+            replace(prompt_cfg, retrieval=exp.train.get("data", {}).get("prompt", {}).get("retrieval", "all")),
+            None,
+        )
+    result = profile_use(
+        model, tok, test_exs, prompt_cfg, bootstrap=exp.bootstrap, seed=seed, batch_size=PROBE_BATCH, own=own
+    )
     (out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -89,7 +89,9 @@ class ExperimentConfig:
                 raise UserError(f"ablations.{g.name}.zero_shot: only for methods of G alone, not {g.method!r}")
             get_baseline(g.method)
             if g.reasoner is not None and g.reasoner not in self.bases:
-                raise UserError(f"ablations.{g.name}.reasoner: {g.reasoner!r} is not one of bases ({', '.join(self.bases)})")
+                raise UserError(
+                    f"ablations.{g.name}.reasoner: {g.reasoner!r} is not one of bases ({', '.join(self.bases)})"
+                )
         return rows
 
     def cells(self, only: list[str] | None = None) -> list[tuple[CellGroup, str, int]]:
@@ -101,8 +103,11 @@ class ExperimentConfig:
         for part in (main, [g for g in groups if g not in main]):
             for seed in sorted({s for g in part for s in (g.seeds or self.seeds)}):
                 for split in self.splits:
-                    out += [(g, split, seed) for g in part
-                            if split in (g.splits or self.splits) and seed in (g.seeds or self.seeds)]
+                    out += [
+                        (g, split, seed)
+                        for g in part
+                        if split in (g.splits or self.splits) and seed in (g.seeds or self.seeds)
+                    ]
         return out
 
 

@@ -49,15 +49,23 @@ class Baseline:
     description: str = ""
 
 
-BASELINES = {b.name: b for b in (
-    Baseline("nonpers", "sft", "none", description="query only (no profile), fine-tuned G"),
-    Baseline("rag", "sft", "bm25", description="top-k profile items by BM25, fine-tuned G"),
-    Baseline("sft", "sft", None, description="G fine-tuned on profile + query -> response"),
-    Baseline("think_then_generate", "sft", None, think=True,
-             description="explicit <think> plan (stand-in profile teacher) then the response"),
-    Baseline("static", "static", None, description="one prompt latent from R added at every response position"),
-    Baseline("flythinker", "flythinker", None, description="R's latent of every token fused into G's next input"),
-)}
+BASELINES = {
+    b.name: b
+    for b in (
+        Baseline("nonpers", "sft", "none", description="query only (no profile), fine-tuned G"),
+        Baseline("rag", "sft", "bm25", description="top-k profile items by BM25, fine-tuned G"),
+        Baseline("sft", "sft", None, description="G fine-tuned on profile + query -> response"),
+        Baseline(
+            "think_then_generate",
+            "sft",
+            None,
+            think=True,
+            description="explicit <think> plan (stand-in profile teacher) then the response",
+        ),
+        Baseline("static", "static", None, description="one prompt latent from R added at every response position"),
+        Baseline("flythinker", "flythinker", None, description="R's latent of every token fused into G's next input"),
+    )
+}
 
 
 def get_baseline(name: str) -> Baseline:
@@ -74,8 +82,10 @@ def get_baseline(name: str) -> Baseline:
 # --- explicit think-then-generate ---------------------------------------------------------------
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'_-]*")
-_STOP = frozenset("the a an of to in and or is are be it this that for on with as by we at from not "
-                  "but if so can when which was has have there its into than then also".split())
+_STOP = frozenset(
+    "the a an of to in and or is are be it this that for on with as by we at from not "
+    "but if so can when which was has have there its into than then also".split()
+)
 
 
 def profile_teacher(example) -> str:
@@ -116,8 +126,9 @@ def with_reasoning(example, teacher=profile_teacher):
     True
     """
     reasoning = example.reasoning if example.reasoning else teacher(example)
-    return replace(example, output=f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n{example.output}",
-                   reasoning=reasoning)
+    return replace(
+        example, output=f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n{example.output}", reasoning=reasoning
+    )
 
 
 def strip_think(text: str) -> str:

@@ -66,8 +66,17 @@ class PretrainConfig:
     """Pre-train on the first N filtered commits only (quick tests); None: all."""
 
     def __post_init__(self):
-        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size", "block_size",
-                     "batch_size", "steps", "max_positions"):
+        for name in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "vocab_size",
+            "block_size",
+            "batch_size",
+            "steps",
+            "max_positions",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise UserError(f"pretrain.{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -123,8 +132,14 @@ def filtered_corpus(data_root: str | Path) -> tuple[list[dict], dict]:
                 n_out += 1
             else:
                 kept.append(c)
-    stats = {"corpus": total, "kept": len(kept), "dropped_eval_outputs": n_out,
-             "dropped_heldout_authors": n_author, "heldout_ids": len(ids), "heldout_users": len(users)}
+    stats = {
+        "corpus": total,
+        "kept": len(kept),
+        "dropped_eval_outputs": n_out,
+        "dropped_heldout_authors": n_author,
+        "heldout_ids": len(ids),
+        "heldout_users": len(users),
+    }
     return kept, stats
 
 
@@ -144,8 +159,7 @@ def token_blocks(texts: list[str], tokenizer, block_size: int):
     return torch.tensor(ids[: n * block_size], dtype=torch.long).view(n, block_size)  # (N, block)
 
 
-def pretrain(cfg: PretrainConfig, data_root: str | Path, out_dir: str | Path, *, tokenizer=None,
-             log=print) -> Path:
+def pretrain(cfg: PretrainConfig, data_root: str | Path, out_dir: str | Path, *, tokenizer=None, log=print) -> Path:
     """Pre-train one base LM on the filtered corpus; writes ``out_dir`` (model + tokenizer +
     ``pretrain.json``) and returns it. An existing finished folder is reused (resumable matrix).
 
@@ -164,17 +178,32 @@ def pretrain(cfg: PretrainConfig, data_root: str | Path, out_dir: str | Path, *,
     if tokenizer is None:
         tokenizer = corpus_tokenizer(texts, cfg.vocab_size)
     blocks = token_blocks(texts, tokenizer, cfg.block_size)  # (N, block)
-    mcfg = qwen2_config(cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, None, len(tokenizer),
-                        max_positions=cfg.max_positions, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+    mcfg = qwen2_config(
+        cfg.hidden_size,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        None,
+        len(tokenizer),
+        max_positions=cfg.max_positions,
+        eos=tokenizer.eos_token_id,
+        pad=tokenizer.pad_token_id,
+    )
     model = random_lm(mcfg, cfg.seed).train()
     t0 = time.perf_counter()
     held_loss, last_loss = _fit_blocks(model, blocks, cfg, log)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    info = {"config": asdict(cfg), "corpus": stats, "tokens": int(blocks.numel()), "final_loss": last_loss,
-            "heldout_loss": held_loss, "seconds": time.perf_counter() - t0,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    info = {
+        "config": asdict(cfg),
+        "corpus": stats,
+        "tokens": int(blocks.numel()),
+        "final_loss": last_loss,
+        "heldout_loss": held_loss,
+        "seconds": time.perf_counter() - t0,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     (out / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")
     log(f"pretrained {out}: held-out loss {held_loss:.3f}, {info['parameters']:,} parameters")
     return out
@@ -196,7 +225,7 @@ def _fit_blocks(model, blocks, cfg: PretrainConfig, log) -> tuple[float, float]:
     for step in range(cfg.steps):
         if pos + cfg.batch_size > len(order):
             order, pos = torch.randperm(len(train_blocks), generator=g), 0
-        batch = train_blocks[order[pos: pos + cfg.batch_size]]  # (B, block)
+        batch = train_blocks[order[pos : pos + cfg.batch_size]]  # (B, block)
         pos += cfg.batch_size
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg.steps, max(1, cfg.steps // 20), "cosine", 0.1)
@@ -207,12 +236,15 @@ def _fit_blocks(model, blocks, cfg: PretrainConfig, log) -> tuple[float, float]:
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if (step + 1) % 50 == 0 or step == cfg.steps - 1:
-            log(f"pretrain d={cfg.hidden_size} step {step + 1}/{cfg.steps} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+            log(
+                f"pretrain d={cfg.hidden_size} step {step + 1}/{cfg.steps} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
     model.eval()
     with torch.no_grad():
-        held_loss = sum(model(input_ids=held[i: i + 16], labels=held[i: i + 16]).loss.item()
-                        for i in range(0, len(held), 16)) / math.ceil(len(held) / 16)
+        held_loss = sum(
+            model(input_ids=held[i : i + 16], labels=held[i : i + 16]).loss.item() for i in range(0, len(held), 16)
+        ) / math.ceil(len(held) / 16)
     return held_loss, losses[-1]
 
 
@@ -223,8 +255,9 @@ def corpus_tokenizer(texts: list[str], vocab_size: int):
     return train_tokenizer(texts, vocab_size=vocab_size)
 
 
-def pretrain_bases(sizes: dict[str, PretrainConfig], data_root: str | Path, out_dir: str | Path,
-                   log=print) -> dict[str, Path]:
+def pretrain_bases(
+    sizes: dict[str, PretrainConfig], data_root: str | Path, out_dir: str | Path, log=print
+) -> dict[str, Path]:
     """Pre-train several base sizes that share one tokenizer: ``{"g": cfg, "r_small": cfg}`` →
     ``{"g": out_dir/g, ...}``.
 

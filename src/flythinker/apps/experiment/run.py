@@ -78,19 +78,28 @@ def resolve_bases(exp: ExperimentConfig, out: Path, log=print) -> dict[str, Path
     if to_train:
         from flythinker.apps.experiment.pretrain import PretrainConfig, pretrain_bases
 
-        bases.update(pretrain_bases({k: PretrainConfig(**v) for k, v in to_train.items()}, exp.corpus,
-                                    out / "bases", log=log))
+        bases.update(
+            pretrain_bases({k: PretrainConfig(**v) for k, v in to_train.items()}, exp.corpus, out / "bases", log=log)
+        )
     return bases
 
 
 def experiment_command(
-    config: Path = typer.Argument(..., help="Experiment YAML (e.g. src/flythinker/configs/experiment_gitcommits.yaml)."),
+    config: Path = typer.Argument(
+        ..., help="Experiment YAML (e.g. src/flythinker/configs/experiment_gitcommits.yaml)."
+    ),
     overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE override, e.g. --set seeds=[0]."),
     only: str = typer.Option("", "--only", help="Comma-separated row names to run (default: all)."),
     report_only: bool = typer.Option(False, "--report-only", help="Only rewrite the report from finished cells."),
-    status: bool = typer.Option(False, "--status", help="Only show where the matrix stands: every cell's state and the time left."),
-    remeasure: bool = typer.Option(False, "--remeasure", help="Only measure finished cells' dev/test NLL, probe and latent "
-                                   "diagnostics again from their trained models (predictions and scores stay), then rewrite the report."),
+    status: bool = typer.Option(
+        False, "--status", help="Only show where the matrix stands: every cell's state and the time left."
+    ),
+    remeasure: bool = typer.Option(
+        False,
+        "--remeasure",
+        help="Only measure finished cells' dev/test NLL, probe and latent "
+        "diagnostics again from their trained models (predictions and scores stay), then rewrite the report.",
+    ),
 ) -> None:
     """Run the baselines × splits × seeds matrix (resumable) and write BENCHMARKS-ready tables."""
     exp = load_experiment(config, overrides)

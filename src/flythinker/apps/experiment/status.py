@@ -93,8 +93,9 @@ def matrix_status(exp: ExperimentConfig, only: list[str] | None = None) -> list[
     training time, the rest, mostly decoding, against the remainder)."""
     from flythinker.data.longlamp import load_examples
 
-    n_test = {split: len(load_examples(Path(exp.data) / split, split="test", limit=exp.limit_eval))
-              for split in exp.splits}
+    n_test = {
+        split: len(load_examples(Path(exp.data) / split, split="test", limit=exp.limit_eval)) for split in exp.splits
+    }
     states = [cell_state(exp, g, split, seed, n_test[split]) for g, split, seed in exp.cells(only)]
     pace: dict[str, list[tuple[float, float]]] = {}
     for s in states:
@@ -128,12 +129,22 @@ def print_status(exp: ExperimentConfig, only: list[str] | None = None, console=N
     states = matrix_status(exp, only)
     table = Table(title=f"{exp.out}: the matrix in run order")
     for col in ("#", "cell", "state", "pace of", "train", "cell wall", "left (est.)"):
-        table.add_column(col, justify="right" if col in ("#", "train", "cell wall", "left (est.)") else "left",
-                         no_wrap=col in ("cell", "state"))
+        table.add_column(
+            col,
+            justify="right" if col in ("#", "train", "cell wall", "left (est.)") else "left",
+            no_wrap=col in ("cell", "state"),
+        )
     for i, s in enumerate(states, 1):
         state = f"{s.state} ({s.detail})" if s.detail else s.state
-        table.add_row(str(i), s.cell, state, s.kind, _hms(s.train_s) if s.train_s is not None else "",
-                      _hms(s.cell_s) if s.cell_s is not None else "", "" if s.state == "done" else _hms(s.left_s))
+        table.add_row(
+            str(i),
+            s.cell,
+            state,
+            s.kind,
+            _hms(s.train_s) if s.train_s is not None else "",
+            _hms(s.cell_s) if s.cell_s is not None else "",
+            "" if s.state == "done" else _hms(s.left_s),
+        )
     console.print(table)
     done = sum(s.state == "done" for s in states)
     known = [s.left_s for s in states if s.state != "done" and s.left_s is not None]

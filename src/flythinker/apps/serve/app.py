@@ -68,8 +68,15 @@ def _error(status: int, message: str, kind: str, headers: dict | None = None):
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
 
 
-def make_app(model, tokenizer, store, prompt_cfg, api_key: str | None = None, engine: Engine | None = None,
-             model_name: str = "flythinker"):
+def make_app(
+    model,
+    tokenizer,
+    store,
+    prompt_cfg,
+    api_key: str | None = None,
+    engine: Engine | None = None,
+    model_name: str = "flythinker",
+):
     """The FastAPI application over a loaded model, a :class:`ProfileStore` and a prompt config."""
     from fastapi import FastAPI
 
@@ -92,12 +99,17 @@ def _errors_and_limits(app, api_key: str | None) -> None:
     async def invalid(_request, exc):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return _error(422, f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid"),
-                      "invalid_request_error")
+        return _error(
+            422,
+            f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid"),
+            "invalid_request_error",
+        )
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, exc):
-        return _error(exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "server_error")
+        return _error(
+            exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "server_error"
+        )
 
     @app.exception_handler(UserError)
     async def user_error(_request, exc):
@@ -118,9 +130,14 @@ def _errors_and_limits(app, api_key: str | None) -> None:
                 drained += len(chunk)
                 if drained > DRAIN_LIMIT:
                     break
-            return _error(413, f"request body over {MAX_BODY} bytes", "invalid_request_error",
-                          headers={"Connection": "close"})
-        if api_key and request.url.path.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {api_key}":
+            return _error(
+                413, f"request body over {MAX_BODY} bytes", "invalid_request_error", headers={"Connection": "close"}
+            )
+        if (
+            api_key
+            and request.url.path.startswith("/v1/")
+            and request.headers.get("authorization") != f"Bearer {api_key}"
+        ):
             return _error(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
         return await call_next(request)
 
@@ -180,16 +197,22 @@ def _completion_routes(app, tokenizer, store, prompt_cfg, engine: Engine, model_
             req = engine.submit(prompt_ids, body.max_tokens or 256, body.temperature, body.top_p, body.seed)
         except QueueFull:
             return _error(503, "the server is busy; retry shortly", "server_busy", headers={"Retry-After": "1"})
-        meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
-                "model": body.model or model_name}
+        meta = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            "created": int(time.time()),
+            "model": body.model or model_name,
+        }
         if body.stream:
             return StreamingResponse(_sse(req, tokenizer, meta, chat), media_type="text/event-stream")
         tokens = list(req.tokens())
         text = tokenizer.decode(tokens, skip_special_tokens=True)
         choice = {"index": 0, "finish_reason": req.finish_reason}
         choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-        usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(tokens),
-                 "total_tokens": len(prompt_ids) + len(tokens)}
+        usage = {
+            "prompt_tokens": len(prompt_ids),
+            "completion_tokens": len(tokens),
+            "total_tokens": len(prompt_ids) + len(tokens),
+        }
         return {**meta, "object": "chat.completion" if chat else "text_completion", "choices": [choice], "usage": usage}
 
     @app.post("/v1/chat/completions")
@@ -239,12 +262,12 @@ def _sse(req, tokenizer, meta: dict, chat: bool):
             before = tokenizer.decode(tokens[prefix:read], skip_special_tokens=True)
             after = tokenizer.decode(tokens[prefix:], skip_special_tokens=True)
             if len(after) > len(before) and not after.endswith("\ufffd"):  # whole characters only
-                yield event(after[len(before):])
-                sent += after[len(before):]
+                yield event(after[len(before) :])
+                sent += after[len(before) :]
                 prefix, read = read, len(tokens)
         text = tokenizer.decode(tokens, skip_special_tokens=True)
         if text.startswith(sent) and len(text) > len(sent):
-            yield event(text[len(sent):])
+            yield event(text[len(sent) :])
         yield event(None, finish=req.finish_reason)
         yield "data: [DONE]\n\n"
     finally:

@@ -45,8 +45,9 @@ class Request:
     sampler: TokenSampler | None = None
 
     def sampling(self) -> SamplingConfig:
-        return SamplingConfig(do_sample=self.temperature > 0, temperature=self.temperature or 1.0,
-                              top_p=self.top_p, seed=self.seed)
+        return SamplingConfig(
+            do_sample=self.temperature > 0, temperature=self.temperature or 1.0, top_p=self.top_p, seed=self.seed
+        )
 
     def tokens(self, timeout: float = 600.0):
         """The request's token ids as they come; raises the decode's error if it failed."""
@@ -75,8 +76,7 @@ class Engine:
     ``make_batch`` builds the running batch (tests pass a fake one).
     """
 
-    def __init__(self, model, tokenizer, max_batch: int = 8, max_queue: int = 64, mode: str = "auto",
-                 make_batch=None):
+    def __init__(self, model, tokenizer, max_batch: int = 8, max_queue: int = 64, mode: str = "auto", make_batch=None):
         from flythinker.decoding.concurrent import default_threads
         from flythinker.lm import device_of
 
@@ -106,8 +106,14 @@ class Engine:
 
         return RunningBatch(self.model, concurrent=self.mode == "concurrent", threads=self.threads)
 
-    def submit(self, prompt_ids: list[int], max_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-               seed: int | None = None) -> Request:
+    def submit(
+        self,
+        prompt_ids: list[int],
+        max_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Request:
         req = Request(list(prompt_ids), max_tokens, temperature, top_p, seed)
         try:
             self.queue.put_nowait(req)
@@ -171,7 +177,7 @@ class Engine:
                 break
         if not new:
             return logits
-        self._waiting = self._waiting[len(new):]
+        self._waiting = self._waiting[len(new) :]
         try:
             new_logits = batch.add([r.prompt_ids for r in new], self.pad)
         except Exception as e:  # noqa: BLE001

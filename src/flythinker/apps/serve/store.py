@@ -68,11 +68,20 @@ class ProfileStore:
         self.version = sa.Table("flythinker_schema", meta, sa.Column("version", sa.Integer, nullable=False))
         self.users = sa.Table("flythinker_users", meta, sa.Column("user_id", sa.String(256), primary_key=True))
         self.items = sa.Table(
-            "flythinker_profile_items", meta,
+            "flythinker_profile_items",
+            meta,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("user_id", sa.String(256), sa.ForeignKey("flythinker_users.user_id", ondelete="CASCADE"),
-                      nullable=False, index=True),
-            sa.Column("title", sa.Text), sa.Column("text", sa.Text, nullable=False), sa.Column("date", sa.Text))
+            sa.Column(
+                "user_id",
+                sa.String(256),
+                sa.ForeignKey("flythinker_users.user_id", ondelete="CASCADE"),
+                nullable=False,
+                index=True,
+            ),
+            sa.Column("title", sa.Text),
+            sa.Column("text", sa.Text, nullable=False),
+            sa.Column("date", sa.Text),
+        )
         self._lock = threading.Lock()  # SQLite allows one writer; a lock keeps this process's writers in line
         try:
             self._open(meta)
@@ -88,15 +97,19 @@ class ProfileStore:
             if not found:
                 conn.execute(self.version.insert().values(version=SCHEMA_VERSION))
             elif found != [SCHEMA_VERSION]:
-                raise UserError(f"profile store {self.url}: schema version {found} is not this FlyThinker's "
-                                f"({SCHEMA_VERSION}); use a store written by this version")
+                raise UserError(
+                    f"profile store {self.url}: schema version {found} is not this FlyThinker's "
+                    f"({SCHEMA_VERSION}); use a store written by this version"
+                )
 
     # --- reads ----------------------------------------------------------------------------------
     def exists(self, user_id: str) -> bool:
         import sqlalchemy as sa
 
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(self.users.c.user_id).where(self.users.c.user_id == user_id)).first() is not None
+            return (
+                conn.execute(sa.select(self.users.c.user_id).where(self.users.c.user_id == user_id)).first() is not None
+            )
 
     def get(self, user_id: str) -> list[dict] | None:
         """The user's items in the order they were added; None for an unknown user."""
@@ -105,8 +118,11 @@ class ProfileStore:
         with self.engine.connect() as conn:
             if conn.execute(sa.select(self.users.c.user_id).where(self.users.c.user_id == user_id)).first() is None:
                 return None
-            rows = conn.execute(sa.select(self.items.c.title, self.items.c.text, self.items.c.date)
-                                .where(self.items.c.user_id == user_id).order_by(self.items.c.id)).all()
+            rows = conn.execute(
+                sa.select(self.items.c.title, self.items.c.text, self.items.c.date)
+                .where(self.items.c.user_id == user_id)
+                .order_by(self.items.c.id)
+            ).all()
         return [{k: v for k, v in zip(FIELDS, row) if v is not None} for row in rows]
 
     # --- writes (each one transaction: all of it, or nothing) -----------------------------------
