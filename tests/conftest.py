@@ -5,7 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_models import GITCOMMITS, save_tiny_flythinker
+
+# The invariant tests' devices: the CPU always, and the GPU where there is one (`pytest -m gpu`
+# runs those alone; on a machine without CUDA they are collected and skipped).
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param(
+        "cuda",
+        id="cuda",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")],
+    ),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """The device an invariant test runs on: ``cpu``, and ``cuda`` (marked ``gpu``) when present."""
+    return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _command_device_does_not_leak(monkeypatch):
+    """A command's --device is recorded in $FLYTHINKER_DEVICE; no test leaves it to the next."""
+    monkeypatch.setenv("FLYTHINKER_DEVICE", "")
 
 
 @pytest.fixture

@@ -36,21 +36,21 @@ def stepwise_logits(model, ids, mask):
 
 
 @pytest.mark.parametrize("d_g,d_r,fusion", PAIRS)
-def test_one_pass_forward_equals_stepwise_decoding(d_g, d_r, fusion):
-    model = tiny_pair(d_g=d_g, d_r=d_r, fusion=fusion)
-    ids, mask = left_padded_batch([12], seed=1)
+def test_one_pass_forward_equals_stepwise_decoding(d_g, d_r, fusion, device):
+    model = tiny_pair(d_g=d_g, d_r=d_r, fusion=fusion, device=device)
+    ids, mask = left_padded_batch([12], seed=1, device=device)
     full = model(input_ids=ids, attention_mask=mask).logits
     steps = stepwise_logits(model, ids, mask)
-    assert_close(steps, full, atol=1e-5, rtol=1e-5)
+    assert_close(steps, full, atol=1e-5 if device.type == "cpu" else 1e-4, rtol=1e-5 if device.type == "cpu" else 1e-4)
     # and the latents really matter: λ=0 gives different logits
     model.fusion.lam = 0.0
     assert (model(input_ids=ids, attention_mask=mask).logits - full).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("d_g,d_r,fusion", PAIRS)
-def test_greedy_generate_is_argmax_of_teacher_forced_forward(d_g, d_r, fusion):
-    model = tiny_pair(d_g=d_g, d_r=d_r, fusion=fusion, lam=1.0)
-    ids, mask = left_padded_batch([7, 10], seed=2)
+def test_greedy_generate_is_argmax_of_teacher_forced_forward(d_g, d_r, fusion, device):
+    model = tiny_pair(d_g=d_g, d_r=d_r, fusion=fusion, lam=1.0, device=device)
+    ids, mask = left_padded_batch([7, 10], seed=2, device=device)
     new = model.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=[], pad_token_id=0)
     assert new.shape == (2, 12)
     full_ids = torch.cat([ids, new], dim=1)
@@ -60,10 +60,10 @@ def test_greedy_generate_is_argmax_of_teacher_forced_forward(d_g, d_r, fusion):
     assert torch.equal(logits[:, T - 1 : -1].argmax(-1), new)
 
 
-def test_lambda_zero_is_exactly_the_plain_generator():
-    model = tiny_pair(lam=0.0)
+def test_lambda_zero_is_exactly_the_plain_generator(device):
+    model = tiny_pair(lam=0.0, device=device)
     g = model.generator
-    ids, mask = left_padded_batch([5, 9], seed=3)
+    ids, mask = left_padded_batch([5, 9], seed=3, device=device)
     pos = positions_from_mask(mask)
     ours = model(input_ids=ids, attention_mask=mask).logits
     plain = g(input_ids=ids, attention_mask=mask, position_ids=pos).logits
@@ -99,17 +99,18 @@ def test_reasoner_lm_head_is_never_computed():
 
 
 @pytest.mark.parametrize("do_sample", [False, True])
-def test_left_padded_batch_equals_each_row_alone(do_sample):
-    model = tiny_pair(lam=1.0)
+def test_left_padded_batch_equals_each_row_alone(do_sample, device):
+    model = tiny_pair(lam=1.0, device=device)
     lengths = [4, 11, 8]
-    ids, mask = left_padded_batch(lengths, seed=6)
+    ids, mask = left_padded_batch(lengths, seed=6, device=device)
     batch_logits = model(input_ids=ids, attention_mask=mask).logits
     kw = dict(max_new_tokens=8, eos_token_id=[], pad_token_id=0)
     batch_new = model.generate(ids, attention_mask=mask, **kw)
     for i, n in enumerate(lengths):
         row_ids, row_mask = ids[i : i + 1, -n:], mask[i : i + 1, -n:]
         alone = model(input_ids=row_ids, attention_mask=row_mask).logits
-        assert_close(batch_logits[i : i + 1, -n:], alone, atol=1e-5, rtol=1e-5)
+        tol = 1e-5 if device.type == "cpu" else 1e-4
+        assert_close(batch_logits[i : i + 1, -n:], alone, atol=tol, rtol=tol)
         assert torch.equal(model.generate(row_ids, attention_mask=row_mask, **kw), batch_new[i : i + 1])
     if do_sample:  # seeded sampling: per-row alone differs (RNG is per batch), but reruns agree
         s1 = model.generate(
@@ -137,16 +138,16 @@ def test_per_row_eos_pads_finished_rows():
 
 
 @pytest.mark.parametrize("d_g,d_r,fusion", [PAIRS[1], PAIRS[3]])
-def test_save_load_round_trip_gives_identical_logits(tmp_path, d_g, d_r, fusion):
-    model = tiny_pair(d_g=d_g, d_r=d_r, fusion=fusion, lam=0.7)
+def test_save_load_round_trip_gives_identical_logits(tmp_path, d_g, d_r, fusion, device):
+    model = tiny_pair(d_g=d_g, d_r=d_r, fusion=fusion, lam=0.7, device=device)
     if model.fusion.proj is not None:  # make the projection differ from its initialisation
         torch.nn.init.normal_(model.fusion.proj.weight)
-    ids, mask = left_padded_batch([6, 9], seed=8)
+    ids, mask = left_padded_batch([6, 9], seed=8, device=device)
     before = model(input_ids=ids, attention_mask=mask).logits
     model.save_pretrained(tmp_path / "m")
     files = {p.name for p in (tmp_path / "m").rglob("*") if p.is_file()}
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
-    loaded = FlyThinker.from_pretrained(tmp_path / "m", attn_implementation="eager")
+    loaded = FlyThinker.from_pretrained(tmp_path / "m", attn_implementation="eager", device=device)
     assert loaded.lam == 0.7 and loaded.fusion.mode == fusion
     assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, before)
     with pytest.raises(UserError, match="already exists"):

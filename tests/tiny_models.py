@@ -60,12 +60,16 @@ def tiny_llama(hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int 
     return random_lm(cfg, seed).eval()
 
 
-def tiny_pair(d_g: int = 32, d_r: int = 32, lam: float = 0.5, fusion: str = "prefix", seed: int = 0):
+def tiny_pair(d_g: int = 32, d_r: int = 32, lam: float = 0.5, fusion: str = "prefix", seed: int = 0, device="cpu"):
+    """A FlyThinker over two tiny Qwen2s on ``device``. On a GPU the weights are drawn larger
+    (``init_std`` 0.2): kernels there round differently from step to step, and decisive choices
+    keep greedy comparisons about the method, not about near-ties."""
     from flythinker import FlyThinker
 
-    g = tiny_causal_lm(hidden=d_g, seed=seed)
-    r = tiny_causal_lm(hidden=d_r, layers=2, seed=seed + 1)
-    return FlyThinker(generator=g, reasoner=r, lam=lam, fusion=fusion).eval()
+    std = 0.02 if str(device) == "cpu" else 0.2
+    g = tiny_causal_lm(hidden=d_g, seed=seed, init_std=std)
+    r = tiny_causal_lm(hidden=d_r, layers=2, seed=seed + 1, init_std=std)
+    return FlyThinker(generator=g, reasoner=r, lam=lam, fusion=fusion).to(device).eval()
 
 
 def save_tiny_flythinker(path, tokenizer, init_std: float = 0.02):
@@ -82,8 +86,8 @@ def save_tiny_flythinker(path, tokenizer, init_std: float = 0.02):
     return path
 
 
-def left_padded_batch(lengths, vocab: int = VOCAB, seed: int = 0, pad: int = 0):
-    """Random prompts of the given lengths, left-padded: (input_ids, attention_mask)."""
+def left_padded_batch(lengths, vocab: int = VOCAB, seed: int = 0, pad: int = 0, device="cpu"):
+    """Random prompts of the given lengths, left-padded: (input_ids, attention_mask) on ``device``."""
     g = torch.Generator().manual_seed(seed)
     T = max(lengths)
     ids = torch.full((len(lengths), T), pad, dtype=torch.long)
@@ -91,4 +95,4 @@ def left_padded_batch(lengths, vocab: int = VOCAB, seed: int = 0, pad: int = 0):
     for i, n in enumerate(lengths):
         ids[i, T - n :] = torch.randint(3, vocab, (n,), generator=g)
         mask[i, T - n :] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)

@@ -3,8 +3,9 @@
     e'_i = E_G(s_i) + λ · ρ · z_{i-1} / ‖z_{i-1}‖        (i ≥ 1),    e'_0 = E_G(s_0)
 
 z is the Reasoner's final-layer hidden state (after the final norm); ρ is the mean L2 norm
-of the rows of the Generator's input-embedding table (a detached scalar) — the paper's
-training-time rule. The official two-GPU script instead rescales to the norm of individual
+of what the Generator's input-embedding layer outputs over its vocabulary (a detached scalar): the
+paper's training-time rule, measured where families that scale embeddings inside the layer
+(Gemma) scale them. The official two-GPU script instead rescales to the norm of individual
 prompt tokens at inference, a train/test mismatch; here training and every decoder call
 this one module, so they cannot disagree.
 
@@ -26,6 +27,28 @@ def embedding_norm(weight: torch.Tensor) -> torch.Tensor:
     3.0
     """
     return weight.detach().float().norm(dim=-1).mean()
+
+
+@torch.no_grad()
+def embedding_output_norm(embedding: nn.Module, num_embeddings: int | None = None, chunk: int = 4096) -> torch.Tensor:
+    """ρ as DESIGN.md §1 defines it: the mean L2 norm of what an embedding *layer* outputs, over every
+    token of its vocabulary → detached fp32 scalar (on the layer's device).
+
+    The layer is called on ``chunk`` ids at a time, so families that scale the looked-up rows inside
+    the module (Gemma's √d, a LoRA delta on the embedding) are measured as the decoder sees them,
+    and a 150k × 4k table is never copied whole.
+
+    >>> emb = nn.Embedding(4, 9); _ = nn.init.ones_(emb.weight)
+    >>> embedding_output_norm(emb).item()
+    3.0
+    """
+    weight = embedding.weight
+    n = num_embeddings if num_embeddings is not None else weight.shape[0]
+    total = torch.zeros((), dtype=torch.float64, device=weight.device)
+    for start in range(0, n, chunk):
+        ids = torch.arange(start, min(start + chunk, n), device=weight.device)
+        total += embedding(ids).float().norm(dim=-1).sum(dtype=torch.float64)
+    return (total / max(n, 1)).float()
 
 
 class Fusion(nn.Module):

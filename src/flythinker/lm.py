@@ -94,6 +94,27 @@ def cache_of(out):
     return cache if cache is not None else out.get("past_key_values")
 
 
+def eos_ids(model=None, tokenizer=None) -> list[int]:
+    """Every id that ends a text, the way the model's family defines it: the tokenizer's EOS and
+    every id of ``generation_config.eos_token_id`` (a list in Llama 3, Gemma and Qwen chat
+    models: ``<|eot_id|>`` beside ``<|end_of_text|>``), in that order, each once.
+
+    >>> from transformers import GenerationConfig
+    >>> class M: generation_config = GenerationConfig(eos_token_id=[128001, 128009])
+    >>> eos_ids(M())
+    [128001, 128009]
+    """
+    ids: list[int] = []
+    sources = [getattr(tokenizer, "eos_token_id", None)]
+    gen_cfg = getattr(model, "generation_config", None)
+    sources.append(getattr(gen_cfg, "eos_token_id", None))
+    for value in sources:
+        for i in [value] if isinstance(value, int) else list(value or []):
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
 def pad_id(tokenizer) -> int:
     """The tokenizer's pad id, set to EOS first where it has none (Llama-style vocabularies ship
     without one; padding is masked everywhere, so any id serves).

@@ -18,8 +18,8 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from flythinker.errors import UserError
-from flythinker.fusion import Fusion, embedding_norm, shift_latents
-from flythinker.lm import backbone, positions_from_mask
+from flythinker.fusion import Fusion, embedding_output_norm, shift_latents
+from flythinker.lm import backbone, eos_ids, positions_from_mask
 from flythinker.loading import has_tokenizer, load_causal_lm, load_tokenizer
 from flythinker.saving import CONFIG_NAME, FORMAT_VERSION, FUSION_WEIGHTS, write_model_folder
 
@@ -120,7 +120,8 @@ class FlyThinker(nn.Module):
         except ValueError as e:
             raise UserError(str(e)) from None
         self.tokenizer = generator_tokenizer
-        self._rho: torch.Tensor | None = None
+        self._rho: torch.Tensor | None = None  # fixed by cache_rho()
+        self._rho_auto: tuple | None = None  # (key of the embedding's weights, ρ)
 
     @property
     def lam(self) -> float:
@@ -128,26 +129,38 @@ class FlyThinker(nn.Module):
 
     # --- ρ --------------------------------------------------------------------------------
     def rho(self) -> torch.Tensor:
-        """ρ = mean row norm of G's input-embedding table (detached), or the cached value."""
+        """ρ: the mean norm of what G's input-embedding layer outputs over its whole vocabulary
+        (detached fp32; :func:`~flythinker.fusion.embedding_output_norm`).
+
+        Computed once and kept until the table changes (an optimizer step, a load, a move to
+        another device or dtype: the weight's version, storage and dtype are the key), so training,
+        every decoder, the server and the diagnostics read one value. A value fixed with
+        :meth:`cache_rho` (ZeRO-3, whose shards read as empty) is kept until cleared.
+        """
         if self._rho is not None:
             return self._rho
-        w = self.generator.get_input_embeddings().weight
+        embedding = self.generator.get_input_embeddings()
+        w = embedding.weight
         if w.numel() == 0:  # ZeRO-3 partitions the table outside forward: the shard is empty
             raise RuntimeError(
                 "the generator's embedding table is partitioned (ZeRO-3); call model.cache_rho() "
                 "before wrapping the model, or compute ρ from the gathered weights"
             )
-        return embedding_norm(w)
+        key = (_version(w), w.data_ptr(), w.dtype, w.device, _adapter_versions(embedding))
+        if self._rho_auto is None or self._rho_auto[0] != key:
+            self._rho_auto = (key, embedding_output_norm(embedding))
+        return self._rho_auto[1]
 
     def cache_rho(self, value: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Freeze ρ (for ZeRO-3 training or decoding); ``None`` computes it now from G's table."""
+        """Fix ρ (for ZeRO-3 training: before the table is partitioned); ``None`` computes it now
+        from G's embedding layer."""
         self._rho = None
         rho = self.rho() if value is None else torch.as_tensor(value, dtype=torch.float32)
         self._rho = rho.detach()
         return self._rho
 
     def clear_rho_cache(self) -> None:
-        self._rho = None
+        self._rho, self._rho_auto = None, None
 
     # --- the training forward ---------------------------------------------------------------
     def reason(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
@@ -247,10 +260,8 @@ class FlyThinker(nn.Module):
 
     def _special_ids(self, eos, pad) -> tuple[list[int], int]:
         gen_cfg = getattr(self.generator, "generation_config", None)
-        if eos is None and self.tokenizer is not None:
-            eos = self.tokenizer.eos_token_id
-        if eos is None and gen_cfg is not None:
-            eos = gen_cfg.eos_token_id
+        if eos is None:  # the tokenizer's EOS and every id the generation config ends on
+            eos = eos_ids(self.generator, self.tokenizer)
         if pad is None and self.tokenizer is not None:
             pad = self.tokenizer.pad_token_id
         if pad is None and gen_cfg is not None:
@@ -333,6 +344,20 @@ class FlyThinker(nn.Module):
         if device is not None:
             model.to(device)
         return model.eval()
+
+
+def _adapter_versions(embedding: nn.Module) -> tuple:
+    """Versions of the trainable tensors inside an embedding layer besides its table (a peft LoRA
+    on the embedding), so that ρ follows them too."""
+    return tuple((_version(p), p.data_ptr()) for name, p in embedding.named_parameters() if name != "weight")
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """A tensor's in-place version counter (None for inference tensors, which have none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def read_folder_config(path: Path) -> tuple[float, str, str]:

@@ -152,3 +152,73 @@ def random_pair(g_config, r_config, lam: float, device="cpu", dtype=None, seed: 
     g = random_lm(g_config, seed, dtype=dtype, device=device).eval()
     r = random_lm(r_config, seed + 1, dtype=dtype, device=device).eval()
     return FlyThinker(generator=g, reasoner=r, lam=lam).eval()
+
+
+# Decoder families of transformers, as tiny random configs of one shape (tests, the README's table).
+# Sliding-window families get a window of 4 tokens, so a short test decodes past it.
+FAMILIES = (
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo2",
+    "granite",
+    "stablelm",
+    "gpt_neox",
+    "cohere",
+    "gpt2",
+)
+SLIDING_WINDOW = 4
+
+
+def family_config(
+    family: str,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vocab: int = 211,
+    *,
+    init_std: float = 0.02,
+    attn: str | None = "eager",
+    eos: int | None = 2,
+    pad: int | None = 0,
+    bos: int | None = 1,
+    max_positions: int = 256,
+):
+    """A tiny config of one of :data:`FAMILIES` (``AutoConfig.for_model``), sized alike across
+    families; sliding-window families (Mistral, Gemma 2, Gemma 3) get a window of
+    :data:`SLIDING_WINDOW` tokens, Gemma 2 keeps its attention and final-logit soft-capping."""
+    from transformers import AutoConfig
+
+    if family not in FAMILIES:
+        raise UserError(f"unknown family {family!r}: one of {', '.join(FAMILIES)}")
+    common = dict(vocab_size=vocab, initializer_range=init_std, eos_token_id=eos, pad_token_id=pad, bos_token_id=bos)
+    if family == "gpt2":
+        kw = dict(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions)
+    else:
+        kw = dict(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=max_positions,
+        )
+        if family != "gpt_neox":
+            kw["num_key_value_heads"] = kv_heads
+        if family.startswith("gemma") or family == "qwen3":
+            kw["head_dim"] = hidden // heads
+        if family in ("mistral", "gemma2", "gemma3_text"):
+            kw["sliding_window"] = SLIDING_WINDOW
+        if family == "gemma3_text":
+            kw["layer_types"] = ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (
+                layers % 2
+            )
+    cfg = AutoConfig.for_model(family, **common, **kw)
+    if attn:
+        cfg._attn_implementation = attn
+    return cfg

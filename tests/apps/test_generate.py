@@ -97,3 +97,76 @@ def test_two_processes_shard_and_merge_in_dataset_order(saved_tiny_model, tmp_pa
     assert [r["id"] for r in _lines(sharded)] == [r["id"] for r in _lines(single)]
     assert _lines(sharded) == _lines(single)  # greedy: same text whichever process made it
     assert not list(tmp_path.glob("sharded.jsonl.part*"))
+
+
+def test_generate_builds_the_prompts_the_model_was_trained_with(tmp_path, monkeypatch, capsys):
+    """A run trained with `recent`, k = 2 and short budgets is decoded with exactly its training
+    prompts (the prompt part of each training sequence), not with generate's own defaults."""
+    import yaml
+
+    import flythinker.data.prompts as prompts
+    from flythinker.data.longlamp import load_examples
+    from flythinker.data.prompts import PromptConfig, encode_for_training
+    from flythinker.lm import pad_id
+
+    trained = {"retrieval": "recent", "k": 2, "profile_tokens": 40, "query_tokens": 24, "target_tokens": 32}
+    tiny = {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "num_kv_heads": 2, "max_positions": 512}
+    config = {
+        "model": {
+            "mode": "flythinker",
+            "lam": 0.5,
+            "generator": {"tiny": tiny},
+            "reasoner": {"tiny": dict(tiny)},
+            "tokenizer": "train",
+            "tokenizer_vocab_size": 300,
+        },
+        "data": {"path": str(DATA), "limit_train": 4, "prompt": trained},
+        "train": {
+            "epochs": 1,
+            "batch_size": 2,
+            "lr": 1e-3,
+            "warmup_steps": 1,
+            "seed": 0,
+            "save_every": 0,
+            "eval": False,
+        },
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("FLYTHINKER_CACHE", str(tmp_path / "cache"))
+    main(["train", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run"), "--device", "cpu"])
+    seen = []
+    real = prompts.encode_for_generation
+    monkeypatch.setattr(prompts, "encode_for_generation", lambda e, t, c: seen.append(real(e, t, c)) or seen[-1])
+    capsys.readouterr()
+    main(
+        [
+            "generate",
+            "--model",
+            str(tmp_path / "run" / "final"),
+            "--data",
+            str(DATA),
+            "--out",
+            str(tmp_path / "p.jsonl"),
+            "--split",
+            "test",
+            "--limit",
+            "4",
+            "--max-new-tokens",
+            "2",
+            "--greedy",
+        ]
+    )
+    said = capsys.readouterr().out
+    assert said.splitlines()[0].startswith("device: cpu") and "retrieval recent, k 2, budgets 40/24/32" in said
+
+    from flythinker.auto import load_model
+
+    _, tok = load_model(tmp_path / "run" / "final")
+    pad_id(tok)
+    exs = load_examples(DATA, split="test", limit=4)
+    for cfg, same in ((PromptConfig(**trained), True), (PromptConfig(), False)):
+        expected = []
+        for e in exs:
+            f = encode_for_training(e, tok, cfg)
+            expected.append(f["input_ids"][: f["labels"].count(-100)])
+        assert (seen == expected) is same

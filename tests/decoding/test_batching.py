@@ -18,7 +18,7 @@ def _prompts(lengths, seed=0):
 
 
 def _alone(model, prompt, n, **kw):
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.generator.device)
     return model.generate(
         ids,
         attention_mask=torch.ones_like(ids),
@@ -57,20 +57,21 @@ def _schedule(model, concurrent, prompts, joins, budgets):
     return out
 
 
-def _models():
-    g, r = tiny_causal_lm(hidden=48, seed=0), tiny_causal_lm(hidden=32, seed=1)
+def _models(device="cpu"):
+    std = 0.02 if str(device) == "cpu" else 0.2  # decisive choices on a GPU (see tiny_pair)
+    g, r = tiny_causal_lm(hidden=48, seed=0, init_std=std), tiny_causal_lm(hidden=32, seed=1, init_std=std)
     return {
-        "flythinker": tiny_pair(d_g=48, d_r=32, lam=1.0),
-        "linear-fusion": tiny_pair(d_g=32, d_r=48, lam=1.0, fusion="linear"),
-        "sft": tiny_pair(lam=0.0),
-        "static": StaticThinker(generator=g, reasoner=r, lam=1.0).eval(),
+        "flythinker": tiny_pair(d_g=48, d_r=32, lam=1.0, device=device),
+        "linear-fusion": tiny_pair(d_g=32, d_r=48, lam=1.0, fusion="linear", device=device),
+        "sft": tiny_pair(lam=0.0, device=device),
+        "static": StaticThinker(generator=g, reasoner=r, lam=1.0).to(device).eval(),
     }
 
 
 @pytest.mark.parametrize("concurrent", [True, False], ids=["concurrent", "sequential"])
 @pytest.mark.parametrize("name", ["flythinker", "linear-fusion", "sft", "static"])
-def test_rows_joining_and_leaving_get_their_alone_tokens(name, concurrent):
-    model = _models()[name]
+def test_rows_joining_and_leaving_get_their_alone_tokens(name, concurrent, device):
+    model = _models(device)[name]
     prompts = _prompts([5, 11, 3, 8, 14, 6])
     joins = [0, 0, 2, 5, 5, 9]  # two start, one joins shorter, two join longer, one joins late
     budgets = [12, 4, 9, 6, 10, 7]  # rows leave at different steps (the leftmost columns get trimmed)

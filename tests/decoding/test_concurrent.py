@@ -96,6 +96,19 @@ def test_greedy_and_sampled_tokens_equal_the_reference(backend, d_g, d_r, fusion
             assert torch.equal(new, ref), (lengths, kw)
 
 
+@pytest.mark.parametrize("d_g,d_r,fusion", PAIRS)
+def test_the_devices_own_concurrent_decoder_equals_the_reference(device, d_g, d_r, fusion):
+    """R's step on a worker thread (CPU), or on a side CUDA stream (one GPU): the reference's tokens."""
+    backend = "threads" if device.type == "cpu" else "streams"
+    model = tiny_pair(d_g=d_g, d_r=d_r, fusion=fusion, lam=1.0, device=device)
+    for lengths in ([9], [4, 11, 7]):
+        ids, mask = left_padded_batch(lengths, seed=len(lengths), device=device)
+        for kw in (FREE, {**FREE, **SAMPLE}):
+            ref = reference(model, ids, mask, max_new_tokens=10, **kw)
+            new = model.generate(ids, attention_mask=mask, max_new_tokens=10, mode="concurrent", backend=backend, **kw)
+            assert new.device.type == device.type and torch.equal(new, ref), (lengths, kw)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_per_row_eos_and_streamer_match_the_reference(backend):
     model = tiny_pair(lam=1.0)

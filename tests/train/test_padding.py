@@ -93,3 +93,31 @@ def test_the_loss_is_the_same_under_left_and_right_padding(variant):
     torch.testing.assert_close(losses["left"], losses["right"], rtol=1e-5, atol=1e-6)
     n = sum(sum(x != -100 for x in f["labels"][1:]) for f in feats)
     torch.testing.assert_close(losses["right"], torch.stack(alone).sum() / n, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("mode", ["sft", "flythinker"])
+def test_training_with_the_default_attention_stays_finite_on_cuda(tmp_path, precision, lora, mode):
+    from flythinker.train.trainer import train
+
+    spec = {"tiny": dict(TINY), "attn_implementation": "sdpa"}  # the CUDA default, as users get it
+    if lora:
+        spec["lora"] = {"r": 4}
+    cfg = tiny_config(
+        model={"mode": mode, "generator": spec, "reasoner": dict(spec)},
+        data={"limit_train": 24},
+        train={
+            "epochs": 2,
+            "batch_size": 6,
+            "lr": 1e-3,
+            "warmup_steps": 1,
+            "seed": 0,
+            "save_every": 0,
+            "precision": precision,
+        },
+    )
+    result = train(cfg, tmp_path / "run")  # raises on a non-finite loss or gradient norm
+    assert result.steps >= 6 and all(torch.isfinite(torch.tensor(result.losses + result.dev_losses)))

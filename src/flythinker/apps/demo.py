@@ -102,6 +102,7 @@ def demo_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the data, the initialisation and the sampling."),
     small: bool = typer.Option(False, "--small", help="Tiny sizes for a smoke test (seconds, not minutes)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
 ) -> None:
     """Run the whole method end to end: data → tokenizer → SFT and FlyThinker → generate → score."""
     defaults = BASE_DEFAULTS if base else DEFAULTS
@@ -110,6 +111,9 @@ def demo_command(
     settings = {k: defaults[k] if v is None else v for k, v in given.items()}
     out = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     _check_args(out, data, overwrite, settings)
+    from flythinker.devices import use_device
+
+    use_device(device)
     run_demo(out, data, base=base, seed=seed, small=small, **settings)
 
 
@@ -190,11 +194,12 @@ def _train_and_score(method: str, cfg, out: Path, test: list, prompt_cfg, max_ne
     from flythinker.apps.generate import DecodeSettings, generate_predictions
     from flythinker.auto import load_model
     from flythinker.data.predictions import read_predictions
+    from flythinker.devices import pick_device
     from flythinker.evaluate.metrics import compute_metrics
     from flythinker.train.trainer import train
 
     result = train(cfg, out / "runs" / method)
-    model, tok = load_model(result.final_checkpoint)
+    model, tok = load_model(result.final_checkpoint, device=pick_device())
     settings = DecodeSettings(max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_p=0.95,
                               seed=seed, batch_size=8)
     pred_file = out / "predictions" / f"{method}.jsonl"

@@ -21,6 +21,7 @@ import typer
 from flythinker.auto import load_model
 from flythinker.data import predictions
 from flythinker.errors import UserError
+from flythinker.lm import eos_ids
 
 
 @dataclass
@@ -145,7 +146,7 @@ def _decode_batch(model, tokenizer, batch, prompt_cfg, settings: DecodeSettings,
     new = model.generate(
         enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
         max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, temperature=settings.temperature,
-        top_p=settings.top_p, top_k=settings.top_k, seed=seed, eos_token_id=tokenizer.eos_token_id,
+        top_p=settings.top_p, top_k=settings.top_k, seed=seed, eos_token_id=eos_ids(model.generator, tokenizer),
         pad_token_id=tokenizer.pad_token_id, mode=settings.mode, backend=settings.backend,
     )  # (B, T_new)
     stats.last_seconds = time.perf_counter() - t0
@@ -197,9 +198,12 @@ def generate_command(
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     mode: str = typer.Option("sequential", "--mode", help="sequential (reference) or concurrent."),
     backend: str = typer.Option(None, "--backend", help="Concurrent backend (default: best available)."),
-    retrieval: str = typer.Option("all", "--retrieval", help="Profile in the prompt: none, all, bm25, recent."),
-    k: int = typer.Option(4, "--k", help="Profile items kept by bm25 / recent."),
+    retrieval: str = typer.Option(
+        None, "--retrieval", help="Profile in the prompt: none, all, bm25, recent (default: as the model was trained)."
+    ),
+    k: int = typer.Option(None, "--k", help="Profile items kept by bm25 / recent (default: as trained)."),
     dtype: str = typer.Option(None, "--dtype", help="Model dtype (float32, bfloat16, ...)."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the folder."),
 ) -> None:
     """Write predictions JSONL for a dataset split with a trained model.
@@ -210,20 +214,23 @@ def generate_command(
     import torch
 
     from flythinker.data.longlamp import load_examples
-    from flythinker.data.prompts import PromptConfig
+    from flythinker.data.prompt_settings import describe_prompt_config, model_prompt_config
+    from flythinker.devices import use_device
 
-    rank, world, local = _dist_env()
+    rank, world, _ = _dist_env()
+    device = use_device(device, say=print if rank == 0 else None)
     settings = DecodeSettings(
         max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=temperature, top_p=top_p,
         top_k=top_k, seed=seed, batch_size=batch_size, mode=mode, backend=backend,
     )
-    prompt_cfg = PromptConfig(retrieval=retrieval, k=k)
+    prompt_cfg, source = model_prompt_config(model, overrides={"retrieval": retrieval, "k": k})
+    if rank == 0:
+        print(f"prompts: {describe_prompt_config(prompt_cfg)}; from {source}")
     examples = load_examples(data, split=split, limit=limit or None)
     if not examples:
         raise UserError(f"--data {data}: no examples in split {split!r}")
-    device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     net, tok = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     stats = generate_predictions(net, tok, examples, out, prompt_cfg=prompt_cfg, settings=settings,
                                  rank=rank, world_size=world)

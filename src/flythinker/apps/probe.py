@@ -18,23 +18,32 @@ import typer
 from flythinker.apps import write_json
 from flythinker.errors import UserError
 
+# a model with no training config (a plain base): its user's 2 most recent items, short budgets
+PROBE_DEFAULTS = {"retrieval": "recent", "k": 2, "profile_tokens": 256, "query_tokens": 64, "target_tokens": 128}
+
 
 def run_probe(
     model_dir: Path,
     data: Path,
     split: str = "test",
     limit: int = 40,
-    k: int = 2,
+    k: int | None = None,
     seed: int = 0,
     bootstrap: int = 1000,
     batch_size: int = 8,
     prompt: dict | None = None,
     dtype: str | None = None,
+    device=None,
+    say=None,
 ) -> dict:
-    """The probe's result (``flythinker.evaluate.diagnostics.profile_use``) for a model folder."""
+    """The probe's result (``flythinker.evaluate.diagnostics.profile_use``) for a model folder.
+
+    Prompts as the model was trained (its run's ``config.yaml``), else :data:`PROBE_DEFAULTS`;
+    ``k`` and ``prompt`` override either."""
     from flythinker.auto import load_model
     from flythinker.data.longlamp import load_examples
-    from flythinker.data.prompts import PromptConfig
+    from flythinker.data.prompt_settings import describe_prompt_config, model_prompt_config
+    from flythinker.devices import pick_device
     from flythinker.evaluate.diagnostics import profile_use
 
     examples = load_examples(data, split=split)
@@ -44,17 +53,10 @@ def run_probe(
         )
     if limit and limit < len(examples):  # a seeded random subset, not the file's first rows
         examples = [examples[i] for i in sorted(random.Random(seed).sample(range(len(examples)), limit))]
-    cfg = PromptConfig(
-        **{
-            "retrieval": "recent",
-            "k": k,
-            "profile_tokens": 256,
-            "query_tokens": 64,
-            "target_tokens": 128,
-            **(prompt or {}),
-        }
-    )
-    model, tok = load_model(model_dir, dtype=dtype)
+    cfg, source = model_prompt_config(model_dir, default=PROBE_DEFAULTS, overrides={"k": k, **(prompt or {})})
+    if say is not None:
+        say(f"prompts: {describe_prompt_config(cfg)}; from {source}")
+    model, tok = load_model(model_dir, dtype=dtype, device=pick_device(device))
     result = profile_use(model, tok, examples, cfg, bootstrap=bootstrap, seed=seed, batch_size=batch_size)
     return {"model": str(model_dir), "data": str(data), "split": split, "prompt": vars(cfg), **result}
 
@@ -82,17 +84,21 @@ def probe_command(
     data: Path = typer.Option(..., "--data", help="LongLaMP-format file or folder."),
     split: str = typer.Option("test", "--split", help="Split to probe when --data is a folder."),
     limit: int = typer.Option(40, "--limit", help="A seeded random subset of N examples (0 = all)."),
-    k: int = typer.Option(2, "--k", help="The user's k most recent profile items in the prompt."),
+    k: int = typer.Option(None, "--k", help="Profile items in the prompt (default: as trained, else 2)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subset, the other-user pairing and the bootstrap."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the CIs (0: none)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Examples per forward pass."),
     dtype: str = typer.Option(None, "--dtype", help="Model dtype (float32, bfloat16)."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
     json_path: Path = typer.Option(None, "--json", help="Also write the result (with per-example NLLs) here."),
 ) -> None:
     """Does the model read the profile? NLL with own / no / another user's profile, paired, with CIs."""
-    if limit < 0 or k < 1 or bootstrap < 0 or batch_size < 1:
+    from flythinker.devices import use_device
+
+    if limit < 0 or (k is not None and k < 1) or bootstrap < 0 or batch_size < 1:
         raise UserError("--limit and --bootstrap must be ≥ 0, --k and --batch-size ≥ 1")
-    result = run_probe(model, data, split, limit, k, seed, bootstrap, batch_size, dtype=dtype)
+    device = use_device(device)
+    result = run_probe(model, data, split, limit, k, seed, bootstrap, batch_size, dtype=dtype, device=device, say=print)
     print(format_probe(result))
     if json_path is not None:
         print(f"wrote {write_json(result, json_path)}")

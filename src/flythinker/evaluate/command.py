@@ -56,6 +56,7 @@ def evaluate_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resampling.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT/metrics.json.")] = False,
     limit: Annotated[int, typer.Option("--limit", help="Only the first N references (as `flythinker generate --limit N`; 0 = all).")] = 0,
+    device: Annotated[str | None, typer.Option("--device", help="BERTScore's device: cpu, cuda or cuda:N (default: the GPU when there is one).")] = None,
 ) -> None:
     """Score predictions with ROUGE-1/L, METEOR, BLEU, BERTScore (+ by position, per user, 95% CIs)."""
     from rich.console import Console
@@ -79,6 +80,10 @@ def evaluate_command(
     ref_texts, user_ids = [r["output"] for r in refs], [r["user_id"] for r in refs]
 
     console, err = Console(), Console(stderr=True)
+    if not no_bertscore:  # the one model this command runs
+        from flythinker.devices import use_device
+
+        use_device(device, say=err.print)
     model = None if no_bertscore else (bertscore_model or M.default_bertscore_model())
     kw = dict(bertscore=not no_bertscore, bertscore_model=model)
     err.print(f"scoring {len(refs)} examples of {predictions} (BERTScore: {'off' if no_bertscore else model})")

@@ -149,7 +149,9 @@ def _bertscorer(model: str):
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    return bert_score.BERTScorer(model_type=model, num_layers=BERTSCORE_LAYERS)
+    from flythinker.devices import pick_device
+
+    return bert_score.BERTScorer(model_type=model, num_layers=BERTSCORE_LAYERS, device=str(pick_device()))
 
 
 def _bertscore_f1(predictions: list[str], references: list[str], model: str | None) -> np.ndarray:

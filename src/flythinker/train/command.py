@@ -25,8 +25,14 @@ def train_command(
         bool, typer.Option("--resume", help="Continue from the run folder's last complete checkpoint.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete a previous run in the run folder.")] = False,
+    device: Annotated[
+        Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
+    ] = None,
 ) -> None:
     """Train FlyThinker (G + R) or the SFT baseline; one CPU, or many GPUs via accelerate launch."""
+    import os
+
+    from flythinker.devices import use_device
     from flythinker.train.config import load_config
     from flythinker.train.trainer import train
 
@@ -35,5 +41,6 @@ def train_command(
         extra.append("train.resume=true")
     if overwrite:
         extra.append("train.overwrite=true")
+    use_device(device, say=print if os.environ.get("RANK", "0") == "0" else None)
     cfg = load_config(config, extra)
     train(cfg, out or Path("runs") / config.stem)

@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from flythinker.devices import pick_device
 from flythinker.errors import UserError
 
 
@@ -26,8 +27,12 @@ def make_accelerator(cfg):
         # process (tests, notebooks, the demo) with other settings would be refused
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-    # torchrun on a machine without GPUs: accelerate only sets up gloo when told "cpu"
-    cpu = world > 1 and not torch.cuda.is_available()
+    # the command's --device (else the GPU when there is one); torchrun on a machine without GPUs:
+    # accelerate only sets up gloo when told "cpu"
+    device = pick_device()
+    cpu = device.type == "cpu"
+    if not cpu and world <= 1:
+        torch.cuda.set_device(device)  # --device cuda:N: accelerate's one process uses the current GPU
     mixed = "bf16" if cfg.train.precision == "bf16" else "no"
     acc = Accelerator(mixed_precision=mixed, cpu=cpu, step_scheduler_with_optimizer=False)
     if acc.num_processes != world:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from flythinker.lm import pad_id
+from flythinker.lm import eos_ids, pad_id
 from flythinker.model import FlyThinker
 
 
@@ -37,7 +37,7 @@ def generation_metrics(model, tokenizer, examples, prompt_cfg, max_new_tokens: i
                 ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=eos_ids(model.generator, tokenizer),
                 pad_token_id=pad,
             )  # (1, T_new)
         else:
@@ -46,7 +46,7 @@ def generation_metrics(model, tokenizer, examples, prompt_cfg, max_new_tokens: i
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=eos_ids(model.generator, tokenizer),
                 pad_token_id=pad,
             )
             new = out[:, ids.shape[1] :]

@@ -340,6 +340,7 @@ def bench_decode_command(
     generator: Path = typer.Option(None, "--generator", help="A local model folder for G (default: a random model)."),
     reasoner: Path = typer.Option(None, "--reasoner", help="A local model folder for R (default: the generator's)."),
     dtype: str = typer.Option("float32", "--dtype", help="Weights dtype: float32 or bfloat16."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (the GPU figures: scripts/gpu_bench_decode.py)."),
 ) -> None:
     """Per-token latency and throughput: G alone, R alone, sequential, concurrent, think-then-generate, HF."""
     cfg = DecodeBenchConfig(
@@ -352,9 +353,12 @@ def bench_decode_command(
     )
     from rich.console import Console
 
+    from flythinker.devices import use_device
+
     console = Console(stderr=True)
+    device = use_device(device, say=console.print)
     with console.status("benchmarking") as status:
-        result = run_decode_bench(cfg, log=lambda msg: status.update(msg))
+        result = run_decode_bench(cfg, device=str(device), log=lambda msg: status.update(msg))
     print_table(result)
     if json_path is not None:
         console.print(f"wrote {write_json(result, json_path)}")

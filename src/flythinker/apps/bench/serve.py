@@ -133,6 +133,7 @@ def run_serve_bench(
     duration_s: float | None = None,
     dtype: str | None = None,
     log=print,
+    device=None,
 ) -> dict:
     """Batched (continuous batching, max_batch = the highest concurrency) against one-at-a-time
     serving (max_batch = 1) of the same model; each level runs ``per_client`` requests per client,
@@ -142,8 +143,9 @@ def run_serve_bench(
     from flythinker.apps.serve.store import ProfileStore
     from flythinker.auto import load_model
     from flythinker.data.prompts import PromptConfig
+    from flythinker.devices import pick_device
 
-    model, tok = load_model(model_dir, dtype=dtype)
+    model, tok = load_model(model_dir, dtype=dtype, device=pick_device(device))
     body = {
         "prompt": "Write the body of the commit 'parser: skip blank lines'.",
         "max_tokens": max_tokens,
@@ -231,6 +233,7 @@ def bench_serve_command(
         "auto", "--mode", help="The engine's mode, as flythinker serve's: auto, concurrent or sequential."
     ),
     dtype: str = typer.Option(None, "--dtype", help="Weights dtype (float32, bfloat16; default: as saved)."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
     json_path: Path = typer.Option(None, "--json", help="Also write the results here."),
 ) -> None:
     """Throughput and latency against concurrency: the batched server against one-at-a-time serving."""
@@ -242,7 +245,9 @@ def bench_serve_command(
         raise UserError("--concurrency, --per-client and --max-tokens must be ≥ 1")
     if duration is not None and duration <= 0:
         raise UserError(f"--duration must be > 0 seconds, got {duration}")
-    result = run_serve_bench(model, levels, per_client, max_tokens, mode, duration, dtype)
+    from flythinker.devices import use_device
+
+    result = run_serve_bench(model, levels, per_client, max_tokens, mode, duration, dtype, device=use_device(device))
     print_serve_table(result)
     if json_path is not None:
         write_json(result, json_path)

@@ -270,10 +270,15 @@ def bench_train_command(
     memory: Annotated[
         bool, typer.Option(help="Measure peak memory (one fresh process per configuration on CPU).")
     ] = True,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    device: Annotated[
+        Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: the GPU when there is one).")
+    ] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
 ) -> None:
     """Step time and peak memory of SFT(G), SFT(R) and FlyThinker(G+R), same data and batch."""
+    from flythinker.devices import use_device
+
+    device = str(use_device(device))
     cfg = BenchConfig(
         hidden=hidden,
         layers=layers,

@@ -12,9 +12,15 @@ from pathlib import Path
 from flythinker.apps.experiment.config import CellGroup, ExperimentConfig, cell_dir
 from flythinker.apps.experiment.methods import get_baseline, strip_think, with_reasoning
 from flythinker.auto import load_model
+from flythinker.devices import pick_device
 from flythinker.evaluate.nll import mean_nll, per_example_nll
 
 PROBE_BATCH = 8  # examples per teacher-forced pass of the test split (the probe's own-profile pass is the test NLL)
+
+
+def _load(path):
+    """A trained (or base) model of a cell on the run's device (the GPU when there is one)."""
+    return load_model(path, device=pick_device())
 
 
 def cell_train_config(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bases: dict[str, Path]):
@@ -72,7 +78,7 @@ def cell_latents(exp: ExperimentConfig, group: CellGroup, split: str, seed: int,
     from flythinker.data.longlamp import load_examples
     from flythinker.evaluate.diagnostics import latent_diagnostics
 
-    model, tok = loaded if loaded is not None else load_model(out / "train" / "final")
+    model, tok = loaded if loaded is not None else _load(out / "train" / "final")
     exs = load_examples(Path(exp.data) / split, split="test", limit=exp.limit_eval)
     prompt_cfg = cell_train_config(exp, group, split, seed, {k: Path(k) for k in exp.bases}).data.prompt_config()
     metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
@@ -99,10 +105,10 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
     test_exs = load_examples(folder, split="test", limit=exp.limit_eval)
     t0 = time.perf_counter()
     if group.zero_shot:  # the base as it is: nothing trained
-        train_s, (model, tok) = 0.0, load_model(bases[exp.generator])
+        train_s, (model, tok) = 0.0, _load(bases[exp.generator])
     else:
         train_s = _train_cell(cfg, group, [with_reasoning(e) for e in train_exs] if b.think else train_exs, out)
-        model, tok = load_model(out / "train" / "final")
+        model, tok = _load(out / "train" / "final")
     nll, test_nll = _nll(model, tok, dev_exs, test_exs, prompt_cfg, think=b.think)
     settings = DecodeSettings(**{**exp.decode, "seed": 1000 * seed})
     if b.think:
@@ -156,7 +162,7 @@ def remeasure_cell(
             f"--remeasure: {name} has no trained model ({out / 'train' / 'final'}); "
             "checkpoints are not committed, so only the machine that trained it can measure it again"
         )
-    model, tok = load_model(bases[exp.generator] if group.zero_shot else out / "train" / "final")
+    model, tok = _load(bases[exp.generator] if group.zero_shot else out / "train" / "final")
     prompt_cfg = cell_train_config(exp, group, split, seed, bases).data.prompt_config()
     folder = Path(exp.data) / split
     dev_exs = load_examples(folder, split="dev", limit=exp.limit_eval)

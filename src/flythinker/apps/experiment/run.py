@@ -100,9 +100,14 @@ def experiment_command(
         help="Only measure finished cells' dev/test NLL, probe and latent "
         "diagnostics again from their trained models (predictions and scores stay), then rewrite the report.",
     ),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
 ) -> None:
     """Run the baselines × splits × seeds matrix (resumable) and write BENCHMARKS-ready tables."""
     exp = load_experiment(config, overrides)
+    if not (status or report_only):  # these two run no model
+        from flythinker.devices import use_device
+
+        use_device(device)
     names = [n.strip() for n in only.split(",") if n.strip()] or None
     if names:
         unknown = set(names) - {g.name for g in exp.groups()}

@@ -12,19 +12,9 @@ import typer
 
 from flythinker.errors import UserError
 
-
-def prompt_config_of(model_dir: Path):
-    """The prompt settings the model was trained with (the run's ``config.yaml`` beside ``final/``),
-    else the library's defaults with the 2 most recent profile items."""
-    import yaml
-
-    from flythinker.data.prompts import PromptConfig
-
-    for cfg in (model_dir / "config.yaml", model_dir.parent / "config.yaml"):
-        if cfg.is_file():
-            prompt = ((yaml.safe_load(cfg.read_text()) or {}).get("data") or {}).get("prompt") or {}
-            return PromptConfig(**prompt)
-    return PromptConfig(retrieval="recent", k=2)
+# a model with no training config (a plain base): the 2 most recent profile items, as the
+# reproduction trains with
+SERVE_PROMPT_DEFAULTS = {"retrieval": "recent", "k": 2}
 
 
 def serve_command(
@@ -46,6 +36,7 @@ def serve_command(
         "(concurrent on a GPU; sequential on a CPU, where it served faster here).",
     ),
     dtype: str = typer.Option(None, "--dtype", help="Weights dtype (float32, bfloat16; default: as saved)."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
 ) -> None:
     """Serve OpenAI-compatible completions personalized by each user's stored profile."""
     import uvicorn
@@ -54,17 +45,22 @@ def serve_command(
     from flythinker.apps.serve.engine import Engine
     from flythinker.apps.serve.store import ProfileStore
     from flythinker.auto import load_model
+    from flythinker.data.prompt_settings import describe_prompt_config, model_prompt_config
+    from flythinker.devices import use_device
 
     if max_batch < 1 or max_queue < 1:
         raise UserError("--max-batch and --max-queue must be ≥ 1")
-    net, tok = load_model(model, dtype=dtype)
+    device = use_device(device)
+    prompt_cfg, source = model_prompt_config(model, default=SERVE_PROMPT_DEFAULTS)
+    print(f"prompts: {describe_prompt_config(prompt_cfg)}; from {source}")
+    net, tok = load_model(model, dtype=dtype, device=device)
     store = ProfileStore(db)
     engine = Engine(net, tok, max_batch=max_batch, max_queue=max_queue, mode=mode)
     app = make_app(
         net,
         tok,
         store,
-        prompt_config_of(model),
+        prompt_cfg,
         api_key=api_key or os.environ.get("FLYTHINKER_API_KEY"),
         engine=engine,
         model_name=model.name,

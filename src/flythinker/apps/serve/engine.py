@@ -23,6 +23,7 @@ import torch
 
 from flythinker.decoding.sampling import SamplingConfig, TokenSampler
 from flythinker.errors import UserError
+from flythinker.lm import eos_ids
 
 _END = object()  # the end of a request's token stream
 
@@ -82,7 +83,7 @@ class Engine:
 
         self.model, self.tokenizer, self.max_batch, self.mode = model, tokenizer, max_batch, mode
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
-        self.eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        self.eos = set(eos_ids(model.generator, tokenizer))  # the tokenizer's and the generation config's
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if mode not in ("auto", "concurrent", "sequential"):
             raise UserError(f"mode must be 'auto', 'concurrent' or 'sequential', got {mode!r}")
