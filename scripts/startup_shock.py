@@ -2,7 +2,7 @@
 
 Runs `flythinker train` on src/flythinker/configs/smollm2_flythinker.yaml (SmolLM2-135M-Instruct
 as G and R, LoRA r = 8, gitcommits user_based, dev NLL on 24 dev examples every 10 steps) for SFT,
-λ ∈ {0.05, 0.1, 0.25, 0.5} and the opt-in remedies at λ = 0.5, one run after the other
+λ ∈ {0.05, 0.1, 0.25, 0.5} and the opt-in remedies at λ = 0.5 (λ warm-up, R first, a learned gate), one run after the other
 (resumable: a finished run is skipped), then writes results/startup_shock/{runs.json,table.md}.
 
     python scripts/startup_shock.py --model $(flythinker models pull smollm2-135m-instruct)
@@ -26,6 +26,8 @@ RUNS = {  # name -> overrides (the config's λ is 0.5)
     "lam0.25": ["model.lam=0.25"],
     "lam0.5_warmup20": ["model.lam=0.5", "model.lam_warmup_steps=20"],
     "lam0.5_rfirst10": ["model.lam=0.5", "model.reasoner_first_steps=10"],
+    "lam0.5_gate_scalar": ["model.lam=0.5", "model.gate=scalar"],  # a learned gate, 0 at the start
+    "lam0.5_gate_vector": ["model.lam=0.5", "model.gate=vector"],
 }
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 FUSION_MODES = ("prefix", "linear")
+GATES = ("none", "scalar", "vector")
 
 
 def embedding_norm(weight: torch.Tensor) -> torch.Tensor:
@@ -58,15 +59,23 @@ class Fusion(nn.Module):
     d_G-dim embedding (needs d_R ≤ d_G); ``mode="linear"`` learns a d_R→d_G projection first
     (initialised to the prefix embedding when d_R ≤ d_G, so both modes start identical).
 
+    ``gate`` (opt-in, not in the paper): a learned gate g on the norm-matched latent, initialised
+    at 0 — one scalar, or one per dimension of G as in LayerScale — so that the offset is
+    λ·g·ρ·ẑ and training starts exactly at SFT, then learns how much latent to use.
+
     >>> f = Fusion(d_reasoner=8, d_generator=16, lam=0.5)
     >>> f(torch.zeros(2, 3, 16), torch.randn(2, 3, 8), rho=torch.tensor(1.0)).shape
     torch.Size([2, 3, 16])
     """
 
-    def __init__(self, d_reasoner: int, d_generator: int, lam: float = 0.5, mode: str = "prefix"):
+    def __init__(self, d_reasoner: int, d_generator: int, lam: float = 0.5, mode: str = "prefix", gate: str = "none"):
         super().__init__()
         if mode not in FUSION_MODES:
             raise ValueError(f"fusion mode must be one of {FUSION_MODES}, got {mode!r}")
+        if gate not in GATES:
+            raise ValueError(f"fusion gate must be one of {GATES}, got {gate!r}")
+        self.gate_mode = gate
+        self.gate = None if gate == "none" else nn.Parameter(torch.zeros(() if gate == "scalar" else (d_generator,)))
         if not (isinstance(lam, (int, float)) and lam >= 0 and lam == lam and lam != float("inf")):
             raise ValueError(f"lam must be a finite number ≥ 0, got {lam!r}")
         if mode == "prefix" and d_reasoner > d_generator:
@@ -93,6 +102,8 @@ class Fusion(nn.Module):
         zf = zf * (self.lam * rho.float() / zf.norm(dim=-1, keepdim=True).clamp_min(1e-6))
         if zf.shape[-1] < self.d_generator:  # prefix mode, d_R < d_G: first d_R dims
             zf = nn.functional.pad(zf, (0, self.d_generator - zf.shape[-1]))
+        if self.gate is not None:
+            zf = zf * self.gate.float()
         return zf
 
     def forward(
@@ -109,8 +120,20 @@ class Fusion(nn.Module):
             offset = offset * latent_mask.unsqueeze(-1).to(offset.dtype)
         return (embeds.float() + offset).to(embeds.dtype)
 
+    def gate_record(self) -> dict:
+        """The gate's value for a training log: ``{"gate": g}``, or a vector's mean and RMS; ``{}`` without one."""
+        if self.gate is None or self.gate.numel() == 0:  # (a ZeRO-3 shard reads as empty)
+            return {}
+        g = self.gate.detach().float()
+        return (
+            {"gate": g.item()}
+            if g.ndim == 0
+            else {"gate": g.mean().item(), "gate_rms": g.square().mean().sqrt().item()}
+        )
+
     def extra_repr(self) -> str:
-        return f"d_reasoner={self.d_reasoner}, d_generator={self.d_generator}, lam={self.lam}, mode={self.mode!r}"
+        gate = f", gate={self.gate_mode!r}" if self.gate is not None else ""
+        return f"d_reasoner={self.d_reasoner}, d_generator={self.d_generator}, lam={self.lam}, mode={self.mode!r}{gate}"
 
 
 def shift_latents(

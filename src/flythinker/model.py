@@ -109,6 +109,7 @@ class FlyThinker(nn.Module):
         fusion: str = "prefix",
         generator_tokenizer=None,
         reasoner_tokenizer=None,
+        gate: str = "none",
     ):
         super().__init__()
         check_pair(generator, reasoner, generator_tokenizer, reasoner_tokenizer)
@@ -116,7 +117,7 @@ class FlyThinker(nn.Module):
         d_g = generator.get_input_embeddings().embedding_dim
         d_r = backbone(reasoner).config.hidden_size
         try:
-            self.fusion = Fusion(d_reasoner=d_r, d_generator=d_g, lam=lam, mode=fusion)
+            self.fusion = Fusion(d_reasoner=d_r, d_generator=d_g, lam=lam, mode=fusion, gate=gate)
         except ValueError as e:
             raise UserError(str(e)) from None
         self.tokenizer = generator_tokenizer
@@ -280,6 +281,7 @@ class FlyThinker(nn.Module):
             "d_generator": self.fusion.d_generator,
             "d_reasoner": self.fusion.d_reasoner,
             **({"variant": self.variant} if self.variant != "flythinker" else {}),
+            **({"gate": self.fusion.gate_mode} if self.fusion.gate is not None else {}),
         }
 
     def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False, tokenizer=None) -> Path:
@@ -292,7 +294,7 @@ class FlyThinker(nn.Module):
         >>> model.save_pretrained("runs/my-model")  # doctest: +SKIP
         """
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
-        fusion_state = self.fusion.state_dict() if self.fusion.proj is not None else None
+        fusion_state = self.fusion.state_dict() or None  # the linear map, the gate
         return write_model_folder(
             path,
             {"generator": (self.generator, None), "reasoner": (self.reasoner, None)},
@@ -321,6 +323,7 @@ class FlyThinker(nn.Module):
         """
         path = Path(path).expanduser()
         lam, mode, variant = read_folder_config(path)
+        gate = json.loads((path / CONFIG_NAME).read_text()).get("gate", "none")
         cls = VARIANTS.get(variant, FlyThinker if variant == "flythinker" else None)
         if cls is None:
             raise UserError(f"{path / CONFIG_NAME}: unknown FlyThinker variant {variant!r}")
@@ -338,8 +341,9 @@ class FlyThinker(nn.Module):
             fusion=mode,
             generator_tokenizer=toks["generator"],
             reasoner_tokenizer=toks["reasoner"],
+            gate=gate,
         )
-        if mode == "linear":
+        if mode == "linear" or gate != "none":
             model.fusion.load_state_dict(read_fusion_weights(path))
         if device is not None:
             model.to(device)
@@ -383,7 +387,7 @@ def read_fusion_weights(path: Path) -> dict:
 
     wfile = path / FUSION_WEIGHTS
     if not wfile.is_file():
-        raise UserError(f"{path}: fusion='linear' but {FUSION_WEIGHTS} is missing")
+        raise UserError(f"{path}: the fusion has weights (linear map or gate) but {FUSION_WEIGHTS} is missing")
     try:
         return load_file(str(wfile))
     except load_errors() as e:

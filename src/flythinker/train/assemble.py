@@ -134,7 +134,13 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> nn.Module:
         r_tok = loading.load_tokenizer(cfg.reasoner.path, trust_remote_code=cfg.reasoner.trust_remote_code)
     try:
         return FlyThinker(
-            generator, reasoner, lam=cfg.lam, fusion=cfg.fusion, generator_tokenizer=tokenizer, reasoner_tokenizer=r_tok
+            generator,
+            reasoner,
+            lam=cfg.lam,
+            fusion=cfg.fusion,
+            generator_tokenizer=tokenizer,
+            reasoner_tokenizer=r_tok,
+            gate=cfg.gate,
         )
     except UserError as e:
         raise UserError(f"model.generator.path / model.reasoner.path: {e}") from None

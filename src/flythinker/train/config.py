@@ -38,6 +38,7 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("cosine", "linear", "constant")
 FUSIONS = ("prefix", "linear")
+GATES = ("none", "scalar", "vector")
 
 
 def _number(obj, name: str, *, low: float = 0.0, strict: bool = False, integer: bool = False,
@@ -168,6 +169,11 @@ class ModelConfig:
     reasoner_first_steps: int = 0
     """Opt-in start-up remedy, not in the paper: for the first N optimizer steps only R learns
     (G's gradients are dropped), so an untrained latent cannot pull a pretrained G off course."""
+    gate: str = "none"
+    """Opt-in start-up remedy, not in the paper: a learned gate on the latent, initialised at 0, so
+    training starts exactly at SFT: none, scalar, or vector (one per dimension of G, LayerScale)."""
+    gate_lr: float = 1.0e-2
+    """Learning rate of the gate (its own, no weight decay; follows the run's schedule)."""
 
     def __post_init__(self):
         _choice(self, "mode", MODES)
@@ -176,6 +182,10 @@ class ModelConfig:
         _number(self, "tokenizer_vocab_size", low=258, integer=True)
         _number(self, "lam_warmup_steps", integer=True)
         _number(self, "reasoner_first_steps", integer=True)
+        _choice(self, "gate", GATES)
+        _number(self, "gate_lr", strict=True)
+        if self.gate != "none" and self.mode != "flythinker":
+            raise ConfigError("gate", "gates the Reasoner's latent: needs mode=flythinker")
         if self.reasoner_first_steps and self.freeze_reasoner:
             raise ConfigError("reasoner_first_steps", "needs a trainable reasoner (freeze_reasoner is true)")
         if self.freeze_reasoner and self.reasoner is not None and self.reasoner.lora is not None:

@@ -159,9 +159,12 @@ class Trainer:
         fsdp = acc.distributed_type == DistributedType.FSDP
         if fsdp:  # FSDP wants the optimizer built on its (sharded) parameters; DeepSpeed wants both at once
             self.model = acc.prepare(self.model)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        gates = [p for n, p in named if n.endswith("fusion.gate")]  # the opt-in latent gate: its own lr
+        params = [p for n, p in named if not n.endswith("fusion.gate")]
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases, norms
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},  # biases, norms
+                  {"params": gates, "weight_decay": 0.0, "lr": self.cfg.model.gate_lr}]
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=tuple(t.betas), eps=t.eps)
         warmup = t.warmup_steps if t.warmup_steps is not None else round(t.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(
@@ -255,7 +258,7 @@ class Trainer:
             if acc.is_main_process and (self.step % t.log_every == 0 or self.step == self.total_steps):
                 self.log.write({"kind": "train", "step": self.step, "epoch": self.epoch, "loss": step_loss, "lr": lr,
                                 "grad_norm": norm, "tokens": tokens, "step_time_s": elapsed,
-                                "tokens_per_s": tokens / elapsed, "time": time.time()})
+                                "tokens_per_s": tokens / elapsed, "time": time.time(), **self._gate_record()})
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
             if t.eval_every and self.step % t.eval_every == 0 and self.step_in_epoch < self.steps_per_epoch \
@@ -273,6 +276,10 @@ class Trainer:
         if m.mode == "flythinker" and m.lam_warmup_steps:
             ramp = 1.0 if final else min(1.0, (self.step + 1) / m.lam_warmup_steps)
             self.acc.unwrap_model(self.model).fusion.lam = m.lam * ramp
+
+    def _gate_record(self) -> dict:
+        fusion = getattr(self.acc.unwrap_model(self.model), "fusion", None)  # the opt-in latent gate's value
+        return fusion.gate_record() if fusion is not None else {}
 
     def _diverged(self, what: str, value: float) -> None:
         last = latest_checkpoint(self.out)

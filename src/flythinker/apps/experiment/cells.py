@@ -60,7 +60,13 @@ def build_cell_model(cfg, method: str, tokenizer):
     r = load_causal_lm(cfg.model.reasoner, "model.reasoner")
     cls = StaticThinker if kind == "static" else FlyThinker
     return cls(
-        g, r, lam=cfg.model.lam, fusion=cfg.model.fusion, generator_tokenizer=tokenizer, reasoner_tokenizer=tokenizer
+        g,
+        r,
+        lam=cfg.model.lam,
+        fusion=cfg.model.fusion,
+        generator_tokenizer=tokenizer,
+        reasoner_tokenizer=tokenizer,
+        gate=cfg.model.gate,
     )
 
 
