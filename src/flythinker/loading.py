@@ -53,6 +53,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     check_model_folder(path, key, trust_remote_code)
+    refuse_non_causal(path, key)
     kw = dict(local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
     if dtype is not None:
         kw["dtype"] = as_dtype(dtype)
@@ -78,6 +79,43 @@ def load_causal_lm(
             f"unexpected: {odd[:5]})"
         )
     return model
+
+
+# families whose models read their whole input at once: a causal-LM head on them is not a decoder
+ENCODER_ONLY = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "distilbert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "albert",
+    "camembert",
+    "modernbert",
+}
+
+
+def refuse_non_causal(path: str | os.PathLike, key: str = "--model") -> None:
+    """One clear line, before anything is loaded, for a folder that holds no decoder-only causal LM:
+    an encoder-decoder model (T5, BART, ...) or an encoder (BERT, ...). G and R must each read the
+    text left to right, one token after another."""
+    file = Path(path).expanduser() / "config.json"
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # check_model_folder and transformers say what is wrong with it
+    kind = cfg.get("model_type", "?") if isinstance(cfg, dict) else "?"
+    if isinstance(cfg, dict) and cfg.get("is_encoder_decoder"):
+        raise UserError(
+            f"{key}: {path} is an encoder-decoder model ({kind}); FlyThinker's Generator and Reasoner "
+            "must be decoder-only causal LMs"
+        )
+    if kind in ENCODER_ONLY and not cfg.get("is_decoder"):
+        raise UserError(
+            f"{key}: {path} is an encoder ({kind}), not a causal LM; FlyThinker's Generator and Reasoner "
+            "must be decoder-only causal LMs"
+        )
 
 
 @contextlib.contextmanager

@@ -164,7 +164,7 @@ def _add_lora(model: nn.Module, spec, key: str) -> nn.Module:
         r=spec.r,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        target_modules=list(spec.target_modules),
+        target_modules="all-linear" if list(spec.target_modules) == ["all-linear"] else list(spec.target_modules),
         task_type="CAUSAL_LM",
     )
     try:

@@ -97,9 +97,10 @@ class LoraSpec:
     """Scale numerator: the update is (alpha / r) · B A."""
     dropout: float = 0.05
     """Dropout on the adapter input."""
-    target_modules: list[str] = field(default_factory=lambda: [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    """Names of the Linear layers that get adapters."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Names of the layers that get adapters; ``[all-linear]`` (peft's rule): every linear layer of
+    the decoder but the LM head, whatever the family calls its attention and MLP projections (for
+    Qwen and Llama: q/k/v/o_proj and gate/up/down_proj)."""
 
     def __post_init__(self):
         _number(self, "r", low=1, integer=True)
