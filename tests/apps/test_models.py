@@ -133,3 +133,27 @@ def test_unknown_model_and_cache_location(tmp_path, monkeypatch):
     monkeypatch.delenv("FLYTHINKER_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert M.model_dir("smollm2-135m-instruct") == tmp_path / "flythinker" / "models" / "smollm2-135m-instruct"
+
+
+def test_a_gguf_architecture_transformers_cannot_read_is_one_line_naming_it(tmp_path, capsys):
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "neox.gguf"
+    w = gguf.GGUFWriter(str(path), "gptneox")  # GPT-NeoX: in the family matrix, not readable from GGUF
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    w.add_head_count(2)
+    w.add_tensor("token_embd.weight", np.zeros((10, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["models", "convert-gguf", str(path), "--out", str(tmp_path / "out")])
+    err = [x for x in capsys.readouterr().err.strip().splitlines() if x.startswith("error:")]
+    assert e.value.code == 2 and len(err) == 1 and "architecture gptneox is not supported" in err[0]
+    assert not (tmp_path / "out").exists()
