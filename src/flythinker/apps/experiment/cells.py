@@ -18,6 +18,12 @@ from flythinker.evaluate.nll import mean_nll, per_example_nll
 PROBE_BATCH = 8  # examples per teacher-forced pass of the test split (the probe's own-profile pass is the test NLL)
 
 
+def _trained(exp: ExperimentConfig, out: Path) -> Path:
+    """The cell's trained model: ``train/final``, or ``train/best`` (lowest dev NLL) when the
+    experiment says ``checkpoint: best``."""
+    return out / "train" / exp.checkpoint
+
+
 def _load(path):
     """A trained (or base) model of a cell on the run's device (the GPU when there is one)."""
     return load_model(path, device=pick_device())
@@ -42,7 +48,10 @@ def cell_train_config(exp: ExperimentConfig, group: CellGroup, split: str, seed:
     if b.think:
         prompt["target_tokens"] = prompt.get("target_tokens", 1000) + exp.think_extra_tokens
     t = raw.setdefault("train", {})
-    t.update(seed=seed, eval=False, resume=True, overwrite=False)
+    # checkpoint "best": the dev NLL after every epoch picks the model (the cell's dev examples)
+    t.update(seed=seed, eval=exp.checkpoint == "best", resume=True, overwrite=False)
+    if exp.checkpoint == "best" and exp.limit_eval:
+        data["limit_dev"] = exp.limit_eval
     raw = apply_overrides(raw, list(group.set))
     return from_dict(TrainConfig, raw)
 
@@ -79,12 +88,12 @@ def cell_latents(exp: ExperimentConfig, group: CellGroup, split: str, seed: int,
         return None
     if (out / "latents.json").is_file():  # also on a machine that has only the committed results
         return json.loads((out / "latents.json").read_text())
-    if not (out / "train" / "final").is_dir():
+    if not _trained(exp, out).is_dir():
         return None
     from flythinker.data.longlamp import load_examples
     from flythinker.evaluate.diagnostics import latent_diagnostics
 
-    model, tok = loaded if loaded is not None else _load(out / "train" / "final")
+    model, tok = loaded if loaded is not None else _load(_trained(exp, out))
     exs = load_examples(Path(exp.data) / split, split="test", limit=exp.limit_eval)
     prompt_cfg = cell_train_config(exp, group, split, seed, {k: Path(k) for k in exp.bases}).data.prompt_config()
     metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
@@ -114,7 +123,7 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
         train_s, (model, tok) = 0.0, _load(bases[exp.generator])
     else:
         train_s = _train_cell(cfg, group, [with_reasoning(e) for e in train_exs] if b.think else train_exs, out)
-        model, tok = _load(out / "train" / "final")
+        model, tok = _load(_trained(exp, out))
     nll, test_nll = _nll(model, tok, dev_exs, test_exs, prompt_cfg, think=b.think)
     settings = DecodeSettings(**{**exp.decode, "seed": 1000 * seed})
     if b.think:
@@ -163,12 +172,12 @@ def remeasure_cell(
     name = f"{split}/{group.name}/seed{seed}"
     if not (out / "metrics.json").is_file():
         raise UserError(f"--remeasure: {name} is not finished (no metrics.json)")
-    if not group.zero_shot and not (out / "train" / "final").is_dir():
+    if not group.zero_shot and not _trained(exp, out).is_dir():
         raise UserError(
-            f"--remeasure: {name} has no trained model ({out / 'train' / 'final'}); "
+            f"--remeasure: {name} has no trained model ({_trained(exp, out)}); "
             "checkpoints are not committed, so only the machine that trained it can measure it again"
         )
-    model, tok = _load(bases[exp.generator] if group.zero_shot else out / "train" / "final")
+    model, tok = _load(bases[exp.generator] if group.zero_shot else _trained(exp, out))
     prompt_cfg = cell_train_config(exp, group, split, seed, bases).data.prompt_config()
     folder = Path(exp.data) / split
     dev_exs = load_examples(folder, split="dev", limit=exp.limit_eval)

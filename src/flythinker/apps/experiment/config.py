@@ -72,9 +72,16 @@ class ExperimentConfig:
     """Bootstrap resamples for CIs and paired comparisons."""
     compare: list[list[str]] = field(default_factory=lambda: [["flythinker", "sft"], ["static", "sft"]])
     """Paired comparisons [A, B] written to the report (A − B)."""
+    checkpoint: str = "final"
+    """Which trained model a cell decodes and measures: "final" (after the last step) or "best" (the
+    lowest dev NLL of the run's evaluations: the number of epochs chosen on dev, never on test)."""
     probe: bool = False
     """Also run the profile-use probe (NLL with own / no / another user's profile) on every cell's
     model and test split: ``probe.json`` (does fine-tuning keep, lose or grow the profile's use?)."""
+
+    def __post_init__(self):
+        if self.checkpoint not in ("final", "best"):
+            raise UserError(f"checkpoint: 'final' or 'best', got {self.checkpoint!r}")
 
     def groups(self) -> list[CellGroup]:
         from flythinker.apps.experiment.methods import get_baseline
