@@ -215,3 +215,28 @@ def test_meteor_is_optional_only_when_asked(tmp_path, monkeypatch):
     assert m["by_position"]["0-100"]["meteor"] is None
     with _pytest.raises(UserError, match="wordnet-base"):
         compute_metrics(preds, refs, bertscore=False, bootstrap=0)
+
+
+def test_the_public_sacrebleu_api_rescores_a_committed_cell_exactly():
+    """BLEU from sacrebleu's public API (sentence statistics, BLEU.compute_bleu) gives the committed
+    reproduction's numbers to the last digit, as the private API it replaced did."""
+    import json
+
+    import sacrebleu
+    from tiny_models import GITCOMMITS, ROOT
+
+    from flythinker.data.predictions import read_predictions
+    from flythinker.evaluate.metrics import aggregate, score_examples
+
+    cell = ROOT / "results" / "gitcommits_smollm2" / "cells" / "user_based" / "sft" / "seed0"
+    refs = json.loads((GITCOMMITS / "user_based" / "test.json").read_text())
+    if not cell.is_dir() or not refs:
+        pytest.skip("the committed cell or the gitcommits test split is missing")
+    preds = read_predictions(cell / "predictions.jsonl")
+    refs = refs if isinstance(refs, list) else refs["examples"]
+    p = [preds[r["id"]] for r in refs]
+    o = [r["output"] for r in refs]
+    got = aggregate(score_examples(p, o, bertscore=False, meteor=False))
+    committed = json.loads((cell / "metrics.json").read_text())
+    assert got["bleu"] == committed["bleu"] == sacrebleu.corpus_bleu(p, [o]).score
+    assert (got["rouge1"], got["rougeL"]) == (committed["rouge1"], committed["rougeL"])

@@ -114,9 +114,9 @@ def score_examples(
             dtype=float,
         )
     )
-    # sacrebleu's per-sentence sufficient statistics (private but stable in 2.x; the tests check
-    # that summing them reproduces corpus_bleu).
-    stats = _bleu()._extract_corpus_statistics(predictions, [references]) if predictions else []
+    # sacrebleu's per-sentence sufficient statistics through its public API (the tests check that
+    # summing them reproduces corpus_bleu)
+    stats = [bleu_stats(p, r) for p, r in zip(predictions, references)]
     bs = _bertscore_f1(predictions, references, bertscore_model) if bertscore else None
     return ExampleScores(
         rouge1=np.array([r["rouge1"].fmeasure for r in rouge], dtype=float),
@@ -170,15 +170,27 @@ def _bertscore_f1(predictions: list[str], references: list[str], model: str | No
 
 
 @functools.lru_cache(maxsize=1)
-def _bleu():
+def _sentence_bleu():
     from sacrebleu.metrics import BLEU
 
-    return BLEU()  # corpus_bleu's defaults: 13a tokenizer, exp smoothing, case-sensitive
+    # corpus_bleu's tokenizer (13a, case-sensitive); effective_order only quiets sacrebleu's advice
+    # for sentence-level scores: the statistics do not depend on it
+    return BLEU(effective_order=True)
+
+
+def bleu_stats(prediction: str, reference: str) -> list[int]:
+    """sacrebleu's sufficient statistics of one sentence: hyp_len, ref_len, correct[1..4], total[1..4]."""
+    s = _sentence_bleu().sentence_score(prediction, [reference])
+    return [s.sys_len, s.ref_len, *s.counts, *s.totals]
 
 
 def bleu_from_stats(stats: np.ndarray) -> float:
-    """Corpus BLEU (0–100) from summed sacrebleu statistics, shape (10,)."""
-    return float(_bleu()._compute_score_from_stats([int(x) for x in stats]).score)
+    """Corpus BLEU (0–100) from summed sacrebleu statistics, shape (10,), with corpus_bleu's
+    defaults (exponential smoothing, order 4)."""
+    from sacrebleu.metrics import BLEU
+
+    stats = [int(x) for x in stats]
+    return float(BLEU.compute_bleu(stats[2:6], stats[6:10], stats[0], stats[1], smooth_method="exp").score)
 
 
 def aggregate(scores: ExampleScores) -> dict:
