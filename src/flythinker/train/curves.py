@@ -21,10 +21,13 @@ class RunLog:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.tracker = None  # train.report_to: each record also goes to the trackers (train/tracking.py)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            self.tracker(record)
 
     def read(self) -> list[dict]:
         if not self.path.is_file():

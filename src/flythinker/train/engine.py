@@ -15,7 +15,7 @@ from flythinker.devices import pick_device
 from flythinker.errors import UserError
 
 
-def make_accelerator(cfg):
+def make_accelerator(cfg, out=None):
     """accelerate's engine for this process: one process, or one of ``accelerate launch`` /
     ``torchrun``'s (DDP, FSDP, DeepSpeed from the launch config; gloo on CPU-only machines)."""
     from accelerate import Accelerator
@@ -34,7 +34,16 @@ def make_accelerator(cfg):
     if not cpu and world <= 1:
         torch.cuda.set_device(device)  # --device cuda:N: accelerate's one process uses the current GPU
     mixed = "bf16" if cfg.train.precision == "bf16" else "no"
-    acc = Accelerator(mixed_precision=mixed, cpu=cpu, step_scheduler_with_optimizer=False)
+    from flythinker.train.tracking import accelerator_kwargs
+
+    kw = accelerator_kwargs(cfg, out)
+    if cfg.train.loss_normalization == "tokens":
+        # token_windows reads each accumulation window ahead, so the loader's end comes one window
+        # early; count micro-batches instead (EpochSampler makes every epoch whole windows)
+        from accelerate.utils import GradientAccumulationPlugin
+
+        kw["gradient_accumulation_plugin"] = GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False)
+    acc = Accelerator(mixed_precision=mixed, cpu=cpu, step_scheduler_with_optimizer=False, **kw)
     if acc.num_processes != world:
         raise UserError(
             f"launched as {world} processes but accelerate set up {acc.num_processes}; "

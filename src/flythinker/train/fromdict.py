@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 
@@ -122,3 +123,25 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node[part]
         node[parts[-1]] = value
     return raw
+
+
+# --- checks the config sections share -------------------------------------------------------
+
+
+def _number(
+    obj, name: str, *, low: float = 0.0, strict: bool = False, integer: bool = False, optional: bool = False
+) -> None:
+    """Check ``obj.name`` is a finite number ≥ low (> low when strict); raise naming it."""
+    value = getattr(obj, name)
+    if value is None and optional:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if strict else value >= low) and (not integer or float(value).is_integer())
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        raise ConfigError(name, f"must be {kind} {'>' if strict else '>='} {low:g}, got {value!r}")
+
+
+def _choice(obj, name: str, choices) -> None:
+    if getattr(obj, name) not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(map(str, choices))}, got {getattr(obj, name)!r}")

@@ -18,3 +18,32 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
     progress = (step - warmup) / max(1, total - warmup)
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
     return min_ratio + (1 - min_ratio) * decay
+
+
+def token_windows(batches, accumulation: int, normalization: str):
+    """``(micro-batch, num_items_in_batch)`` pairs of a training loader. ``"sequence"``: None (each
+    micro-batch's token mean). ``"tokens"``: the response tokens of the micro-batch's whole
+    accumulation window, read ahead, so that every token of an optimizer step weighs the same
+    whatever its micro-batch (transformers' ``num_items_in_batch``).
+
+    >>> b = lambda n: {"labels": torch.tensor([[-100] + [1] * n])}
+    >>> [n for _, n in token_windows([b(2), b(4), b(3)], 2, "tokens")]
+    [6, 6, 3]
+    """
+    if normalization == "sequence":
+        for batch in batches:
+            yield batch, None
+        return
+    window = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) == accumulation:
+            yield from _counted(window)
+            window = []
+    yield from _counted(window)
+
+
+def _counted(window):
+    n = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
+    for batch in window:
+        yield batch, n

@@ -46,7 +46,8 @@ from flythinker.train.config import TrainConfig, check_paths
 from flythinker.train.curves import RunLog, plot_curves
 from flythinker.train.engine import cache_rho, is_sharded, make_accelerator
 from flythinker.train.result import TrainingDiverged, TrainResult
-from flythinker.train.schedule import lr_factor
+from flythinker.train.schedule import lr_factor, token_windows
+from flythinker.train.tracking import start_tracking
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "lr_factor", "train"]
 
@@ -70,10 +71,11 @@ class Trainer:
 
         cfg = self.cfg
         check_paths(cfg, model=self.model is None, data=self.train_examples is None)
-        self.acc = acc = make_accelerator(cfg)
+        self.acc = acc = make_accelerator(cfg, self.out)
         self.ga, self.world = acc.gradient_accumulation_steps, acc.num_processes
         set_seed(cfg.train.seed)
         self._prepare_run_dir()
+        self.log.tracker = start_tracking(acc, cfg, self.out)  # train.report_to (None: log.jsonl only)
         self._load_data()
         self._build_model()
         self._build_loaders()
@@ -228,10 +230,10 @@ class Trainer:
         self.sampler.skip = self.step_in_epoch * t.batch_size * self.world * self.ga
         running = torch.zeros(2, dtype=torch.float64, device=acc.device)  # (loss sum, tokens)
         tick = time.perf_counter()
-        for batch in self.train_dl:
+        for batch, items in token_windows(self.train_dl, self.ga, t.loss_normalization):
             self._startup_lam()
-            with acc.accumulate(model):
-                loss = model(**batch).loss
+            with acc.accumulate(model):  # "tokens": sum / the window's tokens, × ga against accelerate's / ga
+                loss = model(**batch).loss if items is None else model(**batch, num_items_in_batch=items).loss * self.ga
                 acc.backward(loss)
             running += torch.stack([loss.detach().double(), batch["attention_mask"].sum().double()])
             if not acc.sync_gradients:
@@ -355,6 +357,7 @@ class Trainer:
         acc = self.acc
         self._startup_lam(final=True)
         final = export_model(acc, self.model, self.out / "final", self.tokenizer)
+        acc.end_training()  # trackers flush and close
         fingerprints = None
         if self.world > 1 and not is_sharded(acc):
             mine = torch.tensor([state_fingerprint(acc.unwrap_model(self.model))], dtype=torch.float64, device=acc.device)

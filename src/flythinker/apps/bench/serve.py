@@ -246,7 +246,9 @@ def bench_serve_command(
     if duration is not None and duration <= 0:
         raise UserError(f"--duration must be > 0 seconds, got {duration}")
     from flythinker.devices import use_device
+    from flythinker.extras import require
 
+    require("serve", what="flythinker bench serve")
     result = run_serve_bench(model, levels, per_client, max_tokens, mode, duration, dtype, device=use_device(device))
     print_serve_table(result)
     if json_path is not None:

@@ -112,6 +112,10 @@ def over_seeds(per_seed: list[dict]) -> dict:
     (2.0, 1.0, [-0.484, 4.484])
     """
     import numpy as np
+
+    from flythinker.extras import require
+
+    require("eval", "scipy", what="the report's intervals over seeds")
     from scipy import stats
 
     out = {}

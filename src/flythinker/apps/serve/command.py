@@ -39,6 +39,9 @@ def serve_command(
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
 ) -> None:
     """Serve OpenAI-compatible completions personalized by each user's stored profile."""
+    from flythinker.extras import require
+
+    require("serve", what="flythinker serve")
     import uvicorn
 
     from flythinker.apps.serve.app import make_app
