@@ -319,7 +319,7 @@ _train_case(
 _train_case("data path does not exist", ["data.path=/no/such/data"], "data.path", "/no/such/data", "does not exist")
 
 
-@case("config file missing", "nope.yaml", "config file not found")
+@case("config file missing", "nope.yaml", "no such config file")
 def _(t, w):
     return ["train", str(t / "nope.yaml"), "--out", str(t / "run")]
 
@@ -553,7 +553,7 @@ def _(t, w):
     return w.generate(t, None, None, None, "--batch-size", "0")
 
 
-@case("generate unknown retrieval", "retrieval", "must be one of")
+@case("generate unknown retrieval", "--retrieval", "is not one of")
 def _(t, w):
     return w.generate(t, None, None, None, "--retrieval", "magic")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import typer
 
 from flythinker.auto import load_model
+from flythinker.choices import Backend, DecodeMode, Dtype, Retrieval, value
 from flythinker.data import predictions
 from flythinker.errors import UserError
 from flythinker.lm import eos_ids
@@ -196,13 +197,17 @@ def generate_command(
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling threshold (paper: 0.95)."),
     top_k: int = typer.Option(0, "--top-k", help="Top-k filter (0 = off)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
-    mode: str = typer.Option("sequential", "--mode", help="sequential (reference) or concurrent."),
-    backend: str = typer.Option(None, "--backend", help="Concurrent backend (default: best available)."),
-    retrieval: str = typer.Option(
-        None, "--retrieval", help="Profile in the prompt: none, all, bm25, recent (default: as the model was trained)."
+    mode: DecodeMode = typer.Option(
+        "sequential", "--mode", help="sequential (reference) or concurrent."
+    ),
+    backend: Backend = typer.Option(
+        None, "--backend", help="Concurrent backend (default: best available)."
+    ),
+    retrieval: Retrieval = typer.Option(
+        None, "--retrieval",  help="Profile in the prompt: none, all, bm25, recent (default: as the model was trained)."
     ),
     k: int = typer.Option(None, "--k", help="Profile items kept by bm25 / recent (default: as trained)."),
-    dtype: str = typer.Option(None, "--dtype", help="Model dtype (float32, bfloat16, ...)."),
+    dtype: Dtype = typer.Option(None, "--dtype", help="Model dtype."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the folder."),
 ) -> None:
@@ -217,6 +222,7 @@ def generate_command(
     from flythinker.data.prompt_settings import describe_prompt_config, model_prompt_config
     from flythinker.devices import use_device
 
+    mode, backend, retrieval, dtype = value(mode), value(backend), value(retrieval), value(dtype)
     rank, world, _ = _dist_env()
     device = use_device(device, say=print if rank == 0 else None)
     settings = DecodeSettings(

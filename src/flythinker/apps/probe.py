@@ -16,6 +16,7 @@ from pathlib import Path
 import typer
 
 from flythinker.apps import write_json
+from flythinker.choices import Dtype, value
 from flythinker.errors import UserError
 
 # a model with no training config (a plain base): its user's 2 most recent items, short budgets
@@ -88,7 +89,7 @@ def probe_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the subset, the other-user pairing and the bootstrap."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the CIs (0: none)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Examples per forward pass."),
-    dtype: str = typer.Option(None, "--dtype", help="Model dtype (float32, bfloat16)."),
+    dtype: Dtype = typer.Option(None, "--dtype", help="Model dtype."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
     json_path: Path = typer.Option(None, "--json", help="Also write the result (with per-example NLLs) here."),
 ) -> None:
@@ -98,7 +99,9 @@ def probe_command(
     if limit < 0 or (k is not None and k < 1) or bootstrap < 0 or batch_size < 1:
         raise UserError("--limit and --bootstrap must be ≥ 0, --k and --batch-size ≥ 1")
     device = use_device(device)
-    result = run_probe(model, data, split, limit, k, seed, bootstrap, batch_size, dtype=dtype, device=device, say=print)
+    result = run_probe(
+        model, data, split, limit, k, seed, bootstrap, batch_size, dtype=value(dtype), device=device, say=print
+    )
     print(format_probe(result))
     if json_path is not None:
         print(f"wrote {write_json(result, json_path)}")

@@ -13,7 +13,9 @@ import typer
 
 
 def train_command(
-    config: Annotated[Path, typer.Argument(help="YAML config (see src/flythinker/configs/).")],
+    config: Annotated[
+        Path, typer.Argument(help="YAML config: a file, or a bundled config's name (flythinker configs list).")
+    ],
     overrides: Annotated[
         Optional[list[str]],
         typer.Argument(help="KEY=VALUE overrides, e.g. train.lr=1e-4 model.lam=0.3", show_default=False),
@@ -42,5 +44,8 @@ def train_command(
     if overwrite:
         extra.append("train.overwrite=true")
     use_device(device, say=print if os.environ.get("RANK", "0") == "0" else None)
+    from flythinker.bundled import resolve_config
+
+    config = resolve_config(config)
     cfg = load_config(config, extra)
     train(cfg, out or Path("runs") / config.stem)

@@ -30,6 +30,7 @@ import typer
 
 from flythinker.apps import write_json
 from flythinker.apps.bench.machine import _threads, all_threads, loadavg, machine_info, measure_bandwidth, weight_bytes
+from flythinker.choices import BenchDtype, value
 from flythinker.errors import UserError
 from flythinker.tiny import qwen2_config, random_pair
 
@@ -339,7 +340,9 @@ def bench_decode_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and prompts."),
     generator: Path = typer.Option(None, "--generator", help="A local model folder for G (default: a random model)."),
     reasoner: Path = typer.Option(None, "--reasoner", help="A local model folder for R (default: the generator's)."),
-    dtype: str = typer.Option("float32", "--dtype", help="Weights dtype: float32 or bfloat16."),
+    dtype: BenchDtype = typer.Option(
+        "float32", "--dtype", help="Weights dtype."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (the GPU figures: scripts/gpu_bench_decode.py)."),
 ) -> None:
     """Per-token latency and throughput: G alone, R alone, sequential, concurrent, think-then-generate, HF."""
@@ -349,7 +352,7 @@ def bench_decode_command(
         vocab=vocab, reasoner_hidden=reasoner_hidden, reasoner_layers=reasoner_layers,
         threads_per_model=threads_per_model, backends=[b for b in backends.split(",") if b],
         only=[c for c in only.split(",") if c], seed=seed, generator=str(generator) if generator else None,
-        reasoner=str(reasoner) if reasoner else None, dtype=dtype,
+        reasoner=str(reasoner) if reasoner else None, dtype=value(dtype),
     )
     from rich.console import Console
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import typer
 
 from flythinker.apps import write_json
+from flythinker.choices import Dtype, ServeMode, value
 from flythinker.errors import UserError
 
 
@@ -229,10 +230,8 @@ def bench_serve_command(
         None, "--duration", help="Instead: seconds each level runs (clients keep requesting)."
     ),
     max_tokens: int = typer.Option(32, "--max-tokens", help="Tokens per completion."),
-    mode: str = typer.Option(
-        "auto", "--mode", help="The engine's mode, as flythinker serve's: auto, concurrent or sequential."
-    ),
-    dtype: str = typer.Option(None, "--dtype", help="Weights dtype (float32, bfloat16; default: as saved)."),
+    mode: ServeMode = typer.Option("auto", "--mode", help="The engine's mode, as flythinker serve's."),
+    dtype: Dtype = typer.Option(None, "--dtype", help="Weights dtype (default: as saved)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
     json_path: Path = typer.Option(None, "--json", help="Also write the results here."),
 ) -> None:
@@ -249,6 +248,7 @@ def bench_serve_command(
     from flythinker.extras import require
 
     require("serve", what="flythinker bench serve")
+    mode, dtype = value(mode), value(dtype)
     result = run_serve_bench(model, levels, per_client, max_tokens, mode, duration, dtype, device=use_device(device))
     print_serve_table(result)
     if json_path is not None:

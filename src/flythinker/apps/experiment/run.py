@@ -103,6 +103,9 @@ def experiment_command(
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
 ) -> None:
     """Run the baselines × splits × seeds matrix (resumable) and write BENCHMARKS-ready tables."""
+    from flythinker.bundled import resolve_config
+
+    config = resolve_config(config)
     exp = load_experiment(config, overrides)
     if not (status or report_only):  # these two run no model
         from flythinker.devices import use_device

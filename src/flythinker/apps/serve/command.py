@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from flythinker.choices import Dtype, ServeMode, value
 from flythinker.errors import UserError
 
 # a model with no training config (a plain base): the 2 most recent profile items, as the
@@ -29,13 +30,13 @@ def serve_command(
     ),
     max_batch: int = typer.Option(8, "--max-batch", help="Rows of the running batch (requests decoded together)."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting before 503 + Retry-After."),
-    mode: str = typer.Option(
+    mode: ServeMode = typer.Option(
         "auto",
         "--mode",
         help="concurrent (R's step beside G's), sequential, or auto "
         "(concurrent on a GPU; sequential on a CPU, where it served faster here).",
     ),
-    dtype: str = typer.Option(None, "--dtype", help="Weights dtype (float32, bfloat16; default: as saved)."),
+    dtype: Dtype = typer.Option(None, "--dtype", help="Weights dtype (default: as saved)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
 ) -> None:
     """Serve OpenAI-compatible completions personalized by each user's stored profile."""
@@ -53,6 +54,7 @@ def serve_command(
 
     if max_batch < 1 or max_queue < 1:
         raise UserError("--max-batch and --max-queue must be ≥ 1")
+    mode, dtype = value(mode), value(dtype)
     device = use_device(device)
     prompt_cfg, source = model_prompt_config(model, default=SERVE_PROMPT_DEFAULTS)
     print(f"prompts: {describe_prompt_config(prompt_cfg)}; from {source}")
