@@ -166,6 +166,7 @@ def _add_lora(model: nn.Module, spec, key: str) -> nn.Module:
         lora_dropout=spec.dropout,
         target_modules="all-linear" if list(spec.target_modules) == ["all-linear"] else list(spec.target_modules),
         task_type="CAUSAL_LM",
+        use_dora=spec.use_dora,
     )
     try:
         return get_peft_model(model, cfg)

@@ -156,31 +156,39 @@ def load_checkpoint(accelerator, path: Path) -> dict:
 
 
 def _merge_lora(state: dict, peft_model) -> dict:
-    """Fold LoRA updates into the base weights of a peft model's state dict: W + s · B A.
+    """Fold every adapter of a peft model's state dict into its base weights, with peft's own merge
+    (``merge_and_unload``: linear and Conv1D LoRA, LoRA on embeddings, DoRA, LoRA biases, ...).
 
-    Computed out of place from the state dict, so the live (training) weights are untouched
-    and the same code serves a ZeRO-3/FSDP state dict gathered on the main process.
+    Computed on a copy whose tensors are those of ``state``, so the live (training) weights are
+    untouched and the same code serves a ZeRO-3/FSDP state dict gathered on the main process; the
+    copy's structure is made on the meta device, so no weights are duplicated. An adapter peft
+    cannot merge is one clear error, never a silently dropped key.
     """
-    from peft.tuners.lora import LoraLayer
+    import copy
 
-    out = dict(state)
-    for name, module in peft_model.named_modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        base = f"{name}.base_layer.weight"
-        for adapter in module.active_adapters:
-            a, b = f"{name}.lora_A.{adapter}.weight", f"{name}.lora_B.{adapter}.weight"
-            if a in state and b in state and base in out:
-                delta = (state[b].float() @ state[a].float()) * module.scaling[adapter]
-                if getattr(module, "fan_in_fan_out", False):
-                    delta = delta.T
-                out[base] = (out[base].float() + delta.to(out[base].device)).to(out[base].dtype)
-    clean = {}
-    for key, value in out.items():
-        if "lora_" in key:
-            continue
-        key = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
-        clean[key] = value
+    memo = {
+        id(t): torch.nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=False)
+        for t in peft_model.parameters()
+    }
+    memo.update({id(b): torch.empty_like(b, device="meta") for b in peft_model.buffers()})
+    shell = copy.deepcopy(peft_model, memo)
+    shell.load_state_dict(state, strict=False, assign=True)
+    missing = [n for n, p in shell.named_parameters() if p.is_meta]
+    if missing:
+        raise UserError(f"the state dict to export lacks {len(missing)} weights of the model (e.g. {missing[:3]})")
+    try:
+        merged = shell.merge_and_unload(safe_merge=True)
+    except (ValueError, TypeError, NotImplementedError, RuntimeError) as e:
+        raise UserError(
+            f"cannot merge the LoRA adapters into the exported model ({e}); export them unmerged "
+            "with peft's save_pretrained instead"
+        ) from None
+    clean = {k: v for k, v in merged.state_dict().items() if not v.is_meta}
+    left = sorted(k for k in clean if "lora_" in k)
+    if left:
+        raise UserError(
+            f"the exported model would keep unmerged adapter weights ({', '.join(left[:3])}); refusing to drop them"
+        )
     return clean
 
 

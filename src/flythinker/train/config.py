@@ -81,6 +81,8 @@ class LoraSpec:
     """Names of the layers that get adapters; ``[all-linear]`` (peft's rule): every linear layer of
     the decoder but the LM head, whatever the family calls its attention and MLP projections (for
     Qwen and Llama: q/k/v/o_proj and gate/up/down_proj)."""
+    use_dora: bool = False
+    """DoRA (weight-decomposed LoRA): a learned magnitude per output beside the low-rank update."""
 
     def __post_init__(self):
         _number(self, "r", low=1, integer=True)
