@@ -28,6 +28,10 @@ RUNS = {  # name -> overrides (the config's λ is 0.5)
     "lam0.5_rfirst10": ["model.lam=0.5", "model.reasoner_first_steps=10"],
     "lam0.5_gate_scalar": ["model.lam=0.5", "model.gate=scalar"],  # a learned gate, 0 at the start
     "lam0.5_gate_vector": ["model.lam=0.5", "model.gate=vector"],
+    # the runs above the gates were measured at train.max_steps=30 (their overrides say so); the
+    # gates ran the config's 40 steps, so SFT and λ 0.05 again at 40 for a like-for-like curve
+    "sft_40": ["model.mode=sft"],
+    "lam0.05_40": ["model.lam=0.05"],
 }
 
 
