@@ -79,9 +79,9 @@ def save_tiny_flythinker(path, tokenizer, init_std: float = 0.02):
     n = len(tokenizer)
     g = tiny_causal_lm(hidden=48, vocab=n, seed=0, init_std=init_std)
     r = tiny_causal_lm(hidden=32, vocab=n, seed=1, init_std=init_std)
-    for m in (g, r):
-        m.config.eos_token_id = tokenizer.eos_token_id
-        m.config.pad_token_id = tokenizer.pad_token_id
+    for m in (g, r):  # the generation config too: decoding ends on its EOS ids as well as the tokenizer's
+        m.config.eos_token_id = m.generation_config.eos_token_id = tokenizer.eos_token_id
+        m.config.pad_token_id = m.generation_config.pad_token_id = tokenizer.pad_token_id
     FlyThinker(g, r, lam=0.5, generator_tokenizer=tokenizer, reasoner_tokenizer=tokenizer).save_pretrained(path)
     return path
 

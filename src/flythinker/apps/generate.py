@@ -180,6 +180,18 @@ def merge_parts(out: str | Path, examples: list, world_size: int) -> Path:
     return out
 
 
+def _merge_shards(out: Path, examples: list, rank: int, world: int) -> None:
+    """Under torchrun: rank 0 merges every process's part file once all have written theirs."""
+    import torch
+
+    if world > 1:
+        torch.distributed.barrier()
+        if rank == 0:
+            merge_parts(out, examples, world)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
@@ -240,12 +252,7 @@ def generate_command(
     net, tok = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     stats = generate_predictions(net, tok, examples, out, prompt_cfg=prompt_cfg, settings=settings,
                                  rank=rank, world_size=world)
-    if world > 1:
-        torch.distributed.barrier()
-        if rank == 0:
-            merge_parts(out, examples, world)
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    _merge_shards(out, examples, rank, world)
     if rank == 0:
         print(f"wrote {len(examples)} predictions to {out} "
               f"({stats.ms_per_step:.1f} ms per decoding step on rank 0)")

@@ -26,6 +26,7 @@ def token_windows(batches, accumulation: int, normalization: str):
     accumulation window, read ahead, so that every token of an optimizer step weighs the same
     whatever its micro-batch (transformers' ``num_items_in_batch``).
 
+    >>> import torch
     >>> b = lambda n: {"labels": torch.tensor([[-100] + [1] * n])}
     >>> [n for _, n in token_windows([b(2), b(4), b(3)], 2, "tokens")]
     [6, 6, 3]

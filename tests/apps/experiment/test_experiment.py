@@ -224,7 +224,7 @@ def test_a_given_base_zero_shot_rows_the_probe_and_committed_cells(tmp_path, git
     monkeypatch.chdir(ROOT)
     base = tmp_path / "base"
     lm = tiny_llama(hidden=32, vocab=len(sample_tokenizer))
-    lm.config.eos_token_id = sample_tokenizer.eos_token_id
+    lm.config.eos_token_id = lm.generation_config.eos_token_id = sample_tokenizer.eos_token_id
     lm.save_pretrained(base)
     sample_tokenizer.save_pretrained(base)
     exp = load_experiment(

@@ -83,7 +83,8 @@ class Engine:
 
         self.model, self.tokenizer, self.max_batch, self.mode = model, tokenizer, max_batch, mode
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
-        self.eos = set(eos_ids(model.generator, tokenizer))  # the tokenizer's and the generation config's
+        # the tokenizer's EOS and every one of the generation config's (a test's batch may have no model)
+        self.eos = set(eos_ids(getattr(model, "generator", None), tokenizer))
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if mode not in ("auto", "concurrent", "sequential"):
             raise UserError(f"mode must be 'auto', 'concurrent' or 'sequential', got {mode!r}")
