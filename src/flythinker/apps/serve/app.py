@@ -9,63 +9,27 @@ that says whose fault it was; a refused request changes nothing in the store.
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 import uuid
-from typing import Literal
 
 from flythinker.apps.serve.engine import Engine, QueueFull
+from flythinker.apps.serve.schema import Chat, Completion, Item, Profile, unsupported  # noqa: E402
+from flythinker.apps.serve.text import TextStream
 from flythinker.errors import UserError
 
 MAX_BODY = 1 << 20  # bytes of one request body
 DRAIN_LIMIT = 16 << 20  # bytes of an oversized body read before answering 413 (beyond: reset)
-MAX_TOKENS = 4096
+KEEPALIVE_S = 15.0  # a comment line on a stream that has sent nothing for this long (proxies time out)
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-from pydantic import BaseModel, ConfigDict, Field  # noqa: E402  (FastAPI resolves route annotations here)
-
-
-class Item(BaseModel):
-    """One profile item (an earlier text of the user)."""
-
-    model_config = ConfigDict(extra="forbid")
-    title: str | None = None
-    text: str = Field(min_length=1)
-    date: str | None = None
-
-
-class Profile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[Item]
-
-
-class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class Sampling(BaseModel):
-    model: str | None = None
-    user: str | None = Field(None, min_length=1, max_length=256)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stream: bool = False
-
-
-class Chat(Sampling):
-    messages: list[Message] = Field(min_length=1)
-
-
-class Completion(Sampling):
-    prompt: str = Field(min_length=1)
-
-
-def _error(status: int, message: str, kind: str, headers: dict | None = None):
+def _error(status: int, message: str, kind: str, headers: dict | None = None, param: str | None = None):
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+    body = {"error": {"message": message, "type": kind, "param": param}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def make_app(
@@ -85,6 +49,7 @@ def make_app(
     app.state.engine, app.state.store = engine, store
     _errors_and_limits(app, api_key)
     _profile_routes(app, store)
+    _model_routes(app, model_name)
     _completion_routes(app, tokenizer, store, prompt_cfg, engine, model_name)
     return app
 
@@ -98,12 +63,11 @@ def _errors_and_limits(app, api_key: str | None) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc):
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return _error(
-            422,
-            f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid"),
-            "invalid_request_error",
-        )
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
+        if first.get("type") == "extra_forbidden":  # as OpenAI: a field it does not know is a 400
+            return _error(400, f"Unrecognized request argument supplied: {where}", "invalid_request_error", param=where)
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid")
+        return _error(422, message, "invalid_request_error", param=where)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, exc):
@@ -120,26 +84,63 @@ def _errors_and_limits(app, api_key: str | None) -> None:
         return _error(500, f"internal error ({type(exc).__name__})", "server_error")
 
     @app.middleware("http")
-    async def limits(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
-            # read (and drop) what the client is still sending, up to a bound: closing on unread
-            # data makes the kernel reset the connection, and the client would never see the 413
-            drained = 0
-            async for chunk in request.stream():
-                drained += len(chunk)
-                if drained > DRAIN_LIMIT:
-                    break
-            return _error(
-                413, f"request body over {MAX_BODY} bytes", "invalid_request_error", headers={"Connection": "close"}
-            )
-        if (
-            api_key
-            and request.url.path.startswith("/v1/")
-            and request.headers.get("authorization") != f"Bearer {api_key}"
-        ):
+    async def key(request: Request, call_next):
+        given = request.headers.get("authorization", "").encode()
+        if api_key and request.url.path.startswith("/v1/") and not hmac.compare_digest(given, expected):
             return _error(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
         return await call_next(request)
+
+    expected = f"Bearer {api_key}".encode() if api_key else b""
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is a 413, counted as it arrives, so a
+    chunked body (no Content-Length) is held to it too. The body is read here, up to the limit, and
+    handed on; past the limit what the client still sends is drained (bounded) before answering."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = declared is not None and (not declared.isdigit() or int(declared) > self.limit)
+        chunks, size, more = [], 0, True
+        while more and not too_big:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more, too_big = message.get("more_body", False), size > self.limit
+        if too_big:
+            drained = size
+            while more and drained <= DRAIN_LIMIT:
+                message = await receive()
+                drained += len(message.get("body", b""))
+                more = message.get("more_body", False)
+            response = _error(
+                413, f"request body over {self.limit} bytes", "invalid_request_error", headers={"Connection": "close"}
+            )
+            return await response(scope, receive, send)
+        await self.app(
+            scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive), send
+        )
+
+
+def _replay(messages: list, then=None):
+    """A receive() that gives ``messages`` first, then defers to ``then`` (a disconnect, say)."""
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 def _profile_routes(app, store) -> None:
@@ -151,7 +152,7 @@ def _profile_routes(app, store) -> None:
     page = (Path(__file__).with_name("playground.html")).read_text(encoding="utf-8")
 
     @app.get("/health")
-    def health():
+    async def health():
         return {"status": "ok"}
 
     @app.get("/", response_class=HTMLResponse)
@@ -182,19 +183,42 @@ def _profile_routes(app, store) -> None:
         return Response(status_code=204)
 
 
+def _model_routes(app, model_name: str) -> None:
+    """``GET /v1/models``: the one model this server serves (clients and UIs ask first)."""
+    from starlette.exceptions import HTTPException
+
+    created = int(time.time())
+
+    @app.get("/v1/models")
+    async def models():
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "flythinker"}],
+        }
+
+    @app.get("/v1/models/{model_id}")
+    async def model_info(model_id: str):
+        if model_id != model_name:
+            raise HTTPException(404, f"unknown model {model_id!r} (this server serves {model_name!r})")
+        return {"id": model_name, "object": "model", "created": created, "owned_by": "flythinker"}
+
+
 def _completion_routes(app, tokenizer, store, prompt_cfg, engine: Engine, model_name: str) -> None:
     from fastapi.responses import StreamingResponse
     from starlette.exceptions import HTTPException
 
-    def complete(query: str, body, chat: bool):
+    async def complete(body, messages: list[dict], chat: bool):
+        bad = unsupported(body)
+        if bad is not None:
+            return _error(400, bad[1], "invalid_request_error", param=bad[0])
         profile = []
         if body.user is not None:
             profile = store.get(body.user)
             if profile is None:
                 raise HTTPException(404, f"unknown user {body.user!r}")
-        prompt_ids = build_prompt_ids(tokenizer, prompt_cfg, query, body.user, profile)
+        prompt_ids = build_prompt_ids(tokenizer, prompt_cfg, messages, body.user, profile)
         try:
-            req = engine.submit(prompt_ids, body.max_tokens or 256, body.temperature, body.top_p, body.seed)
+            req = engine.submit(prompt_ids, body.budget(), body.temperature, body.top_p, body.seed)
         except QueueFull:
             return _error(503, "the server is busy; retry shortly", "server_busy", headers={"Retry-After": "1"})
         meta = {
@@ -202,46 +226,49 @@ def _completion_routes(app, tokenizer, store, prompt_cfg, engine: Engine, model_
             "created": int(time.time()),
             "model": body.model or model_name,
         }
+        text = TextStream(tokenizer, body.stops())
         if body.stream:
-            return StreamingResponse(_sse(req, tokenizer, meta, chat), media_type="text/event-stream")
-        tokens = list(req.tokens())
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        choice = {"index": 0, "finish_reason": req.finish_reason}
-        choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-        usage = {
-            "prompt_tokens": len(prompt_ids),
-            "completion_tokens": len(tokens),
-            "total_tokens": len(prompt_ids) + len(tokens),
-        }
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = _sse(req, text, meta, chat, len(prompt_ids) if usage else None)
+            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        try:
+            async for tok in req.atokens():
+                text.push(tok)
+                if text.stopped:  # the stop string: the row leaves the batch
+                    req.cancel()
+                    break
+        finally:
+            req.cancel()  # a client gone mid-answer frees its row (a no-op once it ended)
+        text.finish()
+        choice = {"index": 0, "finish_reason": "stop" if text.stopped else req.finish_reason}
+        content = text.released()
+        choice.update({"message": {"role": "assistant", "content": content}} if chat else {"text": content})
+        n = len(text.tokens)
+        usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n}
         return {**meta, "object": "chat.completion" if chat else "text_completion", "choices": [choice], "usage": usage}
 
     @app.post("/v1/chat/completions")
-    def chat_completions(body: Chat):
-        users = [m.content for m in body.messages if m.role == "user"]
-        if not users:
-            raise HTTPException(400, "messages: no user message")
-        return complete(users[-1], body, chat=True)
+    async def chat_completions(body: Chat):
+        return await complete(body, [{"role": m.role, "content": m.text()} for m in body.messages], chat=True)
 
     @app.post("/v1/completions")
-    def completions(body: Completion):
-        return complete(body.prompt, body, chat=False)
+    async def completions(body: Completion):
+        return await complete(body, [{"role": "user", "content": body.text()}], chat=False)
 
 
-def build_prompt_ids(tokenizer, prompt_cfg, query: str, user_id: str | None, profile: list[dict]) -> list[int]:
-    """The training prompt for ``query`` with the user's stored profile (same retrieval, budgets
-    and chat template as training)."""
-    from dataclasses import replace
+def build_prompt_ids(
+    tokenizer, prompt_cfg, messages: list[dict], user_id: str | None, profile: list[dict]
+) -> list[int]:
+    """The training prompt for the conversation with the user's stored profile (same retrieval,
+    budgets and chat template as training; one user message is exactly the training prompt)."""
+    from flythinker.data.conversation import encode_conversation
 
-    from flythinker.data.longlamp import Example
-    from flythinker.data.prompts import encode_for_generation
-
-    ex = Example(id="request", user_id=user_id, input=query, output="", profile=profile, task="generic")
-    cfg = prompt_cfg if profile else replace(prompt_cfg, retrieval="none")
-    return encode_for_generation(ex, tokenizer, cfg)
+    return encode_conversation(messages, user_id, profile, tokenizer, prompt_cfg)
 
 
-def _sse(req, tokenizer, meta: dict, chat: bool):
-    """Server-sent events: one chunk per new piece of text, then ``data: [DONE]``."""
+async def _sse(req, text: TextStream, meta: dict, chat: bool, prompt_tokens: int | None):
+    """Server-sent events: one chunk per new piece of text, keep-alive comments while the first
+    tokens are slow, a usage chunk when asked (``stream_options.include_usage``), ``data: [DONE]``."""
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def event(delta: str | None, finish=None, first=False):
@@ -252,23 +279,27 @@ def _sse(req, tokenizer, meta: dict, chat: bool):
             choice = {"index": 0, "text": delta or "", "finish_reason": finish}
         return f"data: {json.dumps({**meta, 'object': kind, 'choices': [choice]})}\n\n"
 
-    tokens, sent = [], ""
-    prefix, read = 0, 0  # tokens[prefix:read] were decoded last time: context for the next piece
     try:
         if chat:
             yield event(None, first=True)
-        for tok in req.tokens():  # decode a short window per token, not the whole answer again
-            tokens.append(tok)
-            before = tokenizer.decode(tokens[prefix:read], skip_special_tokens=True)
-            after = tokenizer.decode(tokens[prefix:], skip_special_tokens=True)
-            if len(after) > len(before) and not after.endswith("\ufffd"):  # whole characters only
-                yield event(after[len(before) :])
-                sent += after[len(before) :]
-                prefix, read = read, len(tokens)
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        if text.startswith(sent) and len(text) > len(sent):
-            yield event(text[len(sent) :])
-        yield event(None, finish=req.finish_reason)
+        async for tok in req.atokens(keepalive=KEEPALIVE_S):
+            if tok is None:
+                yield ": keep-alive\n\n"
+                continue
+            piece = text.push(tok)
+            if piece:
+                yield event(piece)
+            if text.stopped:
+                req.cancel()
+                break
+        rest = text.finish()
+        if rest:
+            yield event(rest)
+        yield event(None, finish="stop" if text.stopped else req.finish_reason)
+        if prompt_tokens is not None:
+            n = len(text.tokens)
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+            yield f"data: {json.dumps({**meta, 'object': kind, 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
     finally:
-        req.cancel()  # a client that went away frees its row
+        req.cancel()  # the client went away mid-stream: its row leaves the batch

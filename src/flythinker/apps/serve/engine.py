@@ -44,6 +44,42 @@ class Request:
     finish_reason: str | None = None
     n_tokens: int = 0
     sampler: TokenSampler | None = None
+    waiter: tuple | None = None  # (event loop, asyncio.Event) of an async route reading this request
+
+    def put(self, item) -> None:
+        """The engine thread hands over a token, an error or the end; wakes an async reader."""
+        self.out.put(item)
+        if self.waiter is not None:
+            loop, event = self.waiter
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the reader's event loop has closed: nobody reads this request
+                self.cancelled.set()
+
+    async def atokens(self, keepalive: float | None = None):
+        """The token ids as they come, for an async route: no thread waits. Yields None every
+        ``keepalive`` seconds without a token (a stream's keep-alive comment)."""
+        import asyncio
+
+        event = asyncio.Event()
+        self.waiter = (asyncio.get_running_loop(), event)
+        while True:
+            try:
+                item = self.out.get_nowait()
+            except queue.Empty:
+                event.clear()
+                if not self.out.empty():
+                    continue
+                try:
+                    await asyncio.wait_for(event.wait(), keepalive)
+                except asyncio.TimeoutError:
+                    yield None
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
@@ -66,7 +102,7 @@ class Request:
 
     def end(self, reason: str) -> None:
         self.finish_reason = reason
-        self.out.put(_END)
+        self.put(_END)
 
 
 class Engine:
@@ -214,7 +250,7 @@ class Engine:
                 req.end("stop")
             else:
                 req.n_tokens += 1
-                req.out.put(tok)
+                req.put(tok)
                 if req.n_tokens >= req.max_tokens:
                     req.end("length")
                 else:
@@ -224,4 +260,4 @@ class Engine:
     @staticmethod
     def _fail(requests: list[Request], error: Exception) -> None:
         for r in requests:
-            r.out.put(RuntimeError(f"decoding failed: {error}"))
+            r.put(RuntimeError(f"decoding failed: {error}"))
