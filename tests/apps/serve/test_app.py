@@ -172,6 +172,7 @@ def test_flythinker_serve_listens_on_localhost_answers_and_stops_cleanly(saved_t
         )
         out = json.loads(urllib.request.urlopen(req, timeout=30).read())
         assert out["object"] == "text_completion" and out["usage"]["completion_tokens"] <= 4
+        assert len(MALFORMED) >= 60
         for method, path, body, headers, status in MALFORMED:
             got = _send(port, method, path, body, {"Authorization": "Bearer k", **headers})
             assert 400 <= got[0] < 500 and (status is None or got[0] == status), (path, body, got)
@@ -222,6 +223,73 @@ MALFORMED = [  # (method, path, body, headers, expected status or None for any 4
     ("DELETE", "/v1/users/u1", None, {}, 404),
     ("GET", "/v1/nothing-here", None, {}, 404),
     ("POST", "/v1/users/u1/profile", b"{}", _J, 405),
+]
+_X = '"messages": [{"role": "user", "content": "x"}]'
+MALFORMED += [  # each OpenAI field with a wrong type or a value this server does not implement
+    ("POST", _CHAT, ("{" + _X + ", " + field + "}").encode(), _J, status)
+    for field, status in [
+        ('"model": 5', 422),
+        ('"user": 5', 422),
+        ('"max_completion_tokens": -1', 422),
+        ('"max_completion_tokens": "x"', 422),
+        ('"temperature": "hot"', 422),
+        ('"top_p": "x"', 422),
+        ('"seed": "x"', 422),
+        ('"seed": 1' + "0" * 40, 422),
+        ('"stream_options": "x"', 422),
+        ('"stream": true, "stream_options": {"include_usage": "x"}', 422),
+        ('"stream": true, "stream_options": {"other": 1}', 400),
+        ('"stream_options": {"include_usage": true}', 400),
+        ('"stop": 5', 422),
+        ('"stop": ["a", "b", "c", "d", "e"]', 422),
+        ('"stop": [""]', 422),
+        ('"n": "x"', 422),
+        ('"n": 2', 400),
+        ('"logprobs": "x"', 422),
+        ('"logprobs": true', 400),
+        ('"top_logprobs": 3', 400),
+        ('"presence_penalty": "x"', 422),
+        ('"presence_penalty": 1', 400),
+        ('"frequency_penalty": -1', 400),
+        ('"logit_bias": {"5": "x"}', 422),
+        ('"logit_bias": {"5": 1}', 400),
+        ('"response_format": {"type": "json_object"}', 400),
+        ('"response_format": "x"', 422),
+        ('"tools": [{"type": "function"}]', 400),
+        ('"tool_choice": "auto"', 400),
+        ('"functions": []', 400),
+        ('"frobnicate": true', 400),
+        ('"temperature": NaN', 422),
+        ('"temperature": Infinity', 422),
+        ('"top_p": NaN', 422),
+        ('"max_tokens": Infinity', 422),
+        ('"user": "' + "u" * 300 + '"', 422),
+    ]
+] + [
+    ("POST", _CHAT, b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]}', _J, 422),
+    ("POST", _CHAT, b'{"messages": [{"role": "tool", "content": "x"}]}', _J, 422),
+    (
+        "POST",
+        _CHAT,
+        b'{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}',
+        _J,
+        400,
+    ),
+    ("POST", _CHAT, b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", _J, None),  # deep nesting
+    (
+        "POST",
+        _CHAT,
+        b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}',
+        _J,
+        None,
+    ),
+    ("POST", _CHAT, ("{" + _X + "}").encode(), {"Content-Type": "text/plain"}, None),
+    ("POST", _CHAT, b"<xml/>", {"Content-Type": "application/xml"}, None),
+    ("POST", _CHAT, b'{"messages": [{"role": "' + b"r" * 500_000 + b'", "content": "x"}]}', _J, 422),
+    ("POST", "/v1/completions", b'{"prompt": 5}', _J, 422),
+    ("POST", "/v1/completions", b'{"prompt": "x", "echo": true}', _J, 400),
+    ("POST", "/v1/completions", b'{"prompt": "x", "best_of": 2}', _J, 400),
+    ("GET", "/v1/models/not-this-one", None, {}, 404),
 ]
 
 

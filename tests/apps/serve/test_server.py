@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 
 import pytest
 from serving import start_server
@@ -136,3 +137,170 @@ def test_an_oversized_body_sent_slowly_still_gets_its_413(server):
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), head
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_the_official_client_gets_stop_usage_conversations_models_and_clear_refusals(server):
+    openai = pytest.importorskip("openai")
+    _, port = server
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+    models = client.models.list()
+    assert [m.id for m in models.data] == [client.models.retrieve(models.data[0].id).id]
+    assert models.data[0].owned_by == "flythinker" and models.data[0].created > 0
+
+    messages = [{"role": "user", "content": "Write the body of: parser: skip blank lines"}]
+    kw = dict(model="flythinker", messages=messages, temperature=0.8, top_p=0.95, seed=7)
+    whole = client.chat.completions.create(**kw, max_completion_tokens=24)  # the newer name of max_tokens
+    text = whole.choices[0].message.content
+    assert whole.usage.completion_tokens <= 24 and len(text) >= 6
+    stop = text[3:5]  # cut as OpenAI cuts: before the first occurrence, the stop string left out
+    cut = client.chat.completions.create(**kw, max_completion_tokens=24, stop=[stop, "\u2603never"])
+    assert cut.choices[0].message.content == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
+    chunks = list(
+        client.chat.completions.create(
+            **kw, max_completion_tokens=24, stop=stop, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text[: text.index(stop)]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1  # the usage chunk comes last
+
+    parts = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Write the body of: "},
+                {"type": "text", "text": "parser: skip blank lines"},
+            ],
+        }
+    ]
+    same = client.chat.completions.create(**{**kw, "messages": parts}, max_completion_tokens=24)
+    assert same.choices[0].message.content == text  # text parts are the same message
+    talk = [
+        {"role": "system", "content": "Answer in one line."},
+        {"role": "developer", "content": "Be terse."},
+        *messages,
+        {"role": "assistant", "content": text},
+        {"role": "user", "content": "Shorter, please."},
+    ]
+    other = client.chat.completions.create(**{**kw, "messages": talk}, max_completion_tokens=24)
+    assert other.usage.prompt_tokens > whole.usage.prompt_tokens  # the history is in the prompt
+
+    for bad, param in (
+        (dict(n=2), "n"),
+        (dict(logprobs=True), "logprobs"),
+        (dict(presence_penalty=0.5), "presence_penalty"),
+        (dict(response_format={"type": "json_object"}), "response_format"),
+        (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+        (dict(extra_body={"frobnicate": 1}), "frobnicate"),
+    ):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(**kw, max_tokens=4, **bad)
+        assert e.value.body["param"] == param and param in e.value.body["message"], (bad, e.value.body)
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(server):
+    """No Content-Length to read: the limit is counted as the chunks arrive."""
+    import socket
+
+    _, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer k\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"x" * (64 << 10)
+        for _ in range(40):  # 2.5 MB in chunks
+            s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        s.sendall(b"0\r\n\r\n")
+        reply = b""
+        while b"}}" not in reply:
+            part = s.recv(65536)
+            if not part:
+                break
+            reply += part
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert json.loads(body.split(b"\r\n", 1)[-1] if body[:1] not in b"{" else body)["error"]["param"] is None
+
+
+PROBE = """
+import http.client, json, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+out, end = [], time.monotonic() + seconds
+time.sleep(0.5)
+while time.monotonic() < end:
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/health")
+    assert c.getresponse().status == 200
+    out.append(time.monotonic() - t0)
+    c.close()
+    time.sleep(0.25)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_64_clients_streaming_disconnecting_and_seeded_are_all_answered_and_health_stays_fast(server):
+    """A load of fixed duration: 64 clients, a quarter each non-streaming, streaming, leaving
+    mid-stream and seeded; every request is answered (200) or refused with 503 + Retry-After, never a
+    5xx, and /health answers within 100 ms throughout. Prints p50/p95 latency and tokens/s."""
+    import http.client
+    import statistics
+    import threading
+    import time
+
+    proc, port = server
+    auth = {"Content-Type": "application/json", "Authorization": "Bearer k"}
+    deadline = time.monotonic() + 8.0
+    results, lock = [], threading.Lock()
+
+    def client(i: int):
+        kind = ("whole", "stream", "leave", "seeded")[i % 4]
+        while time.monotonic() < deadline:
+            body = {
+                "prompt": f"fix the parser, case {i}",
+                "max_tokens": 16,
+                "temperature": 0.8,
+                "stream": kind != "whole",
+                **({"seed": i} if kind == "seeded" else {}),
+            }
+            t0 = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            conn.request("POST", "/v1/completions", json.dumps(body), auth)
+            resp = conn.getresponse()
+            tokens = 0
+            if resp.status == 200 and kind == "whole":
+                tokens = json.loads(resp.read())["usage"]["completion_tokens"]
+            elif resp.status == 200:
+                for line in resp:
+                    tokens += line.startswith(b"data: {")
+                    if kind == "leave" and tokens >= 2:
+                        break  # the client goes away mid-stream
+            else:
+                resp.read()
+            with lock:
+                results.append((kind, resp.status, resp.getheader("Retry-After"), time.monotonic() - t0, tokens))
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    # /health probed from a process of its own: this one's 64 client threads share one GIL
+    probe = subprocess.run([sys.executable, "-c", PROBE, str(port), "6.5"], capture_output=True, text=True, timeout=60)
+    health = json.loads(probe.stdout)
+    for t in threads:
+        t.join(timeout=180)
+    statuses = {s for _, s, _, _, _ in results}
+    assert statuses <= {200, 503}, statuses
+    assert all(r for _, s, r, _, _ in results if s == 503)  # a refusal says when to retry
+    done = [r for r in results if r[1] == 200 and r[0] != "leave"]
+    lat = sorted(r[3] for r in done)
+    toks = sum(r[4] for r in results if r[1] == 200)
+    print(
+        f"\n64 clients, 8 s: {len(results)} requests, {len(done)} answered whole, "
+        f"{sum(s == 503 for _, s, _, _, _ in results)} refused (503); latency p50 {statistics.median(lat):.2f} s, "
+        f"p95 {lat[int(0.95 * (len(lat) - 1))]:.2f} s; {toks / 8.0:.0f} tokens/s; /health max "
+        f"{1000 * max(health):.0f} ms over {len(health)} probes"
+    )
+    assert len(done) >= 32 and max(health) < 0.1, (len(done), health)
+    assert proc.poll() is None

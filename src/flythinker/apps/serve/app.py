@@ -205,6 +205,7 @@ def _model_routes(app, model_name: str) -> None:
 
 def _completion_routes(app, tokenizer, store, prompt_cfg, engine: Engine, model_name: str) -> None:
     from fastapi.responses import StreamingResponse
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
     async def complete(body, messages: list[dict], chat: bool):
@@ -213,10 +214,11 @@ def _completion_routes(app, tokenizer, store, prompt_cfg, engine: Engine, model_
             return _error(400, bad[1], "invalid_request_error", param=bad[0])
         profile = []
         if body.user is not None:
-            profile = store.get(body.user)
+            profile = await run_in_threadpool(store.get, body.user)  # a database read, off the loop
             if profile is None:
                 raise HTTPException(404, f"unknown user {body.user!r}")
-        prompt_ids = build_prompt_ids(tokenizer, prompt_cfg, messages, body.user, profile)
+        # retrieval, sentence budgets and the chat template: CPU work, kept off the event loop
+        prompt_ids = await run_in_threadpool(build_prompt_ids, tokenizer, prompt_cfg, messages, body.user, profile)
         try:
             req = engine.submit(prompt_ids, body.budget(), body.temperature, body.top_p, body.seed)
         except QueueFull:

@@ -203,16 +203,13 @@ class Engine:
         self._waiting = [r for r in self._waiting if not r.cancelled.is_set()]
 
     def _admit(self, batch, logits):
-        """Prefill the waiting requests that may join now; returns every row's logits."""
-        if any(r.seed is not None for r in self.rows):
-            return logits  # a seeded request decodes alone
+        """Prefill the waiting requests that may join now; returns every row's logits. A seeded
+        request joins like any other: its row samples with its own generator (``_sample``)."""
         new = []
         for r in self._waiting:
-            if len(self.rows) + len(new) >= self.max_batch or (r.seed is not None and (self.rows or new)):
+            if len(self.rows) + len(new) >= self.max_batch:
                 break
             new.append(r)
-            if r.seed is not None:
-                break
         if not new:
             return logits
         self._waiting = self._waiting[len(new) :]
