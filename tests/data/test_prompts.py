@@ -305,3 +305,34 @@ def test_collate_generation_features_have_no_labels(tok):
 def test_prompt_config_validation(bad):
     with pytest.raises(UserError, match=next(iter(bad))):
         PromptConfig(**bad)
+
+
+@pytest.mark.parametrize("template", [None, "chatml"])
+def test_a_conversation_of_one_user_message_is_exactly_the_training_prompt(sample_tokenizer, template):
+    import copy
+
+    from tiny_models import GITCOMMITS
+
+    from flythinker.data.conversation import encode_conversation
+    from flythinker.data.longlamp import load_examples
+    from flythinker.data.prompts import PromptConfig, encode_for_generation
+
+    tok = copy.deepcopy(sample_tokenizer)
+    if template:  # a ChatML template, as Qwen's and SmolLM2's
+        tok.chat_template = (
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        )
+    ex = load_examples(GITCOMMITS / "sample" / "user_based", split="test", limit=1)[0]
+    cfg = PromptConfig(retrieval="recent", k=2, profile_tokens=64, query_tokens=32)
+    one = [{"role": "user", "content": ex.input}]
+    assert encode_conversation(one, ex.user_id, ex.profile, tok, cfg) == encode_for_generation(ex, tok, cfg)
+    talk = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "an answer"},
+        *one,
+    ]
+    longer = encode_conversation(talk, ex.user_id, ex.profile, tok, cfg)
+    text = tok.decode(longer)
+    assert "Be terse." in text and "an answer" in text and len(longer) > len(encode_for_generation(ex, tok, cfg))

@@ -418,3 +418,51 @@ def test_the_playground_streams_both_answers_in_headless_chromium(saved_tiny_mod
     )
     rows = zlib.decompress(idat)
     assert width == 1200 and height > 600 and len(set(rows[::97])) > 8  # a rendered page, not a blank image
+
+
+def test_a_slow_first_token_gets_keep_alive_comments_and_streams_carry_proxy_headers(
+    saved_tiny_model, tmp_path, monkeypatch
+):
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    import flythinker.apps.serve.app as A
+    from flythinker.apps.serve.engine import Engine
+    from flythinker.apps.serve.store import ProfileStore
+    from flythinker.auto import load_model
+    from flythinker.data.prompts import PromptConfig
+
+    model, tok = load_model(saved_tiny_model)
+    release = threading.Event()
+
+    class SlowBatch:  # the prefill takes a while (a long prompt, a busy GPU); then always token 5
+        def add(self, prompts, pad_token_id):
+            release.wait(30)
+            return self.step(torch.zeros(len(prompts)))
+
+        def step(self, tokens):
+            logits = torch.zeros(len(tokens), 10)
+            logits[:, 5] = 1e4
+            return logits
+
+        def keep(self, rows):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(A, "KEEPALIVE_S", 0.05)
+    engine = Engine(None, tok, max_batch=2, make_batch=SlowBatch)
+    app = A.make_app(model, tok, ProfileStore(tmp_path / "p.db"), PromptConfig(), engine=engine)
+    threading.Timer(0.4, release.set).start()
+    try:
+        with TestClient(app).stream(
+            "POST", "/v1/completions", json={"prompt": "x", "max_tokens": 2, "stream": True}
+        ) as r:
+            assert r.headers["cache-control"] == "no-cache" and r.headers["x-accel-buffering"] == "no"
+            lines = [x for x in r.iter_lines() if x]
+    finally:
+        engine.close()
+    assert lines[0] == ": keep-alive" and lines[-1] == "data: [DONE]"
+    assert sum(x == ": keep-alive" for x in lines) >= 2 and any(x.startswith("data: {") for x in lines)
