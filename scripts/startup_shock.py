@@ -92,6 +92,7 @@ def main() -> None:
     (res / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(done, res / "dev_nll.png")
+    plot_gates(res, res / "gate.png")
 
 
 def plot(done: dict, path: Path) -> None:
@@ -111,6 +112,32 @@ def plot(done: dict, path: Path) -> None:
     full.set(title="dev NLL while fine-tuning (SmolLM2-135M, LoRA r=8)", xlabel="optimizer step", ylabel="nats/token")
     zoom.set(title="the same, near SFT", xlabel="optimizer step", ylim=(3.25, 3.75))
     full.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gates(res: Path, path: Path) -> None:
+    """The learned gate's value per optimizer step (runs with model.gate), from their per-step logs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = sorted(res.glob("*gate*.log.jsonl"))
+    if not logs:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for log in logs:
+        rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        rows = [r for r in rows if r.get("kind") == "train" and "gate" in r]
+        name = log.name.removesuffix(".log.jsonl")
+        ax.plot([r["step"] for r in rows], [r["gate"] for r in rows], label=f"{name}: mean g")
+        if any("gate_rms" in r for r in rows):
+            ax.plot([r["step"] for r in rows], [r["gate_rms"] for r in rows], ls="--", label=f"{name}: RMS g")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(title="the learned gate g (offset λ·g·ρ·ẑ; λ = 0.5)", xlabel="optimizer step", ylabel="g")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
