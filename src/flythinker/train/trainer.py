@@ -92,8 +92,7 @@ class Trainer:
                             "continue it or --overwrite to start over")
         if acc.is_main_process:
             if t.overwrite:
-                for f in existing:
-                    p = self.out / f
+                for p in (self.out / f for f in existing):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
             self.out.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
@@ -357,7 +356,6 @@ class Trainer:
         acc = self.acc
         self._startup_lam(final=True)
         final = export_model(acc, self.model, self.out / "final", self.tokenizer)
-        acc.end_training()  # trackers flush and close
         fingerprints = None
         if self.world > 1 and not is_sharded(acc):
             mine = torch.tensor([state_fingerprint(acc.unwrap_model(self.model))], dtype=torch.float64, device=acc.device)
@@ -378,6 +376,8 @@ class Trainer:
             acc.print(f"done: {self.step} steps in {self.train_time:.1f} s ({result.tokens_per_s:,.0f} tokens/s); "
                       f"model in {result.final_checkpoint}")
         acc.wait_for_everyone()
+        if self.cfg.train.report_to:  # trackers flush and close (accelerate also ends the process group)
+            acc.end_training()
         acc.unwrap_model(self.model, keep_fp32_wrapper=False)  # a caller's model leaves without the autocast wrapper
         return result
 
