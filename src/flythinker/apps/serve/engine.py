@@ -4,8 +4,8 @@ one running batch (continuous batching), streaming each row's tokens to its requ
 Between two decoding steps, waiting requests join the batch (their prompts are prefilled and
 their KV caches merged into the running ones, :class:`flythinker.decoding.batching.RunningBatch`)
 and rows that ended leave it: at EOS, at their token budget, or when their client went away.
-Rows keep their own sampling settings. A request with a ``seed`` is decoded alone (it waits for
-the batch to drain, and nothing joins it), so the same seed gives the same tokens as
+Rows keep their own sampling settings. A request with a ``seed`` joins the running batch like any
+other; its row samples with a generator of its own, so the same seed gives the same tokens as
 ``model.generate`` with that seed.
 
     >>> engine = Engine(model, tokenizer)                                     # doctest: +SKIP
