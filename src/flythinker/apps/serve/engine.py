@@ -15,6 +15,7 @@ other; its row samples with a generator of its own, so the same seed gives the s
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -152,6 +153,8 @@ class Engine:
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> Request:
+        if not (math.isfinite(temperature) and temperature >= 0 and math.isfinite(top_p) and 0 < top_p <= 1):
+            raise UserError(f"temperature must be a finite number >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
         req = Request(list(prompt_ids), max_tokens, temperature, top_p, seed)
         try:
             self.queue.put_nowait(req)

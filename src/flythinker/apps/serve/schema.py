@@ -10,6 +10,7 @@ field (:func:`unsupported`); a field OpenAI does not define is a 400 too, never 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -73,6 +74,13 @@ class Sampling(Strict):
     tools: list | None = None
     tool_choice: str | dict | None = None
     parallel_tool_calls: bool | None = None
+
+    @field_validator("temperature", "top_p", "presence_penalty", "frequency_penalty")
+    @classmethod
+    def _finite(cls, v):
+        if v is not None and not math.isfinite(v):  # NaN passes some pydantic versions' bounds
+            raise ValueError("must be a finite number")
+        return v
 
     @field_validator("stop")
     @classmethod
