@@ -1,5 +1,5 @@
-"""The prompt settings of a trained model folder: one function for every command that builds
-prompts for a model (generate, serve, probe, evaluate, the experiment).
+"""The prompt settings of a trained model folder: one function for the commands that build prompts
+for a model folder (generate, serve, probe).
 
     >>> cfg, source = model_prompt_config("runs/my-run/final")  # doctest: +SKIP
     >>> print(source, describe_prompt_config(cfg))               # doctest: +SKIP
@@ -17,9 +17,9 @@ def model_prompt_config(model_dir, default: dict | None = None, overrides: dict 
 
     From the training run's ``config.yaml`` (beside the model folder: ``RUN/final``, ``RUN/best``,
     or in it), else ``default`` (the library's defaults when None), each then changed by the
-    ``overrides`` that are not None (a command's explicit flags). Generation, the server, the
-    probe, evaluation and the experiment build prompts from this, so a model is decoded with the
-    prompts it was trained on (DESIGN.md §4).
+    ``overrides`` that are not None (a command's explicit flags). ``flythinker generate``, the
+    server and the probe build prompts from this (the experiment's cells from the very configs they
+    trained with), so a model is decoded with the prompts it was trained on (DESIGN.md §4).
 
     >>> model_prompt_config("/nonexistent", default={"retrieval": "recent", "k": 2})[1]
     'defaults (no training config.yaml beside /nonexistent)'
