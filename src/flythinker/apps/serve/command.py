@@ -70,6 +70,12 @@ def serve_command(
         engine=engine,
         model_name=model.name,
     )
+    import gc
+
+    # the loaded model, tokenizer and libraries are long-lived: out of the collector's full scans,
+    # whose pauses (every thread stops) were the slowest /health answers under load
+    gc.collect()
+    gc.freeze()
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
