@@ -4,8 +4,9 @@
                                        [--repeats 3] [--bandwidth GBPS] [--json gpu_decode.json]
 
 For each Generator+Reasoner pair (the paper's 7B + 1.5B, and 3B + 3B) it runs the comparison
-of `flythinker bench decode` — G alone, R alone, sequential, concurrent, think-then-generate,
-transformers' generate — on one GPU with R's steps on a side CUDA stream ("streams"), and,
+of `flythinker bench decode` — G alone, R alone, sequential, concurrent, captured (CUDA graphs,
+G alone and FlyThinker), think-then-generate, transformers' generate (eager, and with a static
+cache compiled with CUDA graphs) — with each configuration's peak memory, on one GPU with R's steps on a side CUDA stream ("streams"), and,
 where a second GPU exists, with R on it ("devices"). Each table comes with the
 memory-bandwidth bound of a batch-1 token: every weight a step reads, over the bandwidth
 (measured with a large device-to-device copy, or --bandwidth):
@@ -91,6 +92,7 @@ def parse_args(argv):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bandwidth", type=float, default=None, help="GB/s (default: measured)")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
+    p.add_argument("--only", default="", help="comma-separated configurations to time (default: all)")
     return p.parse_args(argv)
 
 
@@ -137,17 +139,24 @@ def main(argv: list[str] | None = None) -> dict:
                 vocab=g_cfg.vocab_size,
                 reasoner_hidden=r_cfg.hidden_size,
                 reasoner_layers=r_cfg.num_hidden_layers,
-                only=[] if not two else ["generator", "reasoner", "sequential"],  # the rest is as on one GPU
+                only=[c for c in args.only.split(",") if c] if not two else ["generator", "reasoner", "sequential"],
             )
-            result = run_decode_bench(cfg, model=model, device="cuda:0", log=lambda msg: None)
+            result = run_decode_bench(cfg, model=model, device="cuda:0", log=lambda msg: print(msg, flush=True))
             result["bound_ms_per_token"] = bound_ms(model, bandwidth, two)
-            result["concurrent_over_bound"] = result["ms_per_token"]["concurrent"] / result["bound_ms_per_token"]
+            ms = result["ms_per_token"]
+            over = {
+                f"{k}_over_bound": ms[k] / result["bound_ms_per_token"] for k in ("concurrent", "captured") if k in ms
+            }
+            result.update(over)
             print(
                 f"\n{pair} on {label} (R's steps: {backend}); bandwidth bound "
-                f"{result['bound_ms_per_token']:.2f} ms/token, concurrent = {result['concurrent_over_bound']:.2f}× bound"
+                f"{result['bound_ms_per_token']:.2f} ms/token; "
+                + ", ".join(f"{k.removesuffix('_over_bound')} = {v:.2f}× bound" for k, v in over.items())
             )
             print_table(result)
             results["runs"][f"{pair}/{label}"] = result
+            if args.json is not None:  # as it goes: a later pair may run out of time
+                args.json.write_text(json.dumps(results, indent=2) + "\n")
         del model
         torch.cuda.empty_cache()
     if args.json is not None:

@@ -1,5 +1,6 @@
-"""Decoders: the one decoding loop (loop.py) run in place (the sequential reference) or with
-R's step overlapped (concurrent.py, worker.py, shm.py, distributed.py).
+"""Decoders: the one decoding loop (loop.py) run in place (the sequential reference), with
+R's step overlapped (concurrent.py, worker.py, shm.py, distributed.py), or as one recorded step
+over static caches (captured.py: CUDA graphs on a GPU).
 
 Importing this package registers both modes with :meth:`flythinker.FlyThinker.generate` (the
 ``flythinker`` package imports it), so the model never imports what sits above it. All decoders
@@ -15,7 +16,7 @@ from flythinker.decoding.streaming import stream
 from flythinker.errors import UserError
 from flythinker.model import register_decoder
 
-MODES = ("sequential", "concurrent")
+MODES = ("sequential", "concurrent", "captured")
 __all__ = ["MODES", "decode", "stream"]
 
 
@@ -58,6 +59,12 @@ def decode(
             pad_token_id,
             streamer,
             backend=backend,
+        )
+    if mode == "captured":
+        from flythinker.decoding.captured import generate_captured
+
+        return generate_captured(
+            model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer, backend
         )
     raise UserError(f"mode must be one of {MODES}, got {mode!r}")
 

@@ -47,6 +47,8 @@ def test_bench_reports_every_decoder_with_equal_tokens():
         "think_then_generate",
         "concurrent_threads",
         "concurrent_shm",
+        "captured",
+        "generator_captured",
     ):
         assert ms[key] > 0 and result["tokens_per_s"][key] > 0
     assert result["best_backend"] in ("threads", "shm")
@@ -55,7 +57,12 @@ def test_bench_reports_every_decoder_with_equal_tokens():
     assert set(result["tokens_equal"]) >= {
         "hf_generate_vs_generator_latency",
         "concurrent_shm_vs_sequential_throughput",
+        "captured_vs_sequential_latency",
+        "generator_captured_vs_generator_throughput",
     }
+    wb, memory = result["weight_bytes"], result["memory_bytes"]["latency"]
+    assert memory["generator"] >= wb["generator"] and memory["sequential"] >= wb["generator"] + wb["reasoner"]
+    assert memory["reasoner"] < memory["sequential"] and set(memory) == set(result["samples_s"])
     assert len(result["samples_s"]["sequential"]["latency"]) == 1 + TINY["repeats"]  # warm-up + repeats
     r = result["ratios"]
     assert r["concurrent_over_sequential"] == pytest.approx(ms["concurrent"] / ms["sequential"])
@@ -130,7 +137,7 @@ def test_gpu_script_fails_clearly_without_cuda():
 def test_reasoner_alone_runs_the_prefill_and_one_step_per_later_token():
     from tiny_models import left_padded_batch, tiny_pair
 
-    from flythinker.apps.bench.decode import reasoner_alone
+    from flythinker.apps.bench.decode_runs import reasoner_alone
 
     model = tiny_pair()
     calls = []

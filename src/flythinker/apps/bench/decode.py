@@ -10,6 +10,12 @@ every configuration runs in interleaved repeats (medians), EOS never stops a run
   concurrent_<backend>    FlyThinker with R's step overlapped; ``concurrent`` = the fastest
   think_then_generate     G writes K reasoning tokens before the response (time per response token)
   hf_generate             transformers' ``generate`` on the same G (greedy; tokens checked equal)
+  hf_generate_compiled    (GPU) the same with a static cache, its step compiled with CUDA graphs
+  generator_captured      G alone, captured: static cache, one recorded step (decoding/captured.py)
+  captured                FlyThinker captured: R's and G's steps in one recorded step
+
+Beside each latency, each configuration's peak memory: the weights it reads plus the working
+memory its run added (``memory_bytes``; decode_runs.py says how it is measured).
 
 Single models and ``sequential`` get the threads each model gets in a concurrent decoder
 (``--threads-per-model``, default half the cores), so "× max(G, R)" compares like with like.
@@ -29,13 +35,16 @@ from pathlib import Path
 import typer
 
 from flythinker.apps import write_json
-from flythinker.apps.bench.machine import _threads, all_threads, loadavg, machine_info, measure_bandwidth, weight_bytes
+from flythinker.apps.bench.decode_runs import available_backends, build_runs, time_runs, weights_read
+from flythinker.apps.bench.machine import loadavg, machine_info, measure_bandwidth, weight_bytes
 from flythinker.choices import BenchDtype, value
 from flythinker.errors import UserError
 from flythinker.tiny import qwen2_config, random_pair
 
 TARGETS = {  # ratio: bound (batch 1 unless said otherwise)
     "concurrent_over_max_single": 1.05,
+    "captured_over_generator_captured": 1.15,
+    "captured_over_hf_generate_compiled": 1.0,
     "concurrent_over_sequential": 0.55,
     "generator_over_hf_generate": 1.0,
 }
@@ -103,74 +112,6 @@ def n_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-class _TokenFeed:
-    """A stand-in for G: R reads the same token ``steps`` times; its latents are dropped."""
-
-    def __init__(self, tokens, steps: int):
-        self.tokens, self.steps = tokens, steps
-
-    def send_prefill(self, latents) -> None:
-        pass
-
-    def recv_tokens(self):
-        self.steps -= 1
-        return self.tokens if self.steps >= 0 else None
-
-    def send_latent(self, latent) -> None:
-        pass
-
-
-def reasoner_alone(model, input_ids, attention_mask, new: int) -> None:
-    """R's share of a decode, by the code a worker runs: its prefill and ``new - 1`` steps."""
-    import torch
-
-    from flythinker.decoding.steps import ReasonerRunner
-    from flythinker.decoding.worker import serve_job
-
-    with torch.no_grad():  # what R reads does not change its cost
-        serve_job(ReasonerRunner(model), input_ids, attention_mask, _TokenFeed(input_ids[:, -1], new - 1))
-
-
-def available_backends(model) -> list[str]:
-    """Concurrent backends that can run this model here (GPU ones only with CUDA)."""
-    from flythinker.decoding.concurrent import resolve_backend
-
-    names = []
-    for name in ("threads", "streams", "devices", "shm", "gloo"):
-        try:
-            resolve_backend(model, name)
-            names.append(name)
-        except UserError:
-            pass
-    return names
-
-
-def _runs(model, sft, cfg: DecodeBenchConfig, decoders: dict, on_cpu: bool) -> dict:
-    """name -> (threads, fn(ids, mask, new) -> tokens or None)."""
-    eos = dict(eos_token_id=[], pad_token_id=0)
-    per_model = cfg.threads_per_model
-
-    def hf(ids, mask, new):
-        out = model.generator.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0)
-        return out[:, ids.shape[1]:]
-
-    runs = {
-        "generator": (per_model, lambda ids, mask, new: sft.generate(ids, mask, max_new_tokens=new, **eos)),
-        "reasoner": (per_model, lambda ids, mask, new: reasoner_alone(model, ids, mask, new)),
-        "sequential": (per_model, lambda ids, mask, new: model.generate(ids, mask, max_new_tokens=new, **eos)),
-    }
-    if on_cpu and per_model < all_threads():
-        runs["sequential_all_threads"] = (all_threads(), runs["sequential"][1])
-    for name, dec in decoders.items():  # a decoder sets its own threads
-        runs[f"concurrent_{name}"] = (None, lambda ids, mask, new, dec=dec: dec.generate(ids, mask, max_new_tokens=new, **eos))
-    k = cfg.think_tokens
-    runs["think_then_generate"] = (per_model, lambda ids, mask, new: sft.generate(ids, mask, max_new_tokens=new + k, **eos))
-    runs["hf_generate"] = (per_model, hf)
-    if on_cpu and per_model < all_threads():  # what a user of plain SFT decoding runs
-        runs["hf_generate_all_cores"] = (all_threads(), hf)
-    return runs
-
-
 def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", log=print) -> dict:
     """Time every decoder on ``model`` (default: the random ≈40M pair); returns the JSON dict."""
     import torch
@@ -208,11 +149,16 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
             t0 = time.perf_counter()
             decoders[name] = ConcurrentDecoder(model, name, threads_per_model=cfg.threads_per_model)
             result["startup_s"][name] = round(time.perf_counter() - t0, 3)
-        runs = _runs(model, sft, cfg, decoders, on_cpu)
+        runs = build_runs(model, sft, cfg, decoders, on_cpu)
         keep = set(cfg.only) | {"generator", "reasoner", "sequential"} | {f"concurrent_{b}" for b in backends}
         runs = {name: run for name, run in runs.items() if not cfg.only or name in keep}
-        times, outputs = _time_runs(runs, inputs, cfg, device, log)
+        times, outputs, peaks, result["failed"] = time_runs(runs, inputs, cfg, device, log)
         result.update(_summarise(cfg, times, outputs, batches))
+        result["memory_bytes"] = {  # weights it reads + working memory at its peak (decode_runs.py)
+            key: {name: weights_read(name, result["weight_bytes"]) + (peak or 0) for name, peak in by.items()}
+            for key, by in peaks.items()
+        }
+        result["working_memory_bytes"] = peaks
     finally:
         for dec in decoders.values():
             dec.close()
@@ -223,34 +169,6 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
     return result
 
 
-def _time_runs(runs: dict, inputs: dict, cfg: DecodeBenchConfig, device, log) -> tuple[dict, dict]:
-    """Interleaved repeats of every run at every batch: seconds, and the first repeat's tokens."""
-    times = {name: {key: [] for key in inputs} for name in runs}
-    outputs = {key: {} for key in inputs}
-    for rep in range(-1, cfg.repeats):  # repeat -1 is the warm-up, with a few tokens
-        new = cfg.new if rep >= 0 else min(4, cfg.new)
-        for name, (threads, fn) in runs.items():
-            for key, (ids, mask) in inputs.items():
-                log(f"repeat {rep + 1}/{cfg.repeats}  {name}  batch {ids.shape[0]}" if rep >= 0 else
-                    f"warm-up  {name}  batch {ids.shape[0]}")
-                with _threads(threads):
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    out = fn(ids, mask, new)
-                    _sync(device)
-                    times[name][key].append(time.perf_counter() - t0)
-                if rep == 0 and out is not None:
-                    outputs[key][name] = out.cpu()
-    return times, outputs
-
-
-def _sync(device) -> None:
-    import torch
-
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _summarise(cfg: DecodeBenchConfig, times: dict, outputs: dict, batches: dict) -> dict:
     ms, tps, ratio_b = {}, {}, {}
     for name, by in times.items():
@@ -258,13 +176,17 @@ def _summarise(cfg: DecodeBenchConfig, times: dict, outputs: dict, batches: dict
         tps[name] = batches["throughput"] * cfg.new / statistics.median(by["throughput"][1:])
         ratio_b[name] = tps[name] / (batches["latency"] * 1000 / ms[name])
     concurrent = [n for n in ms if n.startswith("concurrent_")]
-    equal = {}
+    equal, first = {}, {}
     for key in batches:
         out = outputs[key]
         if "hf_generate" in out:
             equal[f"hf_generate_vs_generator_{key}"] = bool(out["hf_generate"].equal(out["generator"]))
-        for name in concurrent:
-            equal[f"{name}_vs_sequential_{key}"] = bool(out[name].equal(out["sequential"]))
+        pairs = [(n, "sequential") for n in concurrent + ["captured", "captured_serial"] if n in out]
+        pairs += [(n, "generator") for n in ("generator_captured", "hf_generate_compiled") if n in out]
+        for name, ref in pairs:
+            equal[f"{name}_vs_{ref}_{key}"] = bool(out[name].equal(out[ref]))
+            if not equal[f"{name}_vs_{ref}_{key}"]:  # bf16 kernels differ: where the greedy tokens part
+                first[f"{name}_vs_{ref}_{key}"] = int((out[name] != out[ref]).any(0).long().argmax())
     if concurrent:
         best = min(concurrent, key=ms.get)
         ms["concurrent"], tps["concurrent"] = ms[best], tps[best]
@@ -277,12 +199,17 @@ def _summarise(cfg: DecodeBenchConfig, times: dict, outputs: dict, batches: dict
         ratios["concurrent_over_sequential"] = ms["concurrent"] / ms["sequential"]
         if "think_then_generate" in ms:
             ratios["think_then_generate_over_concurrent"] = ms["think_then_generate"] / ms["concurrent"]
+    if "captured" in ms and "generator_captured" in ms:  # the issue's "≤ 1.15 × G alone under the same capture"
+        ratios["captured_over_generator_captured"] = ms["captured"] / ms["generator_captured"]
+    for hf in ("hf_generate_compiled", "hf_generate_all_cores"):
+        if "captured" in ms and hf in ms:
+            ratios[f"captured_over_{hf}"] = ms["captured"] / ms[hf]
     met = {k: ratios[k] <= bound for k, bound in TARGETS.items() if k in ratios}
     met["throughput_over_batch1"] = all(v >= THROUGHPUT_TARGET for v in ratio_b.values())
     return {
         "best_backend": min(concurrent, key=ms.get).removeprefix("concurrent_") if concurrent else None,
         "ms_per_token": ms, "tokens_per_s": tps, "ratios": ratios, "targets": TARGETS, "targets_met": met,
-        "tokens_equal": equal, "samples_s": times,
+        "tokens_equal": equal, "first_difference": first, "samples_s": times,
     }
 
 
@@ -298,16 +225,20 @@ def print_table(result: dict, console=None) -> None:
                         f"{s['threads_per_model'] or '-'} thread(s) per model, medians of {s['repeats']}")
     b1, bt = s["batch"], s["throughput_batch"]
     table.add_column("decoder", no_wrap=True, min_width=22)
-    for col in (f"ms/tok b={b1}", "×max(G,R)", "×seq", f"tok/s b={bt}", f"b{bt}/b{b1}"):
+    for col in (f"ms/tok b={b1}", "×max(G,R)", "×seq", f"tok/s b={bt}", f"b{bt}/b{b1}", f"peak MB b={b1}"):
         table.add_column(col, justify="right")
+    memory = result.get("memory_bytes", {}).get("latency", {})
     for name in ms:
+        peak = memory.get(f"concurrent_{result['best_backend']}" if name == "concurrent" else name)
         table.add_row(name, f"{ms[name]:.2f}", f"{ms[name] / single:.3f}", f"{ms[name] / ms['sequential']:.3f}",
-                      f"{tps[name]:.1f}", f"{result['ratios']['throughput_over_batch1'][name]:.2f}")
+                      f"{tps[name]:.1f}", f"{result['ratios']['throughput_over_batch1'][name]:.2f}",
+                      "-" if peak is None else f"{peak / 1e6:.0f}")
     console.print(table)
     equal = result["tokens_equal"]
-    differ = [k for k, ok in equal.items() if not ok]
+    differ, first = [k for k, ok in equal.items() if not ok], result.get("first_difference", {})
     console.print(f"same tokens (hf_generate vs generator, concurrent vs sequential): {len(equal) - len(differ)}/"
-                  f"{len(equal)}" + (f"; DIFFERENT: {', '.join(differ)}" if differ else ""))
+                  f"{len(equal)}" + (f"; DIFFERENT: {', '.join(f'{k} (from token {first.get(k, 0)})' for k in differ)}"
+                                          if differ else ""))
     met = ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in result["targets_met"].items())
     console.print(f"targets met: {met}")
     if result.get("bandwidth"):

@@ -1,0 +1,336 @@
+"""Captured decoding: static KV caches and one recorded decode step for R and G together.
+
+The reference loop grows its caches and masks every token and runs Python for every layer, so
+on a GPU a step costs its kernel launches rather than its weights. Here each model gets a static
+KV cache (:class:`StaticKV`: columns 0..T-1 the prompt, column T+k the token of step k), the
+attention mask is a device buffer, and one step
+
+    index += 1; pos += 1; mask the new column in
+    z_n    = R(s_n)                         (R's static cache)
+    logits = G(E_G(s_n) + λρ·ẑ_{n-1})       (G's static cache)
+    ẑ      ← z_n                            (the hand-over stays on the device)
+
+is recorded once per (batch, length) as a CUDA graph and replayed for every token. Nothing in a
+step reads a value back to the host: the token is chosen on the device after the replay (greedy
+or sampled with the sampler every decoder uses), finished rows get ``pad``, and EOS is checked
+every ``check_every`` tokens; the output is cut where the reference loop would have stopped.
+
+On a CPU the same static step runs eagerly: the same arithmetic, so it is the exactness path
+tested against the reference decoder (the graphs themselves are tested under the ``gpu`` marker).
+Models whose attention is not a plain causal mask over the whole text (a sliding window shorter
+than the text, flash-attention kernels that take no 4-D mask) are decoded by the reference loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from contextlib import nullcontext
+
+import torch
+from transformers.cache_utils import Cache, StaticLayer
+
+from flythinker.decoding.loop import generate_sequential
+from flythinker.decoding.sampling import SamplingConfig, TokenSampler
+from flythinker.lm import backbone, cache_argument, device_of, positions_from_mask
+
+BUCKET = 256  # static lengths are rounded up to this: one recorded step serves many prompt lengths
+
+
+class _IndexedLayer(StaticLayer):
+    """transformers' static layer, written at its cache's shared device index instead of a counter."""
+
+    def __init__(self, owner: "StaticKV", length: int):
+        super().__init__(max_cache_len=length)
+        self.owner = owner
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys.index_copy_(2, self.owner.index, key_states)
+        self.values.index_copy_(2, self.owner.index, value_states)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.max_cache_len
+
+
+class StaticKV(Cache):
+    """A KV cache of ``length`` columns per layer; every layer writes at ``index`` (a device
+    tensor of column numbers the decoder sets: ``arange(T)`` for the prompt, then one column)."""
+
+    def __init__(self, length: int):
+        self.index = None
+        super().__init__(layer_class_to_replicate=lambda: _IndexedLayer(self, length))
+
+
+def unsupported_reason(model, length: int) -> str | None:
+    """Why ``model`` cannot be decoded with static caches of ``length`` columns (None: it can)."""
+    for name, lm in (("generator", model.generator), ("reasoner", model.reasoner)):
+        cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+        attn = getattr(cfg, "_attn_implementation", None) or "eager"
+        if attn not in ("eager", "sdpa"):
+            return f"the {name}'s attention {attn!r} takes no 4-D mask"
+        window = getattr(cfg, "sliding_window", None)
+        uses_window = getattr(cfg, "use_sliding_window", True) or "sliding_attention" in (
+            getattr(cfg, "layer_types", None) or []
+        )
+        if window and uses_window and length > window:
+            return f"the {name}'s sliding window ({window}) is shorter than the text ({length} tokens)"
+        if device_of(lm).type not in ("cpu", "cuda"):
+            return f"the {name} is on {device_of(lm)}"
+    if device_of(model.generator) != device_of(model.reasoner):
+        return "the generator and the reasoner are on different devices"
+    return None
+
+
+def _into(buffer: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    """``value`` copied into ``buffer`` (the address a recorded step reads), made on first use."""
+    if buffer is None or buffer.shape != value.shape:
+        return value.clone()
+    return buffer.copy_(value)
+
+
+class _Slots:
+    """Static caches, buffers and the recorded step for one (batch, length) shape."""
+
+    def __init__(self, model, batch: int, length: int, with_reasoner: bool):
+        self.model = weakref.ref(model)  # the model owns these slots through the shared table, not back
+        self.batch, self.length, self.with_reasoner = batch, length, with_reasoner
+        self.fusion = model.fusion
+        self.device = device_of(model.generator)
+        self.embed = model.generator.get_input_embeddings()
+        self.rho = model.rho().to(self.device)
+        self.g_net, self.r_net = model.generator, backbone(model.reasoner)
+        self.g_arg, self.r_arg = cache_argument(model.generator), cache_argument(model.reasoner)
+        self.g_kv, self.r_kv = StaticKV(length), StaticKV(length)
+        self.index = torch.zeros(1, dtype=torch.long, device=self.device)  # the column being written
+        self.tok = torch.zeros(batch, dtype=torch.long, device=self.device)  # s_n
+        self.pos = torch.zeros(batch, 1, dtype=torch.long, device=self.device)  # its position per row
+        self.valid = torch.zeros(batch, length, dtype=torch.bool, device=self.device)  # key columns in use
+        self.g_dtype = self.embed.weight.dtype
+        self.r_dtype = model.reasoner.get_input_embeddings().weight.dtype
+        self.latent = self.logits = None  # ẑ_{n-1} (B, 1, d_R) and G's last logits (B, V), fp32
+        self.graph = None
+
+    def mask(self, dtype, rows: torch.Tensor) -> torch.Tensor:
+        """Additive 4-D mask (B, 1, Q, L) in ``dtype`` from a boolean (B, Q, L)."""
+        return torch.zeros(rows.shape, dtype=dtype, device=self.device).masked_fill(~rows, torch.finfo(dtype).min)[
+            :, None
+        ]
+
+    def prefill(self, input_ids, attention_mask) -> None:
+        """Both prompts into the static caches (eager); sets the buffers the step reads."""
+        T = input_ids.shape[1]
+        position_ids = positions_from_mask(attention_mask)
+        self.valid.zero_()
+        self.valid[:, :T] = attention_mask.bool()
+        causal = torch.ones(T, self.length, dtype=torch.bool, device=self.device).tril()
+        # a pad column's query sees itself: no row of the mask is empty (CUDA kernels may answer NaN for
+        # one, and a NaN key poisons every later layer); real tokens never read a pad column
+        rows = (causal[None] & self.valid[:, None, :]) | torch.eye(
+            T, self.length, dtype=torch.bool, device=self.device
+        )[None]  # (B, T, L)
+        self.g_kv.index = self.r_kv.index = torch.arange(T, device=self.device)
+        latents = None
+        if self.with_reasoner:
+            out = self.r_net(
+                input_ids=input_ids,
+                attention_mask=self.mask(self.r_dtype, rows),
+                position_ids=position_ids,
+                **{self.r_arg: self.r_kv},
+                use_cache=True,
+            )
+            latents = out.last_hidden_state  # (B, T, d_R)
+            self.latent = _into(self.latent, latents[:, -1:])
+        embeds = self.embed(input_ids)
+        if latents is not None:
+            embeds = self.model().place_latents(embeds, latents, attention_mask)
+        out = self.g_net(
+            inputs_embeds=embeds,
+            attention_mask=self.mask(self.g_dtype, rows),
+            position_ids=position_ids,
+            **{self.g_arg: self.g_kv},
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.g_kv.index = self.r_kv.index = self.index
+        self.index.fill_(T - 1)
+        self.pos.copy_(position_ids[:, -1:])
+        self.logits = _into(self.logits, out.logits[:, -1].float())
+
+    def step(self, side: torch.cuda.Stream | None = None) -> None:
+        """One token: reads ``tok`` (s_n), writes ``logits`` and ``latent`` (what the graph records).
+
+        With ``side`` (a CUDA stream), R's step runs there while G's runs on the current stream;
+        the new latent is handed over only after both, so G always reads ẑ_{n-1}."""
+        self.index.add_(1)
+        self.pos.add_(1)
+        self.valid.index_fill_(1, self.index, True)
+        rows = self.valid[:, None, :]  # (B, 1, L)
+        tokens = self.tok[:, None]
+        z = None
+        if self.with_reasoner:
+            main = torch.cuda.current_stream(self.device) if side is not None else None
+            if side is not None:
+                side.wait_stream(main)
+            with torch.cuda.stream(side) if side is not None else nullcontext():
+                z = self.r_net(
+                    input_ids=tokens,
+                    attention_mask=self.mask(self.r_dtype, rows),
+                    position_ids=self.pos,
+                    **{self.r_arg: self.r_kv},
+                    use_cache=True,
+                ).last_hidden_state
+        embeds = self.embed(tokens)
+        if self.latent is not None:
+            embeds = self.fusion(embeds, self.latent, self.rho, torch.ones_like(tokens))
+        out = self.g_net(
+            inputs_embeds=embeds,
+            attention_mask=self.mask(self.g_dtype, rows),
+            position_ids=self.pos,
+            **{self.g_arg: self.g_kv},
+            use_cache=True,
+        )
+        self.logits.copy_(out.logits[:, -1])
+        if z is not None:
+            if side is not None:
+                main.wait_stream(side)
+            self.latent.copy_(z)
+
+    def record(self, overlap: bool) -> None:
+        """Record ``step`` as a CUDA graph (after one warm-up on a side stream; state restored);
+        ``overlap`` puts R's kernels on a second stream inside the graph."""
+        buffers = [t for t in (self.index, self.pos, self.valid, self.latent) if t is not None]
+        saved = [t.clone() for t in buffers]
+        warm, side = torch.cuda.Stream(self.device), torch.cuda.Stream(self.device) if overlap else None
+        warm.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(warm):
+            self.step(side)
+        torch.cuda.current_stream(self.device).wait_stream(warm)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.step(side)
+        for buf, value in zip(buffers, saved):
+            buf.copy_(value)
+
+    def run_step(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.step()
+
+
+class CapturedDecoder:
+    """Captured decoding bound to a model; recorded steps are kept per (batch, length) shape (the
+    ``keep`` most recent: each holds two static caches) and reused while the weights stay put.
+
+    >>> dec = CapturedDecoder(model)                                        # doctest: +SKIP
+    >>> new = dec.generate(ids, attention_mask=mask, max_new_tokens=64)     # doctest: +SKIP
+    """
+
+    def __init__(self, model, graphs: bool | None = None, overlap: bool = True, check_every: int = 8, keep: int = 2):
+        self._model = weakref.ref(model)
+        self.graphs = device_of(model.generator).type == "cuda" if graphs is None else graphs
+        self.overlap = overlap  # with graphs: R's kernels on a second stream inside the recorded step
+        self.check_every, self.keep = max(1, check_every), keep
+        self.lock = threading.Lock()
+        self.slots: OrderedDict = OrderedDict()
+        self.fallbacks: list[str] = []  # why a call went to the reference loop
+
+    @property
+    def model(self):
+        return self._model()
+
+    def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:  # (B, T_new)
+        """``model.generate`` with this decoder; same keyword arguments."""
+        return self.model.generate(input_ids, attention_mask, mode="captured", backend=self, **kwargs)
+
+    def _slots_for(self, batch: int, length: int) -> _Slots:
+        from flythinker.decoding.concurrent import weights_key
+
+        key = (batch, length, weights_key(self.model))
+        if key not in self.slots:
+            while len(self.slots) >= self.keep:
+                self.slots.popitem(last=False)
+            lam = self.model.lam
+            self.slots[key] = _Slots(self.model, batch, length, with_reasoner=lam != 0.0)
+        self.slots.move_to_end(key)
+        return self.slots[key]
+
+    def decode(self, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer=None):
+        """The arguments of ``flythinker.decoding.decode``; returns the new tokens (B, T_new)."""
+        model = self.model
+        B, T = input_ids.shape
+        length = -(-(T + max_new_tokens) // BUCKET) * BUCKET
+        reason = unsupported_reason(model, length) or ("static variant" if model.variant == "static" else None)
+        if reason is not None:
+            self.fallbacks.append(reason)
+            return generate_sequential(
+                model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer
+            )
+        with self.lock, torch.no_grad():
+            slots = self._slots_for(B, length)
+            ids, mask = input_ids.to(slots.device), attention_mask.to(slots.device)
+            slots.prefill(ids, mask)
+            if self.graphs and slots.graph is None:
+                slots.record(self.overlap)
+            return self._loop(slots, ids, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer).to(
+                input_ids.device
+            )
+
+    def _loop(self, slots: _Slots, ids, max_new: int, sampling: SamplingConfig, eos, pad: int, streamer):
+        """The reference loop's bookkeeping around the recorded step, without a host sync per token."""
+        B, T = ids.shape
+        device = slots.device
+        sampler = TokenSampler(sampling, device=device)
+        eos_t = torch.tensor(eos, dtype=torch.long, device=device)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        all_done = torch.zeros(max_new, dtype=torch.bool, device=device)  # after step k, every row had ended
+        seq = torch.empty(B, T + max_new, dtype=torch.long, device=device)
+        seq[:, :T] = ids
+        if streamer is not None:
+            streamer.put(ids.cpu())
+        check = 1 if streamer is not None else self.check_every
+        n = 0
+        for step in range(max_new):
+            tok = sampler(slots.logits, seq[:, : T + step])
+            tok = torch.where(finished, torch.full_like(tok, pad), tok)
+            seq[:, T + step] = tok
+            if len(eos):
+                finished |= torch.isin(tok, eos_t)
+                all_done[step] = finished.all()
+            n = step + 1
+            if streamer is not None:
+                streamer.put(tok.cpu())
+            if step == max_new - 1 or ((step + 1) % check == 0 and len(eos) and bool(finished.all())):
+                break
+            slots.tok.copy_(tok)
+            slots.run_step()
+        if len(eos) and bool(all_done[:n].any()):  # the reference stops at the first step all rows ended
+            n = int(all_done[:n].long().argmax()) + 1
+        if streamer is not None:
+            streamer.end()
+        return seq[:, T : T + n]
+
+
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its CapturedDecoder
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_captured(model) -> CapturedDecoder:
+    """The decoder ``model.generate(mode="captured")`` reuses for ``model`` (dropped with it)."""
+    with _SHARED_LOCK:
+        decoder = _SHARED.get(model)
+        if decoder is None:
+            decoder = _SHARED[model] = CapturedDecoder(model)
+        return decoder
+
+
+def generate_captured(
+    model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer=None, backend=None
+) -> torch.Tensor:
+    """Entry point of ``decode(mode="captured")``; ``backend`` may be a :class:`CapturedDecoder`."""
+    decoder = backend if isinstance(backend, CapturedDecoder) else shared_captured(model)
+    return decoder.decode(input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer)
