@@ -202,7 +202,8 @@ class _Slots:
     def record(self, overlap: bool) -> None:
         """Record ``step`` as a CUDA graph (after one warm-up on a side stream; state restored);
         ``overlap`` puts R's kernels on a second stream inside the graph."""
-        buffers = [t for t in (self.index, self.pos, self.valid, self.latent) if t is not None]
+        # the warm-up step moves every buffer it writes (the prefill's logits too): put them back
+        buffers = [t for t in (self.index, self.pos, self.valid, self.latent, self.logits) if t is not None]
         saved = [t.clone() for t in buffers]
         warm, side = torch.cuda.Stream(self.device), torch.cuda.Stream(self.device) if overlap else None
         warm.wait_stream(torch.cuda.current_stream(self.device))
@@ -230,10 +231,12 @@ class CapturedDecoder:
     >>> new = dec.generate(ids, attention_mask=mask, max_new_tokens=64)     # doctest: +SKIP
     """
 
-    def __init__(self, model, graphs: bool | None = None, overlap: bool = True, check_every: int = 8, keep: int = 2):
+    def __init__(self, model, graphs: bool | None = None, overlap: bool = False, check_every: int = 8, keep: int = 2):
         self._model = weakref.ref(model)
         self.graphs = device_of(model.generator).type == "cuda" if graphs is None else graphs
-        self.overlap = overlap  # with graphs: R's kernels on a second stream inside the recorded step
+        # with graphs, R's kernels on a second stream inside the recorded step (experimental: off by
+        # default; one H200 run hit an illegal memory access with it, see BENCHMARKS.md)
+        self.overlap = overlap
         self.check_every, self.keep = max(1, check_every), keep
         self.lock = threading.Lock()
         self.slots: OrderedDict = OrderedDict()

@@ -181,7 +181,7 @@ def _summarise(cfg: DecodeBenchConfig, times: dict, outputs: dict, batches: dict
         out = outputs[key]
         if "hf_generate" in out:
             equal[f"hf_generate_vs_generator_{key}"] = bool(out["hf_generate"].equal(out["generator"]))
-        pairs = [(n, "sequential") for n in concurrent + ["captured", "captured_serial"] if n in out]
+        pairs = [(n, "sequential") for n in concurrent + ["captured", "captured_overlap"] if n in out]
         pairs += [(n, "generator") for n in ("generator_captured", "hf_generate_compiled") if n in out]
         for name, ref in pairs:
             equal[f"{name}_vs_{ref}_{key}"] = bool(out[name].equal(out[ref]))

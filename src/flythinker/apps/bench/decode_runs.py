@@ -156,13 +156,13 @@ def build_runs(model, sft, cfg, decoders: dict, on_cpu: bool) -> dict:
             return out[:, ids.shape[1] :]
 
         runs["hf_generate_compiled"] = (per_model, hf_compiled)
-    if not on_cpu and model.lam != 0.0:  # the same, R's and G's kernels one after the other in the graph
+    if not on_cpu and model.lam != 0.0 and "captured_overlap" in cfg.only:  # opt-in: R on a second stream in the graph
         from flythinker.decoding.captured import CapturedDecoder
 
-        serial = CapturedDecoder(model, overlap=False)
-        runs["captured_serial"] = (
+        overlap = CapturedDecoder(model, overlap=True)
+        runs["captured_overlap"] = (
             per_model,
-            lambda ids, mask, new: serial.generate(ids, mask, max_new_tokens=new, **eos),
+            lambda ids, mask, new: overlap.generate(ids, mask, max_new_tokens=new, **eos),
         )
     for name, m in zip(CAPTURED, (sft, model)):  # static caches, one recorded step (CUDA graphs on a GPU)
         runs[name] = (
