@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from enum import Enum
 
-DecodeMode = Enum("DecodeMode", {m: m for m in ("sequential", "concurrent", "captured")}, type=str)  # model.DECODERS
+DecodeMode = Enum(
+    "DecodeMode", {m: m for m in ("sequential", "concurrent", "captured", "shared_base")}, type=str
+)  # model.DECODERS
 ServeMode = Enum("ServeMode", {m: m for m in ("auto", "concurrent", "sequential")}, type=str)  # serve's Engine
 Backend = Enum("Backend", {m: m for m in ("auto", "threads", "streams", "devices", "shm", "gloo", "nccl")}, type=str)
 Retrieval = Enum("Retrieval", {m: m for m in ("none", "all", "bm25", "recent")}, type=str)  # data.prompts

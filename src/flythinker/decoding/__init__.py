@@ -1,6 +1,7 @@
 """Decoders: the one decoding loop (loop.py) run in place (the sequential reference), with
 R's step overlapped (concurrent.py, worker.py, shm.py, distributed.py), or as one recorded step
-over static caches (captured.py: CUDA graphs on a GPU).
+over static caches (captured.py: CUDA graphs on a GPU), or, when G and R are one base, both
+rows of a step in one forward (shared_base.py).
 
 Importing this package registers both modes with :meth:`flythinker.FlyThinker.generate` (the
 ``flythinker`` package imports it), so the model never imports what sits above it. All decoders
@@ -16,7 +17,7 @@ from flythinker.decoding.streaming import stream
 from flythinker.errors import UserError
 from flythinker.model import register_decoder
 
-MODES = ("sequential", "concurrent", "captured")
+MODES = ("sequential", "concurrent", "captured", "shared_base")
 __all__ = ["MODES", "decode", "stream"]
 
 
@@ -65,6 +66,12 @@ def decode(
 
         return generate_captured(
             model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer, backend
+        )
+    if mode == "shared_base":
+        from flythinker.decoding.shared_base import generate_shared_base
+
+        return generate_shared_base(
+            model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer
         )
     raise UserError(f"mode must be one of {MODES}, got {mode!r}")
 

@@ -39,18 +39,28 @@ BUCKET = 256  # static lengths are rounded up to this: one recorded step serves 
 
 
 class _IndexedLayer(StaticLayer):
-    """transformers' static layer, written at its cache's shared device index instead of a counter."""
+    """transformers' static layer, written at its cache's shared device index instead of a counter
+    (and, for a shared base, only in the rows the cache's ``rows`` names)."""
 
     def __init__(self, owner: "StaticKV", length: int):
         super().__init__(max_cache_len=length)
         self.owner = owner
 
+    def lazy_initialization(self, key_states, value_states) -> None:
+        rows = self.owner.batch or key_states.shape[0]
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys = key_states.new_zeros((rows, key_states.shape[1], self.max_cache_len, key_states.shape[3]))
+        self.values = value_states.new_zeros((rows, value_states.shape[1], self.max_cache_len, value_states.shape[3]))
+        self.is_initialized = True
+
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        self.keys.index_copy_(2, self.owner.index, key_states)
-        self.values.index_copy_(2, self.owner.index, value_states)
-        return self.keys, self.values
+        rows = self.owner.rows
+        keys, values = (self.keys, self.values) if rows is None else (self.keys[rows], self.values[rows])
+        keys.index_copy_(2, self.owner.index, key_states)
+        values.index_copy_(2, self.owner.index, value_states)
+        return keys, values
 
     def get_seq_length(self) -> int:
         return self.max_cache_len
@@ -58,10 +68,11 @@ class _IndexedLayer(StaticLayer):
 
 class StaticKV(Cache):
     """A KV cache of ``length`` columns per layer; every layer writes at ``index`` (a device
-    tensor of column numbers the decoder sets: ``arange(T)`` for the prompt, then one column)."""
+    tensor of column numbers the decoder sets: ``arange(T)`` for the prompt, then one column).
+    With ``batch`` it holds that many rows and a forward writes and reads the ``rows`` slice."""
 
-    def __init__(self, length: int):
-        self.index = None
+    def __init__(self, length: int, batch: int | None = None):
+        self.index, self.batch, self.rows = None, batch, None
         super().__init__(layer_class_to_replicate=lambda: _IndexedLayer(self, length))
 
 
@@ -95,9 +106,9 @@ def _into(buffer: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
 class _Slots:
     """Static caches, buffers and the recorded step for one (batch, length) shape."""
 
-    def __init__(self, model, batch: int, length: int, with_reasoner: bool):
+    def __init__(self, model, batch: int, length: int, with_reasoner: bool, shared: bool = False):
         self.model = weakref.ref(model)  # the model owns these slots through the shared table, not back
-        self.batch, self.length, self.with_reasoner = batch, length, with_reasoner
+        self.batch, self.length, self.with_reasoner, self.shared = batch, length, with_reasoner, shared
         self.fusion = model.fusion
         self.device = device_of(model.generator)
         self.embed = model.generator.get_input_embeddings()
@@ -105,6 +116,12 @@ class _Slots:
         self.g_net, self.r_net = model.generator, backbone(model.reasoner)
         self.g_arg, self.r_arg = cache_argument(model.generator), cache_argument(model.reasoner)
         self.g_kv, self.r_kv = StaticKV(length), StaticKV(length)
+        self.row_adapters = None
+        if shared:  # one cache of 2B rows, G's first; R's adapter on R's rows (shared_base.py)
+            from flythinker.decoding.shared_base import RowAdapters
+
+            self.g_kv = self.r_kv = StaticKV(length, batch=2 * batch)
+            self.row_adapters, self.base = RowAdapters(model), backbone(model.generator)
         self.index = torch.zeros(1, dtype=torch.long, device=self.device)  # the column being written
         self.tok = torch.zeros(batch, dtype=torch.long, device=self.device)  # s_n
         self.pos = torch.zeros(batch, 1, dtype=torch.long, device=self.device)  # its position per row
@@ -135,6 +152,7 @@ class _Slots:
         self.g_kv.index = self.r_kv.index = torch.arange(T, device=self.device)
         latents = None
         if self.with_reasoner:
+            self.r_kv.rows = slice(self.batch, 2 * self.batch) if self.shared else None
             out = self.r_net(
                 input_ids=input_ids,
                 attention_mask=self.mask(self.r_dtype, rows),
@@ -147,6 +165,7 @@ class _Slots:
         embeds = self.embed(input_ids)
         if latents is not None:
             embeds = self.model().place_latents(embeds, latents, attention_mask)
+        self.g_kv.rows = slice(0, self.batch) if self.shared else None
         out = self.g_net(
             inputs_embeds=embeds,
             attention_mask=self.mask(self.g_dtype, rows),
@@ -156,6 +175,7 @@ class _Slots:
             logits_to_keep=1,
         )
         self.g_kv.index = self.r_kv.index = self.index
+        self.g_kv.rows = self.r_kv.rows = None
         self.index.fill_(T - 1)
         self.pos.copy_(position_ids[:, -1:])
         self.logits = _into(self.logits, out.logits[:, -1].float())
@@ -170,6 +190,8 @@ class _Slots:
         self.valid.index_fill_(1, self.index, True)
         rows = self.valid[:, None, :]  # (B, 1, L)
         tokens = self.tok[:, None]
+        if self.shared:
+            return self._shared_step(rows, tokens)
         z = None
         if self.with_reasoner:
             main = torch.cuda.current_stream(self.device) if side is not None else None
@@ -199,6 +221,26 @@ class _Slots:
                 main.wait_stream(side)
             self.latent.copy_(z)
 
+    def _shared_step(self, rows, tokens) -> None:
+        """G's and R's rows of the step in one forward of the shared base (2B rows)."""
+        from flythinker.decoding.shared_base import head_logits
+
+        embeds = self.embed(tokens)
+        fused = self.fusion(embeds, self.latent, self.rho, torch.ones_like(tokens))
+        mask = self.mask(self.g_dtype, rows)
+        hidden = self.base(
+            inputs_embeds=torch.cat([fused, embeds]),
+            attention_mask=torch.cat([mask, mask]),
+            position_ids=torch.cat([self.pos, self.pos]),
+            **{self.g_arg: self.g_kv},
+            use_cache=True,
+        ).last_hidden_state  # (2B, 1, d)
+        self.logits.copy_(head_logits(self.g_net, hidden[: self.batch, -1]))
+        self.latent.copy_(hidden[self.batch :])
+
+    def adapters(self):
+        return self.row_adapters.active() if self.row_adapters is not None else nullcontext()
+
     def record(self, overlap: bool) -> None:
         """Record ``step`` as a CUDA graph (after one warm-up on a side stream; state restored);
         ``overlap`` puts R's kernels on a second stream inside the graph."""
@@ -207,11 +249,11 @@ class _Slots:
         saved = [t.clone() for t in buffers]
         warm, side = torch.cuda.Stream(self.device), torch.cuda.Stream(self.device) if overlap else None
         warm.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(warm):
+        with torch.cuda.stream(warm), self.adapters():
             self.step(side)
         torch.cuda.current_stream(self.device).wait_stream(warm)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph), self.adapters():
             self.step(side)
         for buf, value in zip(buffers, saved):
             buf.copy_(value)
@@ -220,7 +262,8 @@ class _Slots:
         if self.graph is not None:
             self.graph.replay()
         else:
-            self.step()
+            with self.adapters():
+                self.step()
 
 
 class CapturedDecoder:
@@ -231,12 +274,22 @@ class CapturedDecoder:
     >>> new = dec.generate(ids, attention_mask=mask, max_new_tokens=64)     # doctest: +SKIP
     """
 
-    def __init__(self, model, graphs: bool | None = None, overlap: bool = False, check_every: int = 8, keep: int = 2):
+    def __init__(
+        self,
+        model,
+        graphs: bool | None = None,
+        overlap: bool = False,
+        shared_base: bool = False,
+        check_every: int = 8,
+        keep: int = 2,
+    ):
         self._model = weakref.ref(model)
         self.graphs = device_of(model.generator).type == "cuda" if graphs is None else graphs
         # with graphs, R's kernels on a second stream inside the recorded step (experimental: off by
         # default; one H200 run hit an illegal memory access with it, see BENCHMARKS.md)
         self.overlap = overlap
+        # G's and R's rows in one forward of their shared base (shared_base.py), where they share one
+        self.shared_base = shared_base
         self.check_every, self.keep = max(1, check_every), keep
         self.lock = threading.Lock()
         self.slots: OrderedDict = OrderedDict()
@@ -258,7 +311,7 @@ class CapturedDecoder:
             while len(self.slots) >= self.keep:
                 self.slots.popitem(last=False)
             lam = self.model.lam
-            self.slots[key] = _Slots(self.model, batch, length, with_reasoner=lam != 0.0)
+            self.slots[key] = _Slots(self.model, batch, length, lam != 0.0, shared=self.shared_base)
         self.slots.move_to_end(key)
         return self.slots[key]
 
@@ -268,6 +321,10 @@ class CapturedDecoder:
         B, T = input_ids.shape
         length = -(-(T + max_new_tokens) // BUCKET) * BUCKET
         reason = unsupported_reason(model, length) or ("static variant" if model.variant == "static" else None)
+        if reason is None and self.shared_base:
+            from flythinker.decoding.shared_base import unshared_reason
+
+            reason = unshared_reason(model)
         if reason is not None:
             self.fallbacks.append(reason)
             return generate_sequential(

@@ -36,7 +36,7 @@ def gpu_script():
 
 
 def test_bench_reports_every_decoder_with_equal_tokens():
-    result = run_decode_bench(DecodeBenchConfig(**TINY, backends=["threads", "shm"]), log=lambda m: None)
+    result = run_decode_bench(DecodeBenchConfig(**TINY, backends=["threads", "shm"], full=True), log=lambda m: None)
     ms = result["ms_per_token"]
     for key in (
         "generator",
@@ -49,6 +49,7 @@ def test_bench_reports_every_decoder_with_equal_tokens():
         "concurrent_shm",
         "captured",
         "generator_captured",
+        "shared_base",
     ):
         assert ms[key] > 0 and result["tokens_per_s"][key] > 0
     assert result["best_backend"] in ("threads", "shm")
@@ -86,7 +87,9 @@ def test_cli_writes_json_and_refuses_bad_settings(tmp_path, capsys):
         "hf_generate",
         "concurrent",
     }
-    assert "concurrent_threads" in capsys.readouterr().out
+    io = capsys.readouterr()
+    assert "concurrent_threads" in io.out
+    assert "repeat 2/2  sequential  batch 3" in io.err and "warm-up  generator  batch 1" in io.err  # progress
     with pytest.raises(SystemExit) as e:
         main(["bench", "decode", "--new", "0"])
     assert e.value.code == 2 and "--new must be ≥ 1" in capsys.readouterr().err

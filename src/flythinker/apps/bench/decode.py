@@ -13,6 +13,9 @@ every configuration runs in interleaved repeats (medians), EOS never stops a run
   hf_generate_compiled    (GPU) the same with a static cache, its step compiled with CUDA graphs
   generator_captured      G alone, captured: static cache, one recorded step (decoding/captured.py)
   captured                FlyThinker captured: R's and G's steps in one recorded step
+  shared_base             G and R as one base (R = G's base where they differ but share a shape):
+                          both rows of a step in one forward, every core (decoding/shared_base.py)
+  captured_shared_base    (GPU) the same, captured
 
 Beside each latency, each configuration's peak memory: the weights it reads plus the working
 memory its run added (``memory_bytes``; decode_runs.py says how it is measured).
@@ -45,6 +48,8 @@ TARGETS = {  # ratio: bound (batch 1 unless said otherwise)
     "concurrent_over_max_single": 1.05,
     "captured_over_generator_captured": 1.15,
     "captured_over_hf_generate_compiled": 1.0,
+    "captured_shared_base_over_generator_captured": 1.10,
+    "shared_base_over_hf_generate_all_cores": 1.0,
     "concurrent_over_sequential": 0.55,
     "generator_over_hf_generate": 1.0,
 }
@@ -83,6 +88,9 @@ class DecodeBenchConfig:
     """A local causal-LM folder for R (default: the generator's folder, loaded a second time)."""
     dtype: str = "float32"
     """Weights dtype of the models: float32 or bfloat16."""
+    full: bool = False
+    """The full protocol: every concurrent backend, and the captured rows on a CPU too (where they
+    run eagerly); otherwise the fastest backend ("auto") only."""
 
     def __post_init__(self):
         for name in ("batch", "throughput_batch", "prompt", "new", "repeats", "hidden", "layers", "heads", "vocab"):
@@ -117,7 +125,7 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
     import torch
 
     from flythinker import FlyThinker
-    from flythinker.decoding.concurrent import ConcurrentDecoder, default_threads
+    from flythinker.decoding.concurrent import ConcurrentDecoder, default_threads, resolve_backend
 
     if model is None and cfg.generator:
         model = local_pair(cfg)
@@ -131,7 +139,7 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
     sft = FlyThinker(generator=model.generator, reasoner=model.reasoner, lam=0.0).eval()  # same weights, λ = 0
     on_cpu = device == "cpu"
     cfg.threads_per_model = cfg.threads_per_model or (default_threads() if on_cpu else None)
-    backends = cfg.backends or available_backends(model)
+    backends = cfg.backends or (available_backends(model) if cfg.full else [resolve_backend(model, "auto")])
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = {"latency": cfg.batch, "throughput": cfg.throughput_batch}
     inputs = {
@@ -183,6 +191,7 @@ def _summarise(cfg: DecodeBenchConfig, times: dict, outputs: dict, batches: dict
             equal[f"hf_generate_vs_generator_{key}"] = bool(out["hf_generate"].equal(out["generator"]))
         pairs = [(n, "sequential") for n in concurrent + ["captured", "captured_overlap"] if n in out]
         pairs += [(n, "generator") for n in ("generator_captured", "hf_generate_compiled") if n in out]
+        pairs += [(n, "shared_base") for n in ("captured_shared_base",) if n in out]
         for name, ref in pairs:
             equal[f"{name}_vs_{ref}_{key}"] = bool(out[name].equal(out[ref]))
             if not equal[f"{name}_vs_{ref}_{key}"]:  # bf16 kernels differ: where the greedy tokens part
@@ -202,8 +211,12 @@ def _summarise(cfg: DecodeBenchConfig, times: dict, outputs: dict, batches: dict
     if "captured" in ms and "generator_captured" in ms:  # the issue's "≤ 1.15 × G alone under the same capture"
         ratios["captured_over_generator_captured"] = ms["captured"] / ms["generator_captured"]
     for hf in ("hf_generate_compiled", "hf_generate_all_cores"):
-        if "captured" in ms and hf in ms:
-            ratios[f"captured_over_{hf}"] = ms["captured"] / ms[hf]
+        for name in ("captured", "shared_base", "captured_shared_base"):
+            if name in ms and hf in ms:
+                ratios[f"{name}_over_{hf}"] = ms[name] / ms[hf]
+    for name, alone in (("shared_base", "generator"), ("captured_shared_base", "generator_captured")):
+        if name in ms and alone in ms:
+            ratios[f"{name}_over_{alone}"] = ms[name] / ms[alone]
     met = {k: ratios[k] <= bound for k, bound in TARGETS.items() if k in ratios}
     met["throughput_over_batch1"] = all(v >= THROUGHPUT_TARGET for v in ratio_b.values())
     return {
@@ -254,9 +267,10 @@ def bench_decode_command(
     batch: int = typer.Option(1, "--batch", help="Batch size for per-token latency."),
     throughput_batch: int = typer.Option(8, "--throughput-batch", help="Batch size for throughput."),
     prompt: int = typer.Option(64, "--prompt", help="Prompt tokens."),
-    new: int = typer.Option(128, "--new", help="New tokens per run (EOS never stops a run)."),
+    new: int = typer.Option(None, "--new", help="New tokens per run (EOS never stops a run); 64, --full 128."),
     think_tokens: int = typer.Option(64, "--think-tokens", help="K: reasoning tokens of think-then-generate."),
-    repeats: int = typer.Option(3, "--repeats", help="Timed repeats of every configuration (interleaved)."),
+    repeats: int = typer.Option(None, "--repeats", help="Timed repeats of every configuration (interleaved); 2, --full 3."),
+    full: bool = typer.Option(False, "--full", help="Every backend, 128 tokens, 3 repeats, captured rows on a CPU too."),
     hidden: int = typer.Option(512, "--hidden", help="Hidden size of G (and R unless --reasoner-hidden)."),
     layers: int = typer.Option(8, "--layers", help="Layers of G (and R unless --reasoner-layers)."),
     heads: int = typer.Option(8, "--heads", help="Attention heads."),
@@ -278,8 +292,8 @@ def bench_decode_command(
 ) -> None:
     """Per-token latency and throughput: G alone, R alone, sequential, concurrent, think-then-generate, HF."""
     cfg = DecodeBenchConfig(
-        batch=batch, throughput_batch=throughput_batch, prompt=prompt, new=new, think_tokens=think_tokens,
-        repeats=repeats, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
+        batch=batch, throughput_batch=throughput_batch, prompt=prompt, new=(128 if full else 64) if new is None else new,
+        think_tokens=think_tokens, repeats=(3 if full else 2) if repeats is None else repeats, full=full, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
         vocab=vocab, reasoner_hidden=reasoner_hidden, reasoner_layers=reasoner_layers,
         threads_per_model=threads_per_model, backends=[b for b in backends.split(",") if b],
         only=[c for c in only.split(",") if c], seed=seed, generator=str(generator) if generator else None,
@@ -291,8 +305,7 @@ def bench_decode_command(
 
     console = Console(stderr=True)
     device = use_device(device, say=console.print)
-    with console.status("benchmarking") as status:
-        result = run_decode_bench(cfg, device=str(device), log=lambda msg: status.update(msg))
+    result = run_decode_bench(cfg, device=str(device), log=console.print)  # a line per timed run: progress
     print_table(result)
     if json_path is not None:
         console.print(f"wrote {write_json(result, json_path)}")

@@ -25,6 +25,8 @@ READS = {  # configuration -> the models whose weights it reads
     "hf_generate_all_cores": ("generator",),
     "hf_generate_compiled": ("generator",),
     "generator_captured": ("generator",),
+    "shared_base": ("generator",),
+    "captured_shared_base": ("generator",),
 }
 
 
@@ -164,12 +166,46 @@ def build_runs(model, sft, cfg, decoders: dict, on_cpu: bool) -> dict:
             per_model,
             lambda ids, mask, new: overlap.generate(ids, mask, max_new_tokens=new, **eos),
         )
+    shared = shared_base_pair(model)
+    if shared is not None:  # G and R as one base: both rows of a step in one forward, on every core
+        threads = all_threads() if on_cpu else per_model
+        runs["shared_base"] = (
+            threads,
+            lambda ids, mask, new: shared.generate(ids, mask, max_new_tokens=new, mode="shared_base", **eos),
+        )
+        if not on_cpu:
+            from flythinker.decoding.captured import CapturedDecoder
+
+            both = CapturedDecoder(shared, shared_base=True)
+            runs["captured_shared_base"] = (
+                threads,
+                lambda ids, mask, new: both.generate(ids, mask, max_new_tokens=new, **eos),
+            )
     for name, m in zip(CAPTURED, (sft, model)):  # static caches, one recorded step (CUDA graphs on a GPU)
+        if on_cpu and not (cfg.full or name in cfg.only):  # eager on a CPU: no faster, only checked
+            continue
         runs[name] = (
             per_model,
             lambda ids, mask, new, m=m: m.generate(ids, mask, max_new_tokens=new, mode="captured", **eos),
         )
     return runs
+
+
+def shared_base_pair(model):
+    """The pair as one base, or None: ``model`` itself where R is G's base already (the same
+    weights, or LoRA adapters of one base), else, where R has G's shape, a FlyThinker whose R is
+    G's own model (random benchmark pairs: "R = G's base"); one base in memory either way."""
+    from flythinker.decoding.shared_base import _base_params, unshared_reason
+    from flythinker.model import FlyThinker
+
+    g, r = _base_params(model.generator), _base_params(model.reasoner)
+    if {n: p.shape for n, p in g.items()} != {n: p.shape for n, p in r.items()}:
+        return None
+    if unshared_reason(model) is None and any(p.data_ptr() == r[n].data_ptr() for n, p in g.items()):
+        return model
+    shared = FlyThinker(model.generator, model.generator, lam=model.lam).eval()
+    shared.fusion = model.fusion
+    return shared if unshared_reason(shared) is None else None
 
 
 def time_runs(runs: dict, inputs: dict, cfg, device, log) -> tuple[dict, dict, dict, dict]:
