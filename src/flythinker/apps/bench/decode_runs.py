@@ -144,6 +144,13 @@ def build_runs(model, sft, cfg, decoders: dict, on_cpu: bool) -> dict:
     runs["hf_generate"] = (per_model, hf)
     if on_cpu and per_model < all_threads():  # what a user of plain SFT decoding runs
         runs["hf_generate_all_cores"] = (all_threads(), hf)
+    runs.update(_captured_runs(model, sft, cfg, on_cpu, eos))
+    return runs
+
+
+def _captured_runs(model, sft, cfg, on_cpu: bool, eos: dict) -> dict:
+    """transformers' compiled generate (GPU), the captured decoders and the shared-base ones."""
+    per_model, runs = cfg.threads_per_model, {}
     if not on_cpu:  # the best transformers offers on a GPU: a static cache, the step compiled with CUDA graphs
 
         def hf_compiled(ids, mask, new):
