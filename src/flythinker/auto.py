@@ -33,15 +33,20 @@ def load_model(
     *,
     wrap_plain: bool = True,
     key: str = "--model",
+    adapters: bool = False,
 ):
     """``(model, tokenizer)`` from a FlyThinker folder or a plain transformers causal-LM folder.
 
     A plain folder gives a :class:`FlyThinker` with λ = 0 over that model (G = R, R never run);
     ``wrap_plain=False`` gives the ``AutoModelForCausalLM`` itself. The tokenizer gets a pad
-    token (EOS) when it has none.
+    token (EOS) when it has none. ``adapters=True`` loads a LoRA run's unmerged adapters over one
+    base (``flythinker.adapters``: one base in memory, for shared-base decoding).
     """
     path = Path(path).expanduser()
-    if is_flythinker_folder(path):
+    if adapters and is_flythinker_folder(path):
+        model = _load_with_adapters(path, dtype, device, trust_remote_code)
+        tok = model.tokenizer
+    elif is_flythinker_folder(path):
         model = FlyThinker.from_pretrained(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         tok = model.tokenizer
     elif (check_model_folder(path, key, trust_remote_code) / "config.json").is_file():
@@ -60,3 +65,21 @@ def load_model(
         raise UserError(f"{path}: no tokenizer saved with the model")
     pad_id(tok)
     return model.eval(), tok
+
+
+def _load_with_adapters(path: Path, dtype, device, trust_remote_code: bool) -> FlyThinker:
+    """A FlyThinker folder's ``adapters/``: G and R as peft models over one base, its fusion as saved."""
+    import json
+
+    from flythinker.adapters import load_adapter_pair
+    from flythinker.model import read_folder_config, read_fusion_weights
+
+    lam, mode, variant = read_folder_config(path)
+    gate = json.loads((path / CONFIG_NAME).read_text()).get("gate", "none")
+    if variant != "flythinker":
+        raise UserError(f"{path}: unmerged adapters are loaded for FlyThinker folders, not the {variant!r} variant")
+    g, r, tok = load_adapter_pair(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = FlyThinker(g, r, lam=lam, fusion=mode, generator_tokenizer=tok, reasoner_tokenizer=tok, gate=gate)
+    if mode == "linear" or gate != "none":
+        model.fusion.load_state_dict(read_fusion_weights(path))
+    return model.to(device) if device is not None else model

@@ -225,16 +225,21 @@ def export_model(accelerator, model, path: Path, tokenizer=None) -> Path | None:
 
 
 def _write_model(unwrapped, state: dict, path: Path, tokenizer) -> None:
-    """The gathered state dict as a model folder: LoRA merged, through the one folder writer."""
+    """The gathered state dict as a model folder: LoRA merged, through the one folder writer; a
+    FlyThinker whose two adapters share one base also gets them unmerged (``adapters/``)."""
+    from flythinker import adapters
     from flythinker.model import FlyThinker
 
     is_flythinker = isinstance(unwrapped, FlyThinker)
-    parts = {}
+    parts, peft_models, peft_states = {}, {}, {}
     for name in ("generator", "reasoner") if is_flythinker else ("generator",):
         lm, sub = getattr(unwrapped, name), _submodule_state(state, name)
         if hasattr(lm, "peft_config"):
+            peft_models[name], peft_states[name] = lm, sub
             sub, lm = _merge_lora(sub, lm), lm.get_base_model()
         parts[name if is_flythinker else ""] = (lm, sub)
+    if len(peft_states) == 2 and adapters.shareable(peft_states):  # one base: keep it and both adapters too
+        parts.update(adapters.adapter_parts(peft_models, peft_states))
     write_model_folder(
         path,
         parts,
