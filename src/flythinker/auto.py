@@ -83,3 +83,14 @@ def _load_with_adapters(path: Path, dtype, device, trust_remote_code: bool) -> F
     if mode == "linear" or gate != "none":
         model.fusion.load_state_dict(read_fusion_weights(path))
     return model.to(device) if device is not None else model
+
+
+def load_for_mode(path, mode: str | None, dtype=None, device=None, trust_remote_code: bool = False, say=None):
+    """:func:`load_model` for a decoding ``mode``: shared-base decoding of a LoRA run loads its
+    unmerged adapters over one base (one base in memory) where the folder has them."""
+    from flythinker.adapters import has_adapters
+
+    one_base = mode == "shared_base" and has_adapters(path)
+    if one_base and say is not None:
+        say(f"weights: one base and two LoRA adapters ({Path(path) / 'adapters'})")
+    return load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code, adapters=one_base)

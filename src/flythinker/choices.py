@@ -13,7 +13,9 @@ from enum import Enum
 DecodeMode = Enum(
     "DecodeMode", {m: m for m in ("sequential", "concurrent", "captured", "shared_base")}, type=str
 )  # model.DECODERS
-ServeMode = Enum("ServeMode", {m: m for m in ("auto", "concurrent", "sequential")}, type=str)  # serve's Engine
+ServeMode = Enum(
+    "ServeMode", {m: m for m in ("auto", "concurrent", "sequential", "shared_base")}, type=str
+)  # serve's Engine
 Backend = Enum("Backend", {m: m for m in ("auto", "threads", "streams", "devices", "shm", "gloo", "nccl")}, type=str)
 Retrieval = Enum("Retrieval", {m: m for m in ("none", "all", "bm25", "recent")}, type=str)  # data.prompts
 Dtype = Enum("Dtype", {m: m for m in ("float32", "bfloat16", "float16", "auto")}, type=str)  # loading.DTYPES

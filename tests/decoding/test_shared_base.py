@@ -119,3 +119,49 @@ def test_every_family_decodes_one_base_as_the_reference(family):
     assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=10, mode="shared_base", **FREE), ref)
     slides = getattr(lm.config, "sliding_window", None) == SLIDING_WINDOW
     assert (getattr(model, "_shared_base_fallback", None) is not None) == slides
+
+
+def _served(batch, prompts, joins, budgets):
+    """Greedy decode in a running batch: prompt i joins before step ``joins[i]``, leaves after ``budgets[i]``."""
+    rows, out, logits, step = [], {i: [] for i in range(len(prompts))}, None, 0
+    while rows or step <= max(joins):
+        new = [i for i, j in enumerate(joins) if j == step]
+        if new:
+            first = batch.add([prompts[i] for i in new], pad_token_id=0)
+            logits = first if logits is None else torch.cat([logits, first])
+            rows += new
+        step += 1
+        if not rows:
+            continue
+        tokens = logits.argmax(-1)
+        for i, t in zip(rows, tokens.tolist()):
+            out[i].append(t)
+        keep = [k for k, i in enumerate(rows) if len(out[i]) < budgets[i]]
+        if len(keep) < len(rows):
+            batch.keep(torch.tensor(keep, dtype=torch.long))
+            rows, tokens = [rows[k] for k in keep], tokens[keep]
+        logits = batch.step(tokens) if rows else None
+    return out
+
+
+@pytest.mark.parametrize("kind", ["one-base", "lora"])
+def test_the_servers_running_batch_decodes_one_base_rows_as_alone(kind):
+    """Rows joining and leaving the shared-base running batch get the reference's tokens alone."""
+    from flythinker.decoding.shared_base import SharedBaseBatch
+    from flythinker.errors import UserError
+
+    if kind == "lora":
+        model = adapters_of_one_base()
+    else:
+        g = tiny_causal_lm(hidden=32, seed=0, init_std=0.1)
+        model = FlyThinker(generator=g, reasoner=copy.deepcopy(g), lam=0.5).eval()
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 97, (n,), generator=gen).tolist() for n in (5, 11, 3, 8, 14, 6)]
+    joins, budgets = [0, 0, 2, 5, 5, 9], [12, 4, 9, 6, 10, 7]
+    got = _served(SharedBaseBatch(model), prompts, joins, budgets)
+    for i, p in enumerate(prompts):
+        ids = torch.tensor([p])
+        alone = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=budgets[i], **FREE)
+        assert got[i] == alone[0].tolist(), i
+    with pytest.raises(UserError, match="share one base"):
+        SharedBaseBatch(FlyThinker(tiny_causal_lm(hidden=32, seed=0), tiny_causal_lm(hidden=32, seed=1), lam=0.5))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import typer
 
-from flythinker.auto import load_model
+from flythinker.auto import load_for_mode
 from flythinker.choices import Backend, DecodeMode, Dtype, Retrieval, value
 from flythinker.data import predictions
 from flythinker.errors import UserError
@@ -196,17 +196,6 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def _load(model: Path, mode: str, dtype, device, trust_remote_code: bool, say=None):
-    """The model for ``mode``: shared-base decoding of a LoRA run loads its unmerged adapters over
-    one base (one base in memory) where the folder has them."""
-    from flythinker.adapters import has_adapters
-
-    one_base = mode == "shared_base" and has_adapters(model)
-    if one_base and say is not None:
-        say(f"weights: one base and two LoRA adapters ({Path(model) / 'adapters'})")
-    return load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, adapters=one_base)
-
-
 def generate_command(
     model: Path = typer.Option(..., "--model", help="A FlyThinker folder or a plain transformers model folder (SFT)."),
     data: Path = typer.Option(..., "--data", help="LongLaMP-format file or folder."),
@@ -260,7 +249,7 @@ def generate_command(
         raise UserError(f"--data {data}: no examples in split {split!r}")
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    net, tok = _load(model, mode, dtype, device, trust_remote_code, say=print if rank == 0 else None)
+    net, tok = load_for_mode(model, mode, dtype, device, trust_remote_code, say=print if rank == 0 else None)
     stats = generate_predictions(net, tok, examples, out, prompt_cfg=prompt_cfg, settings=settings,
                                  rank=rank, world_size=world)
     _merge_shards(out, examples, rank, world)

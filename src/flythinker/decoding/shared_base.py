@@ -24,9 +24,11 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
+from flythinker.decoding.batching import RunningBatch, _layers, _pad_left, select_rows
 from flythinker.decoding.loop import generate_sequential
 from flythinker.decoding.sampling import TokenSampler
 from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner, RowState
+from flythinker.errors import UserError
 from flythinker.lm import backbone, cache_argument, cache_of
 
 _BASE = ".base_layer"
@@ -220,3 +222,77 @@ def generate_shared_base(
             cache, hidden = cache_of(out), out.last_hidden_state  # (2B, 1, d)
             logits, latent = head_logits(model.generator, hidden[:B, -1]), hidden[B:]
     return rows.result()
+
+
+def _stacked(old, new_g, new_r, b_old: int, grow_old: int, grow_new: int):
+    """One cache of rows [old G, new G, old R, new R], each side left-padded to the common length."""
+    from transformers import DynamicCache
+
+    out = DynamicCache()
+    for i, (g, r) in enumerate(zip(_layers(new_g), _layers(new_r))):
+        parts = {"keys": [], "values": []}
+        for kind in parts:
+            a, b = getattr(g, kind), getattr(r, kind)
+            if old is not None:
+                o = getattr(_layers(old)[i], kind)
+                halves = (_pad_left(o[:b_old], grow_old, -2), _pad_left(a, grow_new, -2))
+                parts[kind] = [*halves, _pad_left(o[b_old:], grow_old, -2), _pad_left(b, grow_new, -2)]
+            else:
+                parts[kind] = [a, b]
+        out.update(torch.cat(parts["keys"]), torch.cat(parts["values"]), i)
+    return out
+
+
+class SharedBaseBatch(RunningBatch):
+    """The server's running batch (batching.py) over one cache of 2B rows, G's first: prompts are
+    prefilled as the reference prefills them, then each step is one forward of the shared base,
+    each row with its own adapter; rows join and leave as in :class:`RunningBatch`."""
+
+    def __init__(self, model):
+        reason = unshared_reason(model)
+        if reason is not None:
+            raise UserError(f"shared-base decoding needs G and R to share one base: {reason}")
+        super().__init__(model, concurrent=False)
+        self.adapters = RowAdapters(model)
+        self.net, self.arg, self.cache = backbone(model.generator), cache_argument(model.generator), None
+
+    def add(self, prompts, pad_token_id):
+        b_old, t_old = self.size, 0 if self.mask is None else self.mask.shape[1]
+        logits = super().add(prompts, pad_token_id)  # its own caches hold only the new rows
+        t_new = self.g.cache.layers[0].keys.shape[-2]
+        t = self.mask.shape[1]
+        self.cache = _stacked(self.cache, self.g.cache, self.r.cache, b_old, t - t_old, t - t_new)
+        self.g.cache = self.r.cache = None
+        return logits
+
+    @torch.no_grad()
+    def step(self, tokens):
+        if tokens.shape != (self.size,):
+            raise UserError(f"step needs one token per row ({self.size}), got {tuple(tokens.shape)}")
+        b, device = self.size, self.g.device
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        self.position = self.position + 1
+        ids = tokens.to(device)[:, None]
+        embeds = self.g.embed(ids)
+        fused = self.model.fusion(embeds, self.latent.to(device), self.g.rho, torch.ones_like(ids))
+        mask, position = self.mask.to(device), self.position.to(device)
+        with self.adapters.active():
+            out = self.net(
+                inputs_embeds=torch.cat([fused, embeds]),
+                attention_mask=torch.cat([mask, mask]),
+                position_ids=torch.cat([position, position]),
+                **{self.arg: self.cache},
+                use_cache=True,
+            )
+        self.cache, hidden = cache_of(out), out.last_hidden_state
+        self.latent = hidden[b:]
+        return head_logits(self.model.generator, hidden[:b, -1])
+
+    def keep(self, rows):
+        if len(rows) == 0:
+            self.cache = self.mask = self.position = self.latent = None
+            return
+        b, mask = self.size, self.mask[rows]
+        drop = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns that are padding only
+        self.mask, self.position, self.latent = mask[:, drop:], self.position[rows], self.latent[rows]
+        select_rows(self.cache, torch.cat([rows, rows + b]), drop)

@@ -28,12 +28,17 @@ def _reference(model, tok, prompt, n, threads):
     return out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
 
 
-@pytest.mark.parametrize("mode", ["concurrent", "sequential"])
+@pytest.mark.parametrize("mode", ["concurrent", "sequential", "shared_base"])
 def test_staggered_requests_join_the_running_batch_and_get_their_alone_tokens(saved_tiny_model, mode):
+    import copy
+
+    from flythinker import FlyThinker
     from flythinker.apps.serve.engine import Engine
     from flythinker.auto import load_model
 
     model, tok = load_model(saved_tiny_model)
+    if mode == "shared_base":  # G and R one base: its own generator twice
+        model = FlyThinker(model.generator, copy.deepcopy(model.generator), lam=0.5, generator_tokenizer=tok).eval()
     texts = [
         "fix the parser",
         "Document the new option for the command line tool and its tests",

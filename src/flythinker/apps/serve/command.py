@@ -43,8 +43,9 @@ def serve_command(
     mode: ServeMode = typer.Option(
         "auto",
         "--mode",
-        help="concurrent (R's step beside G's), sequential, or auto "
-        "(concurrent on a GPU; sequential on a CPU, where it served faster here).",
+        help="concurrent (R's step beside G's), sequential, auto "
+        "(concurrent on a GPU; sequential on a CPU, where it served faster here), or shared_base "
+        "(G and R one base, a LoRA run's adapters/ loaded over it: one forward a step).",
     ),
     dtype: Dtype = typer.Option(None, "--dtype", help="Weights dtype (default: as saved)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
@@ -58,7 +59,7 @@ def serve_command(
     from flythinker.apps.serve.app import make_app
     from flythinker.apps.serve.engine import Engine
     from flythinker.apps.serve.store import ProfileStore
-    from flythinker.auto import load_model
+    from flythinker.auto import load_for_mode
     from flythinker.data.prompt_settings import describe_prompt_config, model_prompt_config
     from flythinker.devices import use_device
 
@@ -68,7 +69,7 @@ def serve_command(
     device = use_device(device)
     prompt_cfg, source = model_prompt_config(model, default=SERVE_PROMPT_DEFAULTS)
     print(f"prompts: {describe_prompt_config(prompt_cfg)}; from {source}")
-    net, tok = load_model(model, dtype=dtype, device=device)
+    net, tok = load_for_mode(model, mode, dtype=dtype, device=device, say=print)
     store = ProfileStore(db)
     engine = Engine(net, tok, max_batch=max_batch, max_queue=max_queue, mode=mode)
     app = make_app(

@@ -109,8 +109,8 @@ class Request:
 class Engine:
     """Owns the model; ``submit`` queues a request, a worker thread runs the batch.
 
-    ``mode`` is ``concurrent`` (R's step on a thread while G's runs), ``sequential``, or ``auto``
-    (concurrent on a GPU, sequential on a CPU);
+    ``mode`` is ``concurrent`` (R's step on a thread while G's runs), ``sequential``, ``auto``
+    (concurrent on a GPU, sequential on a CPU) or ``shared_base`` (G and R one base: one forward a step);
     ``make_batch`` builds the running batch (tests pass a fake one).
     """
 
@@ -123,8 +123,8 @@ class Engine:
         # the tokenizer's EOS and every one of the generation config's (a test's batch may have no model)
         self.eos = set(eos_ids(getattr(model, "generator", None), tokenizer))
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if mode not in ("auto", "concurrent", "sequential"):
-            raise UserError(f"mode must be 'auto', 'concurrent' or 'sequential', got {mode!r}")
+        if mode not in ("auto", "concurrent", "sequential", "shared_base"):
+            raise UserError(f"mode must be 'auto', 'concurrent', 'sequential' or 'shared_base', got {mode!r}")
         device = None if make_batch is not None else device_of(model.generator).type  # None: a test's batch
         if mode == "auto":  # overlap where it pays: on a GPU (on this project's CPU, each model on
             # every core one after the other served faster than one core each at once; README)
@@ -143,6 +143,10 @@ class Engine:
     def _running_batch(self):
         from flythinker.decoding.batching import RunningBatch
 
+        if self.mode == "shared_base":  # G's and R's rows of a step in one forward of their base
+            from flythinker.decoding.shared_base import SharedBaseBatch
+
+            return SharedBaseBatch(self.model)
         return RunningBatch(self.model, concurrent=self.mode == "concurrent", threads=self.threads)
 
     def submit(
