@@ -96,3 +96,27 @@ def left_padded_batch(lengths, vocab: int = VOCAB, seed: int = 0, pad: int = 0, 
         ids[i, T - n :] = torch.randint(3, vocab, (n,), generator=g)
         mask[i, T - n :] = 1
     return ids.to(device), mask.to(device)
+
+
+def run_schedule(batch, prompts, joins, budgets) -> dict[int, list[int]]:
+    """Greedy decode in a running batch (``RunningBatch`` or one like it): prompt i joins before step
+    ``joins[i]`` and leaves after ``budgets[i]`` tokens. Returns each prompt's tokens."""
+    rows, out, logits, step = [], {i: [] for i in range(len(prompts))}, None, 0
+    while rows or step <= max(joins):
+        new = [i for i, j in enumerate(joins) if j == step]
+        if new:
+            first = batch.add([prompts[i] for i in new], pad_token_id=0)
+            logits = first if logits is None else torch.cat([logits, first])
+            rows += new
+        step += 1
+        if not rows:
+            continue
+        tokens = logits.argmax(-1)
+        for i, t in zip(rows, tokens.tolist()):
+            out[i].append(t)
+        keep = [k for k, i in enumerate(rows) if len(out[i]) < budgets[i]]
+        if len(keep) < len(rows):
+            batch.keep(torch.tensor(keep, dtype=torch.long))
+            rows, tokens = [rows[k] for k in keep], tokens[keep]
+        logits = batch.step(tokens) if rows else None
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import VOCAB, tiny_causal_lm, tiny_pair
+from tiny_models import VOCAB, run_schedule, tiny_causal_lm, tiny_pair
 
 from flythinker.decoding.batching import RunningBatch
 from flythinker.errors import UserError
@@ -33,28 +33,10 @@ def _alone(model, prompt, n, **kw):
 def _schedule(model, concurrent, prompts, joins, budgets):
     """Greedy decode where prompt i joins before step ``joins[i]`` and leaves after ``budgets[i]`` tokens."""
     batch = RunningBatch(model, concurrent=concurrent)
-    rows, out, logits, step = [], {i: [] for i in range(len(prompts))}, None, 0
     try:
-        while rows or step <= max(joins):
-            new = [i for i, j in enumerate(joins) if j == step]
-            if new:
-                first = batch.add([prompts[i] for i in new], pad_token_id=0)
-                logits = first if logits is None else torch.cat([logits, first])
-                rows += new
-            step += 1
-            if not rows:
-                continue
-            tokens = logits.argmax(-1)
-            for i, t in zip(rows, tokens.tolist()):
-                out[i].append(t)
-            keep = [k for k, i in enumerate(rows) if len(out[i]) < budgets[i]]
-            if len(keep) < len(rows):
-                batch.keep(torch.tensor(keep, dtype=torch.long))
-                rows, tokens = [rows[k] for k in keep], tokens[keep]
-            logits = batch.step(tokens) if rows else None
+        return run_schedule(batch, prompts, joins, budgets)
     finally:
         batch.close()
-    return out
 
 
 def _models(device="cpu"):

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from tiny_models import left_padded_batch, tiny_causal_lm
+from tiny_models import left_padded_batch, run_schedule, tiny_causal_lm
 
 from flythinker import FlyThinker
 from flythinker.decoding.captured import CapturedDecoder
@@ -121,29 +121,6 @@ def test_every_family_decodes_one_base_as_the_reference(family):
     assert (getattr(model, "_shared_base_fallback", None) is not None) == slides
 
 
-def _served(batch, prompts, joins, budgets):
-    """Greedy decode in a running batch: prompt i joins before step ``joins[i]``, leaves after ``budgets[i]``."""
-    rows, out, logits, step = [], {i: [] for i in range(len(prompts))}, None, 0
-    while rows or step <= max(joins):
-        new = [i for i, j in enumerate(joins) if j == step]
-        if new:
-            first = batch.add([prompts[i] for i in new], pad_token_id=0)
-            logits = first if logits is None else torch.cat([logits, first])
-            rows += new
-        step += 1
-        if not rows:
-            continue
-        tokens = logits.argmax(-1)
-        for i, t in zip(rows, tokens.tolist()):
-            out[i].append(t)
-        keep = [k for k, i in enumerate(rows) if len(out[i]) < budgets[i]]
-        if len(keep) < len(rows):
-            batch.keep(torch.tensor(keep, dtype=torch.long))
-            rows, tokens = [rows[k] for k in keep], tokens[keep]
-        logits = batch.step(tokens) if rows else None
-    return out
-
-
 @pytest.mark.parametrize("kind", ["one-base", "lora"])
 def test_the_servers_running_batch_decodes_one_base_rows_as_alone(kind):
     """Rows joining and leaving the shared-base running batch get the reference's tokens alone."""
@@ -158,7 +135,7 @@ def test_the_servers_running_batch_decodes_one_base_rows_as_alone(kind):
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 97, (n,), generator=gen).tolist() for n in (5, 11, 3, 8, 14, 6)]
     joins, budgets = [0, 0, 2, 5, 5, 9], [12, 4, 9, 6, 10, 7]
-    got = _served(SharedBaseBatch(model), prompts, joins, budgets)
+    got = run_schedule(SharedBaseBatch(model), prompts, joins, budgets)
     for i, p in enumerate(prompts):
         ids = torch.tensor([p])
         alone = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=budgets[i], **FREE)
