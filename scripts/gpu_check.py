@@ -10,7 +10,8 @@ recorded in OUT/gpu_check.json as soon as it ends (rc, seconds, the last lines i
    16 of gitcommits examples of unequal length), SFT and FlyThinker; every logged gradient norm
    must be finite;
 3. ``flythinker experiment`` on a 2-cell smoke matrix (sft and flythinker, one split, one seed);
-4. ``scripts/gpu_bench_decode.py`` (7B + 1.5B and 3B + 3B random Qwen2.5 shapes, bf16).
+4. ``scripts/gpu_bench_decode.py`` (7B + 1.5B, then 3B + 3B random Qwen2.5 shapes, bf16; each pair
+   its own process with half of what is left, the captured and shared-base rows included).
 
 Nothing is downloaded: the model is ``--model`` / ``$FLYTHINKER_MODEL`` (e.g. the SmolLM2 folder of
 ``flythinker models pull``) or, without one, random weights of SmolLM2-135M's shape. ``--allow-cpu``
@@ -32,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gitcommits"
 # SmolLM2-135M's shape (config.json of HuggingFaceTB/SmolLM2-135M-Instruct), random weights
 SMOLLM2_SHAPE = {"hidden_size": 576, "num_layers": 30, "num_heads": 9, "num_kv_heads": 3, "max_positions": 2048}
+# the captured and shared-base rows beside transformers' compiled generate (G alone, R alone,
+# sequential and concurrent always run): what the decoding issue's GPU targets compare
+BENCH_ROWS = "generator_captured,captured,hf_generate_compiled,shared_base,captured_shared_base"
 TOY_SHAPE = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "max_positions": 1024}
 
 
@@ -112,6 +116,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=460.0, help="seconds for all steps (default 460)")
     ap.add_argument("--model", default=os.environ.get("FLYTHINKER_MODEL"), help="a local causal-LM folder")
     ap.add_argument("--allow-cpu", action="store_true", help="no GPU: the same plumbing at toy sizes")
+    ap.add_argument("--pairs", default="7b+1.5b,3b+3b", help="decoding benchmark pairs, one process each")
     args = ap.parse_args()
     import torch
 
@@ -191,25 +196,32 @@ def main() -> None:
         report,
         out,
     )
-    if gpu:
-        run_step(
-            "bench_decode",
-            [
-                py,
-                "scripts/gpu_bench_decode.py",
-                "--new",
-                "64",
-                "--repeats",
-                "2",
-                "--json",
-                str(out / "gpu_bench_decode.json"),
-            ],
-            left(0.95),
-            report,
-            out,
-        )
-        if (out / "gpu_bench_decode.json").is_file():
-            report["bench_decode"] = json.loads((out / "gpu_bench_decode.json").read_text())
+    if gpu:  # one process per pair, each with its share of what is left (a slow pair cannot starve the next)
+        pairs = args.pairs.split(",")
+        for k, pair in enumerate(pairs):
+            path = out / f"gpu_bench_decode_{pair.replace('+', '_')}.json"
+            run_step(
+                f"bench_decode_{pair}",
+                [
+                    py,
+                    "scripts/gpu_bench_decode.py",
+                    "--pairs",
+                    pair,
+                    "--new",
+                    "64",
+                    "--repeats",
+                    "2",
+                    "--only",
+                    BENCH_ROWS,
+                    "--json",
+                    str(path),
+                ],
+                left(0.95 / (len(pairs) - k)),
+                report,
+                out,
+            )
+            if path.is_file():
+                report.setdefault("bench_decode", {})[pair] = json.loads(path.read_text())
     report["seconds"] = round(time.perf_counter() - start, 1)
     report["ok"] = all(s["rc"] == 0 for s in report["steps"].values()) and all(
         s.get("grad_norms", {}).get("finite", True) for s in report["steps"].values()
