@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 CONFIG = "src/flythinker/configs/smollm2_flythinker.yaml"
+K8 = ["data.prompt.k=8", "data.prompt.profile_tokens=1024", "train.max_steps=20"]
 RUNS = {  # name -> overrides (the config's λ is 0.5)
     "lam0.5": ["model.lam=0.5"],
     "lam0.1": ["model.lam=0.1"],
@@ -32,6 +33,11 @@ RUNS = {  # name -> overrides (the config's λ is 0.5)
     # gates ran the config's 40 steps, so SFT and λ 0.05 again at 40 for a like-for-like curve
     "sft_40": ["model.mode=sft"],
     "lam0.05_40": ["model.lam=0.05"],
+    # issue 29 (b): a longer profile (the 8 newest items in 1,024 tokens), where a separate reader
+    # has more to add; 20 steps (a 4-times longer prompt makes each step slower)
+    "sft_k8": ["model.mode=sft", *K8],
+    "lam0.05_k8": ["model.lam=0.05", *K8],
+    "lam0.5_gate_vector_k8": ["model.lam=0.5", "model.gate=vector", *K8],
 }
 
 
