@@ -134,3 +134,13 @@ def test_a_client_that_goes_away_mid_decode_frees_its_row(saved_tiny_model):
         engine.close()
     assert gone.finish_reason == "cancelled" and len(first) + len(rest) < 100
     assert not engine.rows  # nothing left decoding
+
+
+def test_shared_base_mode_refuses_a_pair_without_one_base_at_start(saved_tiny_model):
+    from flythinker.apps.serve.engine import Engine
+    from flythinker.auto import load_model
+    from flythinker.errors import UserError
+
+    model, tok = load_model(saved_tiny_model)  # G (d 48) and R (d 32): two bases
+    with pytest.raises(UserError, match="share one base"):
+        Engine(model, tok, mode="shared_base")

@@ -126,6 +126,11 @@ class Engine:
         if mode not in ("auto", "concurrent", "sequential", "shared_base"):
             raise UserError(f"mode must be 'auto', 'concurrent', 'sequential' or 'shared_base', got {mode!r}")
         device = None if make_batch is not None else device_of(model.generator).type  # None: a test's batch
+        if mode == "shared_base" and make_batch is None:  # refuse at start, not at the first request
+            from flythinker.decoding.shared_base import unshared_reason
+
+            if (reason := unshared_reason(model)) is not None:
+                raise UserError(f"--mode shared_base needs G and R to share one base: {reason}")
         if mode == "auto":  # overlap where it pays: on a GPU (on this project's CPU, each model on
             # every core one after the other served faster than one core each at once; README)
             mode = self.mode = "concurrent" if device == "cuda" else "sequential"
