@@ -109,14 +109,21 @@ def plot(done: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (full, zoom) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name, d in done.items():
+    colors = plt.get_cmap("tab20").colors  # one color per run (the default cycle repeats after 10)
+    for i, (name, d) in enumerate(done.items()):
         steps = sorted(int(s) for s in d["dev_nll"])
         values = [d["dev_nll"][str(s)] for s in steps]
-        style = dict(marker="o", lw=2 if name == "sft" else 1.2, color="black" if name == "sft" else None)
+        dashed = name.endswith("_k8")  # the longer-profile runs (k = 8, 20 steps)
+        style = dict(
+            marker="o",
+            lw=2 if name == "sft" else 1.2,
+            ls="--" if dashed else "-",
+            color="black" if name == "sft" else colors[i % len(colors)],
+        )
         full.plot(steps, values, label=name, **style)
         zoom.plot(steps, values, label=name, **style)
     full.set(title="dev NLL while fine-tuning (SmolLM2-135M, LoRA r=8)", xlabel="optimizer step", ylabel="nats/token")
-    zoom.set(title="the same, near SFT", xlabel="optimizer step", ylim=(3.25, 3.75))
+    zoom.set(title="the same, near SFT (dashed: 8 profile items)", xlabel="optimizer step", ylim=(3.22, 3.75))
     full.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
