@@ -59,6 +59,16 @@ def backbone(model: nn.Module) -> nn.Module:
     return model.base_model
 
 
+def sliding_window(config) -> int | None:
+    """The sliding-window length a causal LM's attention uses, or None when it attends to every
+    earlier token (Qwen2 ships a window it does not use: ``use_sliding_window`` false)."""
+    window = getattr(config, "sliding_window", None)
+    used = getattr(config, "use_sliding_window", True) or "sliding_attention" in (
+        getattr(config, "layer_types", None) or []
+    )
+    return window if window and used else None
+
+
 def device_of(model: nn.Module) -> torch.device:
     """Where a causal LM's input embeddings live (the device its inputs go to)."""
     return model.get_input_embeddings().weight.device

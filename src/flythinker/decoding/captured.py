@@ -33,7 +33,7 @@ from transformers.cache_utils import Cache, StaticLayer
 
 from flythinker.decoding.loop import generate_sequential
 from flythinker.decoding.sampling import SamplingConfig, TokenSampler
-from flythinker.lm import backbone, cache_argument, device_of, positions_from_mask
+from flythinker.lm import backbone, cache_argument, device_of, positions_from_mask, sliding_window
 
 BUCKET = 256  # static lengths are rounded up to this: one recorded step serves many prompt lengths
 
@@ -83,11 +83,8 @@ def unsupported_reason(model, length: int) -> str | None:
         attn = getattr(cfg, "_attn_implementation", None) or "eager"
         if attn not in ("eager", "sdpa"):
             return f"the {name}'s attention {attn!r} takes no 4-D mask"
-        window = getattr(cfg, "sliding_window", None)
-        uses_window = getattr(cfg, "use_sliding_window", True) or "sliding_attention" in (
-            getattr(cfg, "layer_types", None) or []
-        )
-        if window and uses_window and length > window:
+        window = sliding_window(cfg)
+        if window and length > window:
             return f"the {name}'s sliding window ({window}) is shorter than the text ({length} tokens)"
         if device_of(lm).type not in ("cpu", "cuda"):
             return f"the {name} is on {device_of(lm)}"

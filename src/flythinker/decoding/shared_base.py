@@ -30,7 +30,7 @@ from flythinker.decoding.loop import generate_sequential
 from flythinker.decoding.sampling import TokenSampler
 from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner, RowState
 from flythinker.errors import UserError
-from flythinker.lm import backbone, cache_argument, cache_of
+from flythinker.lm import backbone, cache_argument, cache_of, sliding_window
 
 _BASE = ".base_layer"
 
@@ -83,9 +83,7 @@ def unshared_reason(model) -> str | None:
     if model.fusion.proj is not None or model.fusion.d_reasoner != model.fusion.d_generator:
         return "the fusion maps R's width to G's (a shared base has one width)"
     for name, lm in (("generator", g), ("reasoner", r)):
-        cfg = lm.config
-        window = getattr(cfg, "sliding_window", None)
-        if window and (getattr(cfg, "use_sliding_window", True) or "sliding_attention" in (cfg.layer_types or [])):
+        if sliding_window(lm.config):
             return f"the {name} has a sliding window (its cache layers are not stacked here)"
     if type(_unwrap(g)) is not type(_unwrap(r)):
         return "G and R are different architectures"
