@@ -56,6 +56,11 @@ def merge_caches(old, new, extra_old: int, extra_new: int):
     return old
 
 
+def padding_columns(mask: torch.Tensor) -> int:
+    """How many leading columns of a left-padded (B, T) mask are padding in every row."""
+    return int((mask.sum(0) == 0).long().cumprod(0).sum())
+
+
 def select_rows(cache, rows: torch.Tensor, drop_columns: int):
     """Keep ``rows`` of every layer and drop the first ``drop_columns`` (padding only) columns."""
     for layer in _layers(cache):
@@ -142,7 +147,7 @@ class RunningBatch:
                 self.r.cache = None
             return
         mask = self.mask[rows]
-        drop = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns that are padding only
+        drop = padding_columns(mask)
         self.mask, self.position, self.latent = mask[:, drop:], self.position[rows], self.latent[rows]
         select_rows(self.g.cache, rows, drop)
         if self.r is not None and self.r.cache is not None:

@@ -25,7 +25,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
-from flythinker.decoding.batching import RunningBatch, _layers, _pad_left, select_rows
+from flythinker.decoding.batching import RunningBatch, _layers, _pad_left, padding_columns, select_rows
 from flythinker.decoding.loop import generate_sequential
 from flythinker.decoding.sampling import TokenSampler
 from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner, RowState
@@ -296,6 +296,6 @@ class SharedBaseBatch(RunningBatch):
             self.cache = self.mask = self.position = self.latent = None
             return
         b, mask = self.size, self.mask[rows]
-        drop = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns that are padding only
+        drop = padding_columns(mask)
         self.mask, self.position, self.latent = mask[:, drop:], self.position[rows], self.latent[rows]
         select_rows(self.cache, torch.cat([rows, rows + b]), drop)
