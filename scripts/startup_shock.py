@@ -38,6 +38,11 @@ RUNS = {  # name -> overrides (the config's λ is 0.5)
     "sft_k8": ["model.mode=sft", *K8],
     "lam0.05_k8": ["model.lam=0.05", *K8],
     "lam0.5_gate_vector_k8": ["model.lam=0.5", "model.gate=vector", *K8],
+    # issue 29 (a): is the latent a personalization channel? SFT on the query alone (no profile),
+    # against FlyThinker with the profile in R's prompt only (G reads the query alone)
+    "nonpers_40": ["model.mode=sft", "data.prompt.retrieval=none"],
+    "rprofile_lam0.05_40": ["model.lam=0.05", "data.prompt.profile_in=reasoner"],
+    "rprofile_lam0.5_gate_vector_40": ["model.lam=0.5", "model.gate=vector", "data.prompt.profile_in=reasoner"],
 }
 
 

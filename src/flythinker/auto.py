@@ -72,7 +72,7 @@ def _load_with_adapters(path: Path, dtype, device, trust_remote_code: bool) -> F
     import json
 
     from flythinker.adapters import load_adapter_pair
-    from flythinker.model import read_folder_config, read_fusion_weights
+    from flythinker.saving import read_folder_config, read_fusion_weights
 
     lam, mode, variant = read_folder_config(path)
     gate = json.loads((path / CONFIG_NAME).read_text()).get("gate", "none")

@@ -21,7 +21,7 @@ from flythinker.errors import UserError
 from flythinker.fusion import Fusion, embedding_output_norm, shift_latents
 from flythinker.lm import backbone, eos_ids, positions_from_mask
 from flythinker.loading import has_tokenizer, load_causal_lm, load_tokenizer
-from flythinker.saving import CONFIG_NAME, FORMAT_VERSION, FUSION_WEIGHTS, write_model_folder
+from flythinker.saving import CONFIG_NAME, FORMAT_VERSION, read_folder_config, read_fusion_weights, write_model_folder
 
 __all__ = [
     "FlyThinker",
@@ -179,6 +179,27 @@ class FlyThinker(nn.Module):
         """
         return shift_latents(latents, attention_mask)
 
+    def read(
+        self,
+        input_ids,
+        attention_mask,
+        position_ids,
+        labels=None,
+        prompt_lengths=None,
+        reasoner_input_ids=None,
+        reasoner_attention_mask=None,
+    ):
+        """R's pass of a teacher-forced batch: (R's latents (B, T_R, d_R), the latent fused at each
+        of G's positions (B, T, d_R), where one is fused (B, T)). Here R reads G's own tokens;
+        :class:`flythinker.separate.SeparatePromptThinker` reads R's own sequence."""
+        if reasoner_input_ids is not None:
+            raise UserError(
+                "reasoner_input_ids: this model's R reads G's tokens; an R with its own prompt "
+                "(PromptConfig.profile_in='reasoner') is the separate_prompts variant"
+            )
+        latents = self.reason(input_ids, attention_mask, position_ids)  # (B, T, d_R)
+        return (latents, *self.fused_latents(latents, attention_mask, labels, prompt_lengths))
+
     def place_latents(self, embeds, latents, attention_mask, labels=None, prompt_lengths=None) -> torch.Tensor:
         """G's inputs (B, T, d_G) with R's latents (B, T, d_R) fused in where :meth:`fused_latents` says."""
         z, where = self.fused_latents(latents, attention_mask, labels, prompt_lengths)
@@ -192,6 +213,8 @@ class FlyThinker(nn.Module):
         position_ids: torch.Tensor | None = None,
         return_latents: bool = False,
         prompt_lengths: torch.Tensor | None = None,  # (B,) real prompt tokens; only variants read it
+        reasoner_input_ids: torch.Tensor | None = None,  # (B, T_R) R's own sequence: variants only
+        reasoner_attention_mask: torch.Tensor | None = None,  # (B, T_R)
         **loss_kwargs,
     ) -> FlyThinkerOutput:
         if attention_mask is None:
@@ -201,8 +224,9 @@ class FlyThinker(nn.Module):
         embeds = self.generator.get_input_embeddings()(input_ids)  # (B, T, d_G)
         latents = None
         if self.fusion.lam != 0.0 or return_latents:  # λ = 0 is SFT: R is not run at all
-            latents = self.reason(input_ids, attention_mask, position_ids)  # (B, T, d_R)
-            embeds = self.place_latents(embeds, latents, attention_mask, labels, prompt_lengths)
+            r_inputs = (reasoner_input_ids, reasoner_attention_mask)
+            latents, z, where = self.read(input_ids, attention_mask, position_ids, labels, prompt_lengths, *r_inputs)
+            embeds = self.fusion(embeds, z.to(embeds.device), self.rho(), where.to(embeds.device))
         out = self.generator(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -230,12 +254,16 @@ class FlyThinker(nn.Module):
         streamer=None,
         mode: str = "sequential",
         backend: str | None = None,
+        reasoner_input_ids: torch.Tensor | None = None,
+        reasoner_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Decode up to ``max_new_tokens`` per row; returns the new tokens (B, T_new).
 
         ``mode="sequential"`` is the reference decoder (R then G each step). Rows that finished
         are padded with ``pad_token_id`` after their EOS. ``streamer`` follows transformers'
         streamer protocol (``put``/``end``), e.g. ``TextStreamer`` or ``TextIteratorStreamer``.
+        ``reasoner_input_ids`` / ``reasoner_attention_mask``: R's own left-padded prompts, for the
+        ``separate_prompts`` variant only.
 
         >>> new = model.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=True,
         ...                      temperature=0.8, top_p=0.95, seed=0)  # doctest: +SKIP
@@ -257,6 +285,8 @@ class FlyThinker(nn.Module):
             pad_token_id=pad,
             streamer=streamer,
             backend=backend,
+            **({"reasoner_input_ids": reasoner_input_ids} if reasoner_input_ids is not None else {}),
+            **({"reasoner_attention_mask": reasoner_attention_mask} if reasoner_attention_mask is not None else {}),
         )
 
     def _special_ids(self, eos, pad) -> tuple[list[int], int]:
@@ -362,33 +392,3 @@ def _version(t: torch.Tensor) -> int | None:
         return t._version
     except RuntimeError:
         return None
-
-
-def read_folder_config(path: Path) -> tuple[float, str, str]:
-    """(λ, fusion mode, variant) of a FlyThinker folder's ``flythinker.json``."""
-    from flythinker.safe_load import missing_path_error
-
-    cfg_file = path / CONFIG_NAME
-    if not path.exists():
-        raise missing_path_error(path, "model")
-    if not cfg_file.is_file():
-        raise UserError(f"{path}: not a FlyThinker folder (no {CONFIG_NAME})")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-        return cfg["lam"], cfg["fusion"], cfg.get("variant", "flythinker")
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{cfg_file}: unreadable FlyThinker config ({e})") from None
-
-
-def read_fusion_weights(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    from flythinker.safe_load import first_line, load_errors
-
-    wfile = path / FUSION_WEIGHTS
-    if not wfile.is_file():
-        raise UserError(f"{path}: the fusion has weights (linear map or gate) but {FUSION_WEIGHTS} is missing")
-    try:
-        return load_file(str(wfile))
-    except load_errors() as e:
-        raise UserError(f"{wfile}: cannot load the fusion weights ({first_line(e)})") from None

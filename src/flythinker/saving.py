@@ -116,3 +116,33 @@ def write_model_folder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def read_folder_config(path: Path) -> tuple[float, str, str]:
+    """(λ, fusion mode, variant) of a FlyThinker folder's ``flythinker.json``."""
+    from flythinker.safe_load import missing_path_error
+
+    cfg_file = path / CONFIG_NAME
+    if not path.exists():
+        raise missing_path_error(path, "model")
+    if not cfg_file.is_file():
+        raise UserError(f"{path}: not a FlyThinker folder (no {CONFIG_NAME})")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+        return cfg["lam"], cfg["fusion"], cfg.get("variant", "flythinker")
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{cfg_file}: unreadable FlyThinker config ({e})") from None
+
+
+def read_fusion_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    from flythinker.safe_load import first_line, load_errors
+
+    wfile = path / FUSION_WEIGHTS
+    if not wfile.is_file():
+        raise UserError(f"{path}: the fusion has weights (linear map or gate) but {FUSION_WEIGHTS} is missing")
+    try:
+        return load_file(str(wfile))
+    except load_errors() as e:
+        raise UserError(f"{wfile}: cannot load the fusion weights ({first_line(e)})") from None

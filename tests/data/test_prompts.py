@@ -14,6 +14,8 @@ from flythinker.data.prompts import (
     collate,
     encode_for_generation,
     encode_for_training,
+    encode_reasoner_prompt,
+    generation_batch,
     n_tokens,
     prompt_parts,
     select_profile,
@@ -291,6 +293,36 @@ def test_collate_generation_features_have_no_labels(tok):
     assert batch["attention_mask"][0].sum().item() == short
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_the_profile_in_rs_prompt_alone(tok, chat_tok, chat):
+    tk, ex = (chat_tok if chat else tok), example()
+    both, separate = PromptConfig(), PromptConfig(profile_in="reasoner")
+    query_only = encode_for_generation(ex, tk, PromptConfig(retrieval="none"))
+    assert encode_for_generation(ex, tk, separate) == query_only  # G: the query alone
+    assert encode_reasoner_prompt(ex, tk, separate) == encode_for_generation(ex, tk, both)  # R: profile + query
+    assert encode_reasoner_prompt(ex, tk, both) is None  # the paper's: R reads G's tokens
+    assert build_prompt(ex, tk, separate) == tk.decode(query_only)
+    feats, plain = encode_for_training(ex, tk, separate), encode_for_training(ex, tk, both)
+    assert "reasoner_input_ids" not in plain and feats["reasoner_input_ids"] == plain["input_ids"]
+    n = len(query_only)  # the same response after both prompts
+    assert feats["input_ids"][n:] == plain["input_ids"][len(plain["input_ids"]) - len(feats["input_ids"]) + n :]
+    # decoding: R's prompts are padded on the left, like G's
+    enc = generation_batch([ex, example(profile=[{"title": "t", "text": "One."}])], tk, separate, tk.pad_token_id)
+    r_prompt = encode_reasoner_prompt(ex, tk, separate)
+    assert enc["reasoner_input_ids"][0, -len(r_prompt) :].tolist() == r_prompt
+    assert enc["reasoner_attention_mask"].shape == enc["reasoner_input_ids"].shape
+    assert enc["input_ids"][0, -n:].tolist() == query_only
+
+
+def test_collate_pads_rs_own_sequence_like_gs():
+    feats = [{"input_ids": [5, 6], "reasoner_input_ids": [1, 2, 3]}, {"input_ids": [8], "reasoner_input_ids": [4]}]
+    batch = collate(feats, pad_token_id=0, padding_side="right")
+    assert batch["reasoner_input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert batch["reasoner_attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    with pytest.raises(ValueError, match="reasoner_input_ids"):
+        collate([feats[0], {"input_ids": [8]}], pad_token_id=0)
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -300,6 +332,7 @@ def test_collate_generation_features_have_no_labels(tok):
         dict(retrieval="dense"),
         dict(order="newest"),
         dict(use_chat_template="yes"),
+        dict(profile_in="generator"),
     ],
 )
 def test_prompt_config_validation(bad):

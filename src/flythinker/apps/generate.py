@@ -138,14 +138,13 @@ def _resumable(path: Path, shard: list) -> dict[str, dict]:
 def _decode_batch(model, tokenizer, batch, prompt_cfg, settings: DecodeSettings, seed: int,
                   stats: "PredictionStats") -> tuple[list[str], int]:
     """Decode one batch (left-padded prompts); returns its texts and non-pad token count."""
-    from flythinker.data.prompts import collate, encode_for_generation
+    from flythinker.data.prompts import generation_batch
 
     device = next(model.generator.parameters()).device
-    feats = [encode_for_generation(e, tokenizer, prompt_cfg) for e in batch]
-    enc = collate(feats, pad_token_id=tokenizer.pad_token_id, padding_side="left")
+    enc = {k: v.to(device) for k, v in generation_batch(batch, tokenizer, prompt_cfg, tokenizer.pad_token_id).items()}
     t0 = time.perf_counter()
     new = model.generate(
-        enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
+        enc.pop("input_ids"), attention_mask=enc.pop("attention_mask"), **enc,
         max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, temperature=settings.temperature,
         top_p=settings.top_p, top_k=settings.top_k, seed=seed, eos_token_id=eos_ids(model.generator, tokenizer),
         pad_token_id=tokenizer.pad_token_id, mode=settings.mode, backend=settings.backend,

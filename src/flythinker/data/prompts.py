@@ -30,12 +30,15 @@ import functools
 import re
 from dataclasses import dataclass
 
+from flythinker.data.collate import IGNORE_INDEX
+from flythinker.data.collate import TEACHER_FORCED_PADDING as TEACHER_FORCED_PADDING  # re-exported
+from flythinker.data.collate import collate as collate  # re-exported: the public API
 from flythinker.data.longlamp import Example, render_profile_item
 from flythinker.data.retrieval import bm25_rank, chronological_order, recent_rank, retrieval_query
 from flythinker.errors import UserError
 
-IGNORE_INDEX = -100  # label value that cross-entropy skips (prompt and padding)
 RETRIEVALS = ("none", "all", "bm25", "recent")
+PROFILE_IN = ("both", "reasoner")
 ORDERS = ("oldest", "score")
 SYSTEM_WITH_PROFILE = (
     "You write personalized long-form text. The profile holds earlier texts by "
@@ -91,6 +94,9 @@ class PromptConfig:
     """Order of items in the prompt: "oldest" (oldest to newest) or "score" (best first)."""
     use_chat_template: bool | None = None
     """Wrap the prompt in the tokenizer's chat template; None: when the tokenizer has one."""
+    profile_in: str = "both"
+    """Whose prompt holds the profile: "both" (the paper) or "reasoner" (R reads profile + query, G
+    the query alone; the response is shared; :class:`flythinker.separate.SeparatePromptThinker`)."""
 
     def __post_init__(self):
         for name in ("profile_tokens", "query_tokens", "target_tokens", "k"):
@@ -99,6 +105,8 @@ class PromptConfig:
                 raise UserError(f"PromptConfig.{name} must be an integer >= 1, got {value!r}")
         if self.retrieval not in RETRIEVALS:
             raise UserError(f"PromptConfig.retrieval must be one of {', '.join(RETRIEVALS)}, got {self.retrieval!r}")
+        if self.profile_in not in PROFILE_IN:
+            raise UserError(f"PromptConfig.profile_in must be one of {', '.join(PROFILE_IN)}, got {self.profile_in!r}")
         if self.order not in ORDERS:
             raise UserError(f"PromptConfig.order must be one of {', '.join(ORDERS)}, got {self.order!r}")
         if self.use_chat_template not in (None, True, False):
@@ -305,7 +313,7 @@ def _prompt_ids(prompt: str, tokenizer, chat: bool) -> list[int]:
 
 
 def build_prompt(example: Example, tokenizer, cfg: PromptConfig) -> str:
-    """The full prompt text (chat template applied when used); the response follows it.
+    """G's prompt text (chat template applied when used); the response follows it.
 
     >>> print(build_prompt(example, tokenizer, PromptConfig(retrieval="none")))  # doctest: +SKIP
     You write long-form text. Write the response to the query.
@@ -316,23 +324,60 @@ def build_prompt(example: Example, tokenizer, cfg: PromptConfig) -> str:
     ### Response
     <BLANKLINE>
     """
-    return _format(prompt_parts(example, tokenizer, cfg), tokenizer, _uses_chat_template(tokenizer, cfg))
+    parts = prompt_parts(example, tokenizer, cfg)
+    if cfg.profile_in == "reasoner":  # G's prompt: the query alone
+        parts = PromptParts("", parts.query, parts.target)
+    return _format(parts, tokenizer, _uses_chat_template(tokenizer, cfg))
+
+
+def _prompts(example: Example, tokenizer, cfg: PromptConfig) -> tuple[list[int], list[int] | None, PromptParts]:
+    """(G's prompt ids, R's prompt ids or None when R reads G's, the parts)."""
+    chat = _uses_chat_template(tokenizer, cfg)
+    parts = prompt_parts(example, tokenizer, cfg)
+    if cfg.profile_in == "both":
+        return _prompt_ids(_format(parts, tokenizer, chat), tokenizer, chat), None, parts
+    generator = _prompt_ids(_format(PromptParts("", parts.query, parts.target), tokenizer, chat), tokenizer, chat)
+    return generator, _prompt_ids(_format(parts, tokenizer, chat), tokenizer, chat), parts
 
 
 def encode_for_generation(example: Example, tokenizer, cfg: PromptConfig) -> list[int]:
-    """The prompt's token ids, the prefix that generation continues.
+    """The prompt's token ids, the prefix that generation continues (G's prompt: the query alone
+    when ``cfg.profile_in`` is ``"reasoner"``).
 
     >>> ids = encode_for_generation(example, tokenizer, PromptConfig())  # doctest: +SKIP
     """
-    chat = _uses_chat_template(tokenizer, cfg)
-    return _prompt_ids(_format(prompt_parts(example, tokenizer, cfg), tokenizer, chat), tokenizer, chat)
+    return _prompts(example, tokenizer, cfg)[0]
+
+
+def encode_reasoner_prompt(example: Example, tokenizer, cfg: PromptConfig) -> list[int] | None:
+    """R's own prompt ids (profile + query) when ``cfg.profile_in`` is ``"reasoner"``, else None
+    (R reads G's prompt).
+
+    >>> encode_reasoner_prompt(example, tokenizer, PromptConfig())  # R reads G's tokens  # doctest: +SKIP
+    """
+    return _prompts(example, tokenizer, cfg)[1]
+
+
+def generation_batch(examples: list[Example], tokenizer, cfg: PromptConfig, pad_token_id: int) -> dict:
+    """Left-padded prompts of ``examples`` for decoding: G's ``input_ids`` / ``attention_mask`` and,
+    with ``cfg.profile_in`` ``"reasoner"``, R's own ``reasoner_input_ids`` / ``reasoner_attention_mask``.
+
+    >>> enc = generation_batch(examples, tokenizer, PromptConfig(), tokenizer.pad_token_id)  # doctest: +SKIP
+    """
+    feats = []
+    for example in examples:
+        generator, reasoner, _ = _prompts(example, tokenizer, cfg)
+        feats.append({"input_ids": generator, **({} if reasoner is None else {"reasoner_input_ids": reasoner})})
+    return collate(feats, pad_token_id, padding_side="left")
 
 
 def encode_for_training(example: Example, tokenizer, cfg: PromptConfig) -> dict[str, list[int]]:
     """``{"input_ids", "labels"}``: prompt ids + target ids + EOS; labels are -100 on the prompt.
 
     The prompt ids equal :func:`encode_for_generation`'s, so training sees exactly the
-    tokens that generation would produce after the prompt.
+    tokens that generation would produce after the prompt. With ``cfg.profile_in`` ``"reasoner"``
+    it also has ``"reasoner_input_ids"``: R's prompt (:func:`encode_reasoner_prompt`) + the same
+    target ids + EOS.
 
     >>> f = encode_for_training(example, tokenizer, PromptConfig())     # doctest: +SKIP
     >>> f["input_ids"][-1] == tokenizer.eos_token_id                    # doctest: +SKIP
@@ -340,53 +385,8 @@ def encode_for_training(example: Example, tokenizer, cfg: PromptConfig) -> dict[
     """
     if tokenizer.eos_token_id is None:
         raise UserError("the tokenizer has no eos token; set tokenizer.eos_token before training")
-    chat = _uses_chat_template(tokenizer, cfg)
-    parts = prompt_parts(example, tokenizer, cfg)
-    prompt_ids = _prompt_ids(_format(parts, tokenizer, chat), tokenizer, chat)
+    prompt_ids, reasoner_ids, parts = _prompts(example, tokenizer, cfg)
     target_ids = list(tokenizer(parts.target, add_special_tokens=False)["input_ids"])
     target_ids.append(tokenizer.eos_token_id)
-    return {"input_ids": prompt_ids + target_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids}
-
-
-# Teacher-forced passes (training, NLL, diagnostics) pad on the right: with left padding every pad
-# column is a query with no real key to attend to, which CUDA's attention kernels may turn into NaN
-# (DESIGN.md §10). Decoding's prefill pads on the left, as batched generation needs.
-TEACHER_FORCED_PADDING = "right"
-
-
-def collate(features: list[dict], pad_token_id: int, padding_side: str = "left") -> dict:
-    """Pad features into tensors: ``input_ids`` (B, T), ``attention_mask`` (B, T) and, when
-    the features have them, ``labels`` (B, T) padded with -100. Left padding by default, as
-    batched generation needs; a feature may also be a plain list of ids.
-
-    >>> batch = collate([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}], pad_token_id=0)
-    >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist()
-    ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
-    """
-    import torch
-
-    if padding_side not in ("left", "right"):
-        raise UserError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    if not features:
-        raise ValueError("collate() needs at least one feature")
-    feats = [f if isinstance(f, dict) else {"input_ids": f} for f in features]
-    with_labels = sum("labels" in f for f in feats)
-    if with_labels not in (0, len(feats)):
-        raise ValueError("collate(): some features have labels and some do not")
-    B, T = len(feats), max(len(f["input_ids"]) for f in feats)
-    batch = {
-        "input_ids": torch.full((B, T), pad_token_id, dtype=torch.long),  # (B, T)
-        "attention_mask": torch.zeros((B, T), dtype=torch.long),
-    }  # (B, T)
-    if with_labels:
-        batch["labels"] = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
-    for b, f in enumerate(feats):
-        n = len(f["input_ids"])
-        cols = slice(T - n, T) if padding_side == "left" else slice(0, n)
-        batch["input_ids"][b, cols] = torch.as_tensor(f["input_ids"], dtype=torch.long)
-        batch["attention_mask"][b, cols] = 1
-        if with_labels:
-            if len(f["labels"]) != n:
-                raise ValueError(f"collate(): feature {b} has {len(f['labels'])} labels for {n} ids")
-            batch["labels"][b, cols] = torch.as_tensor(f["labels"], dtype=torch.long)
-    return batch
+    out = {"input_ids": prompt_ids + target_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids}
+    return out if reasoner_ids is None else {**out, "reasoner_input_ids": reasoner_ids + target_ids}

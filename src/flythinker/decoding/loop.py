@@ -14,6 +14,7 @@ import torch
 
 from flythinker.decoding.sampling import SamplingConfig, TokenSampler
 from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner, RowState
+from flythinker.lm import positions_from_mask
 
 
 @torch.no_grad()
@@ -120,10 +121,11 @@ def generate_sequential(
     eos_token_id: list[int],
     pad_token_id: int,
     streamer=None,
+    reasoner_prompt: tuple[torch.Tensor, torch.Tensor] | None = None,  # R's own (ids, mask): separate prompts
 ) -> torch.Tensor:  # (B, T_new)
     return run_generator(
         model,
-        reference_reasoner(model),
+        reference_reasoner(model, reasoner_prompt),
         input_ids,
         attention_mask,
         max_new_tokens,
@@ -134,8 +136,32 @@ def generate_sequential(
     )
 
 
-def reference_reasoner(model):
-    """The in-place Reasoner handle for ``model``: none at λ = 0, static for the static variant."""
+def reference_reasoner(model, reasoner_prompt=None):
+    """The in-place Reasoner handle for ``model``: none at λ = 0, static for the static variant,
+    over R's own prompt for the separate-prompts variant (``reasoner_prompt``: left-padded ids, mask)."""
     if model.lam == 0.0:
         return NoReasoner()
+    if reasoner_prompt is not None:
+        return SeparateReasoner(model, *reasoner_prompt)
     return StaticReasoner(model) if model.variant == "static" else InlineReasoner(model)
+
+
+class SeparateReasoner(InlineReasoner):
+    """The reference handle of an R that reads its own prompt (``profile_in: reasoner``): the
+    prefill reads R's prompt, not G's (G's prompt takes no latent), and each step's mask and
+    positions are G's moved onto R's sequence (the generated tokens are the same in both)."""
+
+    def __init__(self, model, input_ids, attention_mask):  # (B, T_R) left-padded
+        super().__init__(model)
+        self.ids, self.mask = input_ids, attention_mask.long()
+        self.generator_columns, self.offset = 0, None
+
+    def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:  # (B, T_R, d_R)
+        self.generator_columns = input_ids.shape[1]
+        self.mask = self.mask.to(attention_mask.device)
+        self.offset = (self.mask.sum(1) - attention_mask.long().sum(1))[:, None]  # (B, 1) R's positions lead G's
+        return super().prefill(self.ids, self.mask, positions_from_mask(self.mask))
+
+    def launch(self, tokens, attention_mask, position_ids) -> None:
+        mask = torch.cat([self.mask, attention_mask[:, self.generator_columns :]], dim=1)
+        super().launch(tokens, mask, position_ids + self.offset.to(position_ids.device))

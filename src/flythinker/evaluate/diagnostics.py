@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from flythinker.devices import model_device
-from flythinker.evaluate.nll import batches, keep_logits, per_example_nll, token_nll
+from flythinker.evaluate.nll import batches, keep_logits, per_example_nll, reasoner_inputs, token_nll
 from flythinker.lm import positions_from_mask
 
 
@@ -30,9 +30,10 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
     * ``latent_shares``: :class:`LatentShares` of the fused latents (constant / per-example /
       along the response).
 
-    Latents are placed as the model places them (:meth:`FlyThinker.fused_latents`), so a
-    :class:`~flythinker.static.StaticThinker` is measured too: its one prompt latent per example
-    gives ``consecutive_cos`` 1 and no share along the response.
+    Latents are placed as the model places them (:meth:`FlyThinker.read`), so a
+    :class:`~flythinker.static.StaticThinker` is measured too (its one prompt latent per example
+    gives ``consecutive_cos`` 1 and no share along the response), and so is a
+    :class:`~flythinker.separate.SeparatePromptThinker` (R reads its own prompt).
 
     ``nll_own`` is the model's teacher-forced NLL of these examples (``mean_nll``) when the
     caller has it already: it is the same quantity, so its pass is skipped.
@@ -45,7 +46,7 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
             ids, mask, labels = b["input_ids"], b["attention_mask"], b["labels"]  # (B, T)
             pos = positions_from_mask(mask)
             embeds = model.generator.get_input_embeddings()(ids)  # (B, T, d_G)
-            z, zmask = model.fused_latents(model.reason(ids, mask, pos), mask, labels)  # (B, T, d_R), (B, T)
+            _, z, zmask = model.read(ids, mask, pos, labels, None, *reasoner_inputs(b))  # (B, T, d_R), (B, T)
             # another row's per-token latents are real only where that row has tokens; a static
             # latent is the same at every column
             other_mask = zmask if model.variant == "static" else zmask * zmask.roll(1, dims=0)
@@ -121,7 +122,7 @@ def latent_shares(model, tokenizer, examples, prompt_cfg, batch_size: int = 16) 
     with torch.no_grad():
         for b in batches(examples, tokenizer, prompt_cfg, batch_size, device=model_device(model)):
             ids, mask = b["input_ids"], b["attention_mask"]
-            z, _ = model.fused_latents(model.reason(ids, mask, positions_from_mask(mask)), mask, b["labels"])
+            _, z, _ = model.read(ids, mask, positions_from_mask(mask), b["labels"], None, *reasoner_inputs(b))
             shares.add(z, b["labels"] != -100)
     return shares.result()
 

@@ -51,7 +51,7 @@ def placement(model, batch: dict) -> dict:
     """Forward keywords that let a G + R model place its latents without being given the labels
     (which would make G compute a loss over logits it was told not to keep): each row's
     ``prompt_lengths``, as :class:`~flythinker.static.StaticThinker` reads its latent at the
-    prompt's last token. No keywords (``{}``) for G alone."""
+    prompt's last token, and R's own sequence when the batch has one. No keywords (``{}``) for G alone."""
     from accelerate.utils import extract_model_from_parallel
 
     from flythinker.lm import first_real_column
@@ -62,7 +62,15 @@ def placement(model, batch: dict) -> dict:
     if not isinstance(extract_model_from_parallel(model, keep_torch_compile=False), FlyThinker):
         return {}
     mask = batch["attention_mask"]
-    return {"prompt_lengths": last_prompt_index(mask, batch["labels"]) - first_real_column(mask) + 1}
+    r_ids, r_mask = reasoner_inputs(batch)
+    r_inputs = {} if r_ids is None else {"reasoner_input_ids": r_ids, "reasoner_attention_mask": r_mask}
+    return {"prompt_lengths": last_prompt_index(mask, batch["labels"]) - first_real_column(mask) + 1, **r_inputs}
+
+
+def reasoner_inputs(batch: dict) -> tuple:
+    """R's own sequence in a collated batch, ``(reasoner_input_ids, reasoner_attention_mask)``:
+    both None unless the prompts put the profile in R's alone (``profile_in: reasoner``)."""
+    return batch.get("reasoner_input_ids"), batch.get("reasoner_attention_mask")
 
 
 @torch.no_grad()

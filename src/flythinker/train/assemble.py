@@ -20,6 +20,7 @@ from flythinker import loading
 from flythinker.errors import UserError
 from flythinker.lm import pad_id, positions_from_mask
 from flythinker.model import FlyThinker
+from flythinker.separate import SeparatePromptThinker
 from flythinker.train.config import DataConfig, ModelConfig, ModelSpec
 
 
@@ -120,8 +121,10 @@ def _causal_lm(spec: ModelSpec, tokenizer, seed: int, key: str) -> nn.Module:
     return tiny_causal_lm(spec, tokenizer, seed) if spec.tiny is not None else load_causal_lm(spec, key)
 
 
-def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> nn.Module:
-    """A :class:`FlyThinker` (mode flythinker) or an :class:`SFTModel` (mode sft) from the config.
+def build_model(cfg: ModelConfig, tokenizer, seed: int = 0, prompt_cfg=None) -> nn.Module:
+    """A :class:`FlyThinker` (mode flythinker) or an :class:`SFTModel` (mode sft) from the config; a
+    :class:`~flythinker.separate.SeparatePromptThinker` when ``prompt_cfg`` puts the profile in R's
+    prompt alone (``data.prompt.profile_in: reasoner``).
 
     >>> model = build_model(cfg.model, tokenizer, seed=0)  # doctest: +SKIP
     """
@@ -132,8 +135,9 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> nn.Module:
     r_tok = tokenizer  # a reasoner folder with its own tokenizer must share the generator's vocabulary
     if cfg.reasoner.path is not None and (Path(cfg.reasoner.path) / "tokenizer.json").is_file():
         r_tok = loading.load_tokenizer(cfg.reasoner.path, trust_remote_code=cfg.reasoner.trust_remote_code)
+    cls = SeparatePromptThinker if getattr(prompt_cfg, "profile_in", "both") == "reasoner" else FlyThinker
     try:
-        return FlyThinker(
+        return cls(
             generator,
             reasoner,
             lam=cfg.lam,

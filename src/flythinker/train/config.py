@@ -225,6 +225,14 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
 
+    def __post_init__(self):
+        if self.data.prompt_config().profile_in == "reasoner" and self.model.mode != "flythinker":
+            raise ConfigError(
+                "data.prompt.profile_in",
+                "'reasoner' puts the profile in R's prompt alone: needs model.mode=flythinker "
+                "(SFT on the query alone is data.prompt.retrieval=none)",
+            )
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -21,7 +21,7 @@ def generation_metrics(model, tokenizer, examples, prompt_cfg, max_new_tokens: i
 
     >>> generation_metrics(model, tok, dev[:4], PromptConfig(), max_new_tokens=64)  # doctest: +SKIP
     """
-    from flythinker.data.prompts import collate, encode_for_generation
+    from flythinker.data.prompts import generation_batch
     from flythinker.evaluate.metrics import compute_metrics
 
     was_training = model.training
@@ -30,12 +30,13 @@ def generation_metrics(model, tokenizer, examples, prompt_cfg, max_new_tokens: i
     device = next(model.parameters()).device
     predictions = []
     for ex in examples:
-        batch = collate([encode_for_generation(ex, tokenizer, prompt_cfg)], pad_token_id=pad)
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (1, T)
+        batch = {k: v.to(device) for k, v in generation_batch([ex], tokenizer, prompt_cfg, pad).items()}
+        ids, mask = batch.pop("input_ids"), batch.pop("attention_mask")  # (1, T); R's own prompt stays in batch
         if isinstance(model, FlyThinker):
             new = model.generate(
                 ids,
                 attention_mask=mask,
+                **batch,
                 max_new_tokens=max_new_tokens,
                 eos_token_id=eos_ids(model.generator, tokenizer),
                 pad_token_id=pad,

@@ -115,7 +115,7 @@ class Trainer:
         if tok is None and self.model is not None:
             raise UserError("train(): pass tokenizer= (the model passed in carries none)")
         self.tokenizer = tok = tok or assemble.build_tokenizer(cfg.model, self.train_examples)
-        model = self.model if self.model is not None else assemble.build_model(cfg.model, tok, seed=cfg.train.seed)
+        model = self.model if self.model is not None else assemble.build_model(cfg.model, tok, cfg.train.seed, self.prompt_cfg)
         model = assemble.as_trainable(model, cfg.model)
         assemble.prepare_for_training(model, cfg.model, cfg.train.gradient_checkpointing)
         if is_sharded(acc) and hasattr(model, "cache_rho"):

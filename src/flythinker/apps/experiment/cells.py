@@ -59,6 +59,7 @@ def cell_train_config(exp: ExperimentConfig, group: CellGroup, split: str, seed:
 def build_cell_model(cfg, method: str, tokenizer):
     """G alone (sft-style methods), a FlyThinker or a StaticThinker, from the base folders."""
     from flythinker.model import FlyThinker
+    from flythinker.separate import SeparatePromptThinker
     from flythinker.static import StaticThinker
     from flythinker.train.assemble import load_causal_lm
 
@@ -68,6 +69,8 @@ def build_cell_model(cfg, method: str, tokenizer):
         return g
     r = load_causal_lm(cfg.model.reasoner, "model.reasoner")
     cls = StaticThinker if kind == "static" else FlyThinker
+    if cfg.data.prompt_config().profile_in == "reasoner":  # R reads its own prompt (profile + query)
+        cls = SeparatePromptThinker
     return cls(
         g,
         r,

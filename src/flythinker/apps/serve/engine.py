@@ -126,6 +126,11 @@ class Engine:
         if mode not in ("auto", "concurrent", "sequential", "shared_base"):
             raise UserError(f"mode must be 'auto', 'concurrent', 'sequential' or 'shared_base', got {mode!r}")
         device = None if make_batch is not None else device_of(model.generator).type  # None: a test's batch
+        if getattr(model, "variant", None) == "separate_prompts" and model.lam != 0.0:
+            raise UserError(
+                "this model's R reads its own prompt (trained with profile_in: reasoner); the server builds one "
+                "prompt per request: decode it with `flythinker generate` (mode sequential)"
+            )
         if mode == "shared_base" and make_batch is None:  # refuse at start, not at the first request
             from flythinker.decoding.shared_base import unshared_reason
 

@@ -1,0 +1,193 @@
+"""An R with its own prompt (profile_in: reasoner): forward == the reference decoder, placement,
+refusals, save/load, and the whole path through training, NLL, diagnostics, probe and generation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import SHARED, tiny_causal_lm
+from torch.testing import assert_close
+
+from flythinker import FlyThinker, SeparatePromptThinker
+from flythinker.data.collate import collate
+from flythinker.decoding.loop import SeparateReasoner
+from flythinker.decoding.steps import GeneratorRunner, RowState
+from flythinker.errors import UserError
+
+
+def separate_pair(d_g=32, d_r=32, lam=1.0, fusion="prefix", std=0.2):
+    g = tiny_causal_lm(hidden=d_g, seed=0, init_std=std)
+    r = tiny_causal_lm(hidden=d_r, seed=1, init_std=std)
+    return SeparatePromptThinker(generator=g, reasoner=r, lam=lam, fusion=fusion).eval()
+
+
+def random_ids(n, seed):
+    return torch.randint(3, 97, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+# two rows: G's prompts (query alone) shorter than R's (profile + query), one response length
+G_PROMPTS = [random_ids(4, 1), random_ids(7, 2)]
+R_PROMPTS = [random_ids(11, 3), random_ids(9, 4)]
+RESPONSES = [random_ids(6, 5), random_ids(6, 6)]
+
+
+def training_batch(padding_side="right"):
+    feats = [
+        {"input_ids": g + y, "labels": [-100] * len(g) + y, "reasoner_input_ids": r + y}
+        for g, r, y in zip(G_PROMPTS, R_PROMPTS, RESPONSES)
+    ]
+    return collate(feats, pad_token_id=0, padding_side=padding_side)
+
+
+def decoded_logits(model):
+    """The reference loop's logits, teacher-forced on RESPONSES: (B, L, V), the logits that predict
+    each response token (the prefill's, then one per step)."""
+    g, r = collate(G_PROMPTS, 0), collate(R_PROMPTS, 0)  # left padded
+    rows = RowState(g["input_ids"], g["attention_mask"], [], 0)
+    handle, runner = SeparateReasoner(model, r["input_ids"], r["attention_mask"]), GeneratorRunner(model)
+    latents = handle.prefill(g["input_ids"], rows.attention_mask, rows.position_ids)
+    logits = [runner.prefill(g["input_ids"], rows.attention_mask, rows.position_ids, latents)]
+    latent = latents[:, -1:]
+    responses = torch.tensor(RESPONSES)
+    for t in range(responses.shape[1] - 1):
+        tokens = rows.push(responses[:, t])
+        handle.launch(tokens, rows.attention_mask, rows.last_position())
+        logits.append(runner.step(tokens, latent, rows.attention_mask, rows.last_position()))
+        latent = handle.latent()
+    return torch.stack(logits, dim=1)
+
+
+def forward_logits(model, batch):
+    """The training forward's logits at the positions that predict response tokens: (B, L, V)."""
+    out = model(**batch).logits
+    rows = []
+    for b, g in enumerate(G_PROMPTS):
+        start = int(batch["attention_mask"][b].argmax()) + len(g) - 1
+        rows.append(out[b, start : start + len(RESPONSES[b])])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("d_g,d_r,fusion", [(32, 32, "prefix"), (48, 32, "prefix"), (32, 48, "linear")])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_the_training_forward_equals_the_reference_decoder(d_g, d_r, fusion, padding_side):
+    model = separate_pair(d_g, d_r, fusion=fusion)
+    assert_close(forward_logits(model, training_batch(padding_side)), decoded_logits(model), atol=1e-5, rtol=1e-5)
+    # and the decoder's tokens are the forward's: greedy decoding of the same prompts
+    g, r = collate(G_PROMPTS, 0), collate(R_PROMPTS, 0)
+    new = model.generate(
+        g["input_ids"],
+        attention_mask=g["attention_mask"],
+        max_new_tokens=5,
+        eos_token_id=[],
+        pad_token_id=0,
+        reasoner_input_ids=r["input_ids"],
+        reasoner_attention_mask=r["attention_mask"],
+    )
+    feats = [
+        {"input_ids": gp + y, "labels": [-100] * len(gp) + y, "reasoner_input_ids": rp + y}
+        for gp, rp, y in zip(G_PROMPTS, R_PROMPTS, new.tolist())
+    ]
+    batch = collate(feats, 0, padding_side)
+    logits = model(**batch).logits
+    for b, gp in enumerate(G_PROMPTS):
+        start = int(batch["attention_mask"][b].argmax()) + len(gp) - 1
+        assert logits[b, start : start + 5].argmax(-1).tolist() == new[b].tolist()
+
+
+def test_the_latent_reaches_g_only_through_the_response_and_only_from_rs_prompt():
+    model = separate_pair()
+    batch = training_batch()
+    out = model(**batch).logits
+    model.fusion.lam = 0.0
+    plain = model(**batch).logits  # SFT on the query alone: R is not run
+    model.fusion.lam = 1.0
+    for b, g in enumerate(G_PROMPTS):  # G's prompt positions take no latent
+        assert torch.equal(out[b, : len(g)], plain[b, : len(g)])
+        assert (out[b, len(g) : len(g) + 6] - plain[b, len(g) : len(g) + 6]).abs().amax(-1).min() > 1e-4
+    other = dict(batch, reasoner_input_ids=batch["reasoner_input_ids"].clone())
+    other["reasoner_input_ids"][:, 2] = (other["reasoner_input_ids"][:, 2] + 1) % 97  # another profile token
+    changed = model(**other).logits
+    assert not torch.allclose(changed[0, len(G_PROMPTS[0]) :], out[0, len(G_PROMPTS[0]) :])
+
+
+def test_refusals_name_what_is_missing():
+    model = separate_pair()
+    batch = training_batch()
+    with pytest.raises(UserError, match="reasoner_input_ids"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    g, r = collate(G_PROMPTS, 0), collate(R_PROMPTS, 0)
+    with pytest.raises(UserError, match="pass reasoner_input_ids"):
+        model.generate(g["input_ids"], attention_mask=g["attention_mask"], max_new_tokens=2)
+    with pytest.raises(UserError, match="sequential"):
+        model.generate(
+            g["input_ids"],
+            attention_mask=g["attention_mask"],
+            max_new_tokens=2,
+            mode="concurrent",
+            reasoner_input_ids=r["input_ids"],
+            reasoner_attention_mask=r["attention_mask"],
+        )
+    with pytest.raises(UserError, match="B = 2"):
+        model.generate(g["input_ids"], max_new_tokens=2, reasoner_input_ids=r["input_ids"][:1])
+    plain = FlyThinker(model.generator, model.reasoner, lam=0.5)
+    with pytest.raises(UserError, match="separate_prompts"):
+        plain(**batch)
+    with pytest.raises(UserError, match="separate_prompts"):
+        plain.generate(g["input_ids"], max_new_tokens=2, reasoner_input_ids=r["input_ids"])
+
+
+def test_save_and_load_keep_the_variant(tmp_path):
+    model = separate_pair(lam=0.3)
+    model.save_pretrained(tmp_path / "m")
+    loaded = FlyThinker.from_pretrained(tmp_path / "m")
+    assert type(loaded) is SeparatePromptThinker and loaded.lam == 0.3
+    batch = training_batch()
+    assert_close(loaded(**batch).logits, model(**batch).logits, atol=1e-5, rtol=1e-5)  # eager vs sdpa
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "gitcommits").is_dir(), reason="needs ../shared/data/gitcommits")
+def test_a_run_with_the_profile_in_r_trains_and_is_measured_and_decoded(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent / "train"))
+    from helpers import tiny_config
+
+    from flythinker.apps.generate import DecodeSettings, generate_predictions
+    from flythinker.apps.probe import run_probe
+    from flythinker.auto import load_model
+    from flythinker.data.longlamp import load_examples
+    from flythinker.evaluate.diagnostics import latent_diagnostics
+    from flythinker.evaluate.nll import mean_nll
+    from flythinker.train.trainer import train
+
+    prompt = {"retrieval": "recent", "k": 1, "profile_tokens": 48, "query_tokens": 32, "target_tokens": 48}
+    cfg = tiny_config(data={"prompt": {**prompt, "profile_in": "reasoner"}}, train={"epochs": 1, "save_every": 0})
+    result = train(cfg, tmp_path / "run")
+    model, tok = load_model(result.final_checkpoint)
+    assert type(model) is SeparatePromptThinker
+    exs = load_examples(cfg.data.path, split="test", limit=4)
+    prompt_cfg = cfg.data.prompt_config()
+    nll = mean_nll(model, tok, exs, prompt_cfg, batch_size=3)
+    d = latent_diagnostics(model, tok, exs, prompt_cfg, batch_size=3)
+    assert d["nll_own"] == pytest.approx(nll, rel=1e-4) and d["nll_no_latent"] != pytest.approx(nll, rel=1e-6)
+    model.fusion.lam = 0.0  # no latent: G on the query alone, whatever R's prompt holds
+    assert d["nll_no_latent"] == pytest.approx(mean_nll(model, tok, exs, prompt_cfg, batch_size=3), rel=1e-4)
+    probe = run_probe(result.final_checkpoint, cfg.data.path, "test", limit=4, bootstrap=0)
+    assert probe["prompt"]["profile_in"] == "reasoner" and probe["nll"]["own"] != probe["nll"]["none"]
+    model.fusion.lam = cfg.model.lam
+    settings = DecodeSettings(max_new_tokens=4, batch_size=2, temperature=0.8, top_p=0.95, seed=0)
+    generate_predictions(
+        model, tok, exs, tmp_path / "p.jsonl", prompt_cfg=prompt_cfg, settings=settings, progress=False
+    )
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 4
+
+
+def test_sft_cannot_put_the_profile_in_r():
+    sys.path.insert(0, str(Path(__file__).parent / "train"))
+    from helpers import tiny_config
+
+    with pytest.raises(UserError, match="profile_in"):
+        tiny_config(model={"mode": "sft"}, data={"prompt": {"profile_in": "reasoner"}})
+    with pytest.raises(UserError, match="profile_in"):
+        tiny_config(data={"prompt": {"profile_in": "generator"}})
