@@ -6,6 +6,7 @@ as G and R, LoRA r = 8, gitcommits user_based, dev NLL on 24 dev examples every 
 (resumable: a finished run is skipped), then writes results/startup_shock/{runs.json,table.md}.
 
     python scripts/startup_shock.py --model $(flythinker models pull smollm2-135m-instruct)
+    python scripts/startup_shock.py --model ... --only sft_40,nonpers_40 --probe   # + the probe on dev
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 CONFIG = "src/flythinker/configs/smollm2_flythinker.yaml"
+DATA = "../shared/data/gitcommits/user_based"  # the config's data
 K8 = ["data.prompt.k=8", "data.prompt.profile_tokens=1024", "train.max_steps=20"]
 RUNS = {  # name -> overrides (the config's λ is 0.5)
     "lam0.5": ["model.lam=0.5"],
@@ -43,6 +45,12 @@ RUNS = {  # name -> overrides (the config's λ is 0.5)
     "nonpers_40": ["model.mode=sft", "data.prompt.retrieval=none"],
     "rprofile_lam0.05_40": ["model.lam=0.05", "data.prompt.profile_in=reasoner"],
     "rprofile_lam0.5_gate_vector_40": ["model.lam=0.5", "model.gate=vector", "data.prompt.profile_in=reasoner"],
+    "rprofile_lam0.5_gate_vector_k8": [
+        "model.lam=0.5",
+        "model.gate=vector",
+        "data.prompt.profile_in=reasoner",
+        *K8,
+    ],
 }
 
 
@@ -64,6 +72,7 @@ def main() -> None:
     p.add_argument("--results", default="results/startup_shock")
     p.add_argument("--only", default="", help="comma-separated run names")
     p.add_argument("--set", action="append", default=[], help="extra KEY=VALUE overrides for every run")
+    p.add_argument("--probe", action="store_true", help="then probe each run on the whole dev split (probe.md)")
     args = p.parse_args()
     names = [n for n in args.only.split(",") if n] or list(RUNS)
     out, res = Path(args.out), Path(args.results)
@@ -104,6 +113,44 @@ def main() -> None:
     print("\n".join(lines))
     plot(done, res / "dev_nll.png")
     plot_gates(res, res / "gate.png")
+    if args.probe:
+        probe(names, out, res)
+
+
+def probe(names: list[str], out: Path, res: Path) -> None:
+    """`flythinker probe --latents` of each run's final model on the whole dev split (its own prompt
+    settings): NLL with the user's own profile, none, another user's; for G + R also with its own,
+    no, and another example's latents. Writes NAME.probe.json and probe.md."""
+    for name in names:
+        target = res / f"{name}.probe.json"
+        if target.is_file() or not (out / name / "final").is_dir():
+            continue
+        cmd = [sys.executable, "-m", "flythinker.cli", "probe", "--model", str(out / name / "final"), "--data", DATA]
+        cmd += ["--split", "dev", "--limit", "0", "--latents", "--json", str(target)]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    lines = [
+        "| run | NLL, own profile | none | another user's | own − none [95% CI] | own − other [95% CI] "
+        "| own latents | no latent | another example's | latent offset norm |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in RUNS:
+        if not (res / f"{name}.probe.json").is_file():
+            continue
+        r = json.loads((res / f"{name}.probe.json").read_text())
+        nll, paired, lat = r["nll"], r["paired"], r.get("latents")
+
+        def diff(key):
+            d = paired.get(key)
+            return f"{d['diff']:+.4f} [{d['ci']['low']:+.4f}, {d['ci']['high']:+.4f}]" if d else "–"
+
+        cells = [f"{nll['own']:.4f}", f"{nll['none']:.4f}", f"{nll.get('other', float('nan')):.4f}"]
+        cells += [diff("own-none"), diff("own-other")]
+        keys = ("nll_own", "nll_no_latent", "nll_other_latent", "offset_norm")
+        cells += [f"{lat[k]:.4f}" for k in keys] if lat else ["–"] * 4
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    (res / "probe.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def plot(done: dict, path: Path) -> None:

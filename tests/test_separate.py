@@ -3,6 +3,7 @@ refusals, save/load, and the whole path through training, NLL, diagnostics, prob
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -152,10 +153,11 @@ def test_save_and_load_keep_the_variant(tmp_path):
 def test_a_run_with_the_profile_in_r_trains_and_is_measured_and_decoded(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent / "train"))
     from helpers import tiny_config
+    from typer.testing import CliRunner
 
     from flythinker.apps.generate import DecodeSettings, generate_predictions
-    from flythinker.apps.probe import run_probe
     from flythinker.auto import load_model
+    from flythinker.cli import app
     from flythinker.data.longlamp import load_examples
     from flythinker.evaluate.diagnostics import latent_diagnostics
     from flythinker.evaluate.nll import mean_nll
@@ -173,8 +175,15 @@ def test_a_run_with_the_profile_in_r_trains_and_is_measured_and_decoded(tmp_path
     assert d["nll_own"] == pytest.approx(nll, rel=1e-4) and d["nll_no_latent"] != pytest.approx(nll, rel=1e-6)
     model.fusion.lam = 0.0  # no latent: G on the query alone, whatever R's prompt holds
     assert d["nll_no_latent"] == pytest.approx(mean_nll(model, tok, exs, prompt_cfg, batch_size=3), rel=1e-4)
-    probe = run_probe(result.final_checkpoint, cfg.data.path, "test", limit=4, bootstrap=0)
+    # the probe with the run's own prompt settings: the profile goes to R; --latents adds the latent rows
+    args = ["probe", "--model", str(result.final_checkpoint), "--data", str(cfg.data.path), "--limit", "4"]
+    run = CliRunner().invoke(app, [*args, "--bootstrap", "0", "--latents", "--json", str(tmp_path / "probe.json")])
+    assert run.exit_code == 0, run.output
+    assert "profile in the prompt" in run.output and "| another example's |" in run.output
+    probe = json.loads((tmp_path / "probe.json").read_text())
     assert probe["prompt"]["profile_in"] == "reasoner" and probe["nll"]["own"] != probe["nll"]["none"]
+    assert probe["latents"]["nll_own"] == probe["nll"]["own"]
+    assert probe["latents"]["offset_norm"] == pytest.approx(cfg.model.lam * probe["latents"]["rho"], rel=1e-5)
     model.fusion.lam = cfg.model.lam
     settings = DecodeSettings(max_new_tokens=4, batch_size=2, temperature=0.8, top_p=0.95, seed=0)
     generate_predictions(

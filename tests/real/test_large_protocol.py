@@ -1,6 +1,6 @@
 """The large protocol's config (`experiment_gitcommits_large.yaml`) as a smoke run on the CPU: full
 fine-tuning of the pulled SmolLM2 as G and R on a few examples, the dev-best checkpoint decoded,
-the gated row included. Its figures mean nothing; that it runs from one command does."""
+the gated row and the profile-in-R row included. Its figures mean nothing; that it runs from one command does."""
 
 from __future__ import annotations
 
@@ -37,15 +37,19 @@ def test_the_large_protocol_runs_from_one_command_as_a_smoke_test(tmp_path, caps
         "probe=false",
         "bootstrap=10",
     ]
-    args = ["experiment", str(CONFIG), "--only", "flythinker_gate", *[x for s in sets for x in ("--set", s)]]
+    rows = ("flythinker_gate", "flythinker_rprofile")  # the gated row, and the profile in R's prompt alone
+    args = ["experiment", str(CONFIG), "--only", ",".join(rows), *[x for s in sets for x in ("--set", s)]]
     main([*args, "--status"])
-    assert "0 of 1 cells finished" in capsys.readouterr().out.replace("\n", " ")
+    assert "0 of 2 cells finished" in capsys.readouterr().out.replace("\n", " ")
     main(args)
-    for row in ("flythinker_gate",):
+    for row in rows:
         cell = tmp_path / "large" / "cells" / "user_based" / row / "seed0"
         metrics = json.loads((cell / "metrics.json").read_text())
         assert metrics["test_nll"] > 0 and len((cell / "predictions.jsonl").read_text().splitlines()) == 2
         result = json.loads((cell / "train" / "result.json").read_text())
         assert len(result["dev_losses"]) == 2 and (cell / "train" / "best").is_dir()  # the epoch chosen on dev
-    logged = [json.loads(x) for x in Path(cell / "train" / "log.jsonl").read_text().splitlines()]
+    gated = tmp_path / "large" / "cells" / "user_based" / "flythinker_gate" / "seed0"
+    logged = [json.loads(x) for x in Path(gated / "train" / "log.jsonl").read_text().splitlines()]
     assert any("gate" in r for r in logged if r.get("kind") == "train")
+    folder = json.loads((cell / "train" / "best" / "flythinker.json").read_text())
+    assert folder["variant"] == "separate_prompts"  # the rprofile row's R reads its own prompt

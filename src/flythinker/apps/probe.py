@@ -36,8 +36,10 @@ def run_probe(
     dtype: str | None = None,
     device=None,
     say=None,
+    latents: bool = False,
 ) -> dict:
-    """The probe's result (``flythinker.evaluate.diagnostics.profile_use``) for a model folder.
+    """The probe's result (``flythinker.evaluate.diagnostics.profile_use``) for a model folder;
+    ``latents``: also ``latent_diagnostics`` (own / no / another example's latents) for G + R.
 
     Prompts as the model was trained (its run's ``config.yaml``), else :data:`PROBE_DEFAULTS`;
     ``k`` and ``prompt`` override either."""
@@ -45,7 +47,8 @@ def run_probe(
     from flythinker.data.longlamp import load_examples
     from flythinker.data.prompt_settings import describe_prompt_config, model_prompt_config
     from flythinker.devices import pick_device
-    from flythinker.evaluate.diagnostics import profile_use
+    from flythinker.evaluate.diagnostics import latent_diagnostics, profile_use
+    from flythinker.model import FlyThinker
 
     examples = load_examples(data, split=split)
     if len(examples) < 2:
@@ -59,7 +62,12 @@ def run_probe(
         say(f"prompts: {describe_prompt_config(cfg)}; from {source}")
     model, tok = load_model(model_dir, dtype=dtype, device=pick_device(device))
     result = profile_use(model, tok, examples, cfg, bootstrap=bootstrap, seed=seed, batch_size=batch_size)
-    return {"model": str(model_dir), "data": str(data), "split": split, "prompt": vars(cfg), **result}
+    out = {"model": str(model_dir), "data": str(data), "split": split, "prompt": vars(cfg), **result}
+    if latents and isinstance(model, FlyThinker):  # the own-profile NLL is the own-latent NLL
+        out["latents"] = latent_diagnostics(model, tok, examples, cfg, batch_size, nll_own=result["nll"]["own"])
+    elif latents and say is not None:
+        say("--latents: G alone, no Reasoner latents to measure")
+    return out
 
 
 def format_probe(result: dict) -> str:
@@ -77,6 +85,17 @@ def format_probe(result: dict) -> str:
     for name, row in result["paired"].items():
         ci = f"[{row['ci']['low']:+.3f}, {row['ci']['high']:+.3f}]" if "ci" in row else "–"
         lines.append(f"| {name} | {row['diff']:+.3f} | {ci} | {row['win_rate']:.0%} |")
+    if "latents" in result:
+        d = result["latents"]
+        lines += ["", "| Reasoner latents | NLL |", "|---|---:|", f"| own | {d['nll_own']:.3f} |"]
+        lines += [
+            f"| none (λ = 0) | {d['nll_no_latent']:.3f} |",
+            f"| another example's | {d['nll_other_latent']:.3f} |",
+        ]
+        lines.append(
+            f"\nlatent offset of norm {d['offset_norm']:.3f} added to token embeddings of norm "
+            f"{d['token_embedding_norm']:.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -92,6 +111,9 @@ def probe_command(
     dtype: Dtype = typer.Option(None, "--dtype", help="Model dtype."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
     json_path: Path = typer.Option(None, "--json", help="Also write the result (with per-example NLLs) here."),
+    latents: bool = typer.Option(
+        False, "--latents", help="G + R: also the NLL with own / no / another example's Reasoner latents."
+    ),
 ) -> None:
     """Does the model read the profile? NLL with own / no / another user's profile, paired, with CIs."""
     from flythinker.devices import use_device
@@ -100,7 +122,18 @@ def probe_command(
         raise UserError("--limit and --bootstrap must be ≥ 0, --k and --batch-size ≥ 1")
     device = use_device(device)
     result = run_probe(
-        model, data, split, limit, k, seed, bootstrap, batch_size, dtype=value(dtype), device=device, say=print
+        model,
+        data,
+        split,
+        limit,
+        k,
+        seed,
+        bootstrap,
+        batch_size,
+        dtype=value(dtype),
+        device=device,
+        say=print,
+        latents=latents,
     )
     print(format_probe(result))
     if json_path is not None:

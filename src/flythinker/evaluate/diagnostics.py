@@ -16,14 +16,16 @@ from flythinker.evaluate.nll import batches, keep_logits, per_example_nll, reaso
 from flythinker.lm import positions_from_mask
 
 
-def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int = 16,
-                       nll_own: float | None = None) -> dict:
+def latent_diagnostics(
+    model, tokenizer, examples, prompt_cfg, batch_size: int = 16, nll_own: float | None = None
+) -> dict:
     """Does G use R's latents, and how big are they? Measured on reference texts (teacher forcing).
 
     * ``nll_own`` / ``nll_no_latent`` (λ = 0 at inference) / ``nll_other_latent`` (each row gets
       the latents of the next example in the batch, where both rows have tokens): if the last two
       are close to the first, G has learnt to ignore what R says about *this* user;
-    * ``rho`` (ρ), ``offset_norm`` (λρ), ``token_embedding_norm`` (mean ‖E_G(s)‖ over response
+    * ``rho`` (ρ), ``offset_norm`` (the mean norm of what is added, λρ — λ·ρ·‖g ⊙ ẑ‖ with a gate,
+      whose mean ``gate`` is given too), ``token_embedding_norm`` (mean ‖E_G(s)‖ over response
       tokens) — the latent's size relative to the token it is added to;
     * ``consecutive_cos``: mean cosine of z_{i-1} and z_i over response positions (≈ 1: the
       latent barely changes while generating, i.e. it acts like a static latent);
@@ -38,7 +40,7 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
     ``nll_own`` is the model's teacher-forced NLL of these examples (``mean_nll``) when the
     caller has it already: it is the same quantity, so its pass is skipped.
     """
-    sums = dict(own=0.0, none=0.0, other=0.0, tokens=0, emb=0.0, cos=0.0, pairs=0)
+    sums = dict(own=0.0, none=0.0, other=0.0, tokens=0, emb=0.0, cos=0.0, pairs=0, offset=0.0)
     shares = LatentShares()
     model.eval()
     with torch.no_grad():
@@ -64,17 +66,25 @@ def latent_diagnostics(model, tokenizer, examples, prompt_cfg, batch_size: int =
             resp = labels != -100  # (B, T) response tokens (and EOS)
             sums["tokens"] += int(resp.sum())
             sums["emb"] += embeds[resp].norm(dim=-1).sum().item()
+            sums["offset"] += model.fusion.latent_offset(z[resp], rho).norm(dim=-1).double().sum().item()
             both = resp[:, 1:] & resp[:, :-1]
             cos = torch.nn.functional.cosine_similarity(z[:, 1:], z[:, :-1], dim=-1)  # (B, T-1)
             sums["cos"] += cos[both].sum().item()
             sums["pairs"] += int(both.sum())
             shares.add(z, resp)
     n = max(sums["tokens"], 1)
-    return {"nll_own": sums["own"] / n if nll_own is None else float(nll_own), "nll_no_latent": sums["none"] / n,
-            "nll_other_latent": sums["other"] / n,
-            "rho": float(model.rho()), "lam": model.lam, "offset_norm": model.lam * float(model.rho()),
-            "token_embedding_norm": sums["emb"] / n, "consecutive_cos": sums["cos"] / max(sums["pairs"], 1),
-            "latent_shares": shares.result()}
+    return {
+        "nll_own": sums["own"] / n if nll_own is None else float(nll_own),
+        "nll_no_latent": sums["none"] / n,
+        "nll_other_latent": sums["other"] / n,
+        "rho": float(model.rho()),
+        "lam": model.lam,
+        "offset_norm": sums["offset"] / n,
+        **({"gate": float(model.fusion.gate.float().mean())} if model.fusion.gate is not None else {}),
+        "token_embedding_norm": sums["emb"] / n,
+        "consecutive_cos": sums["cos"] / max(sums["pairs"], 1),
+        "latent_shares": shares.result(),
+    }
 
 
 class LatentShares:
@@ -144,8 +154,17 @@ def other_user_profiles(examples, seed: int = 0) -> list:
     return out
 
 
-def profile_use(model, tokenizer, examples, prompt_cfg, *, bootstrap: int = 1000, seed: int = 0,
-                batch_size: int = 8, own: tuple | None = None) -> dict:
+def profile_use(
+    model,
+    tokenizer,
+    examples,
+    prompt_cfg,
+    *,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    batch_size: int = 8,
+    own: tuple | None = None,
+) -> dict:
     """Teacher-forced NLL of the references with the user's own profile, none, and another user's.
 
     Returns nats per response token for each condition (the same reference tokens in all three),
@@ -175,12 +194,20 @@ def profile_use(model, tokenizer, examples, prompt_cfg, *, bootstrap: int = 1000
         counts = n
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(examples), size=(bootstrap, len(examples))) if bootstrap else None
-    out = {"n": len(examples), "tokens": int(counts.sum()), "bootstrap": bootstrap, "seed": seed,
-           "nll": {k: float(v.sum() / counts.sum()) for k, v in sums.items()}, "paired": {}}
+    out = {
+        "n": len(examples),
+        "tokens": int(counts.sum()),
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "nll": {k: float(v.sum() / counts.sum()) for k, v in sums.items()},
+        "paired": {},
+    }
     for other in [k for k in sums if k != "own"]:
         diff = sums["own"] - sums[other]  # per-example summed NLL difference
-        row = {"diff": float(diff.sum() / counts.sum()),
-               "win_rate": float(np.mean(sums["own"] / counts < sums[other] / counts))}
+        row = {
+            "diff": float(diff.sum() / counts.sum()),
+            "win_rate": float(np.mean(sums["own"] / counts < sums[other] / counts)),
+        }
         if idx is not None:
             boots = diff[idx].sum(1) / counts[idx].sum(1)
             row["ci"] = {"low": float(np.percentile(boots, 2.5)), "high": float(np.percentile(boots, 97.5))}
