@@ -14,7 +14,8 @@ from torch.testing import assert_close
 
 from flythinker import FlyThinker, SeparatePromptThinker
 from flythinker.data.collate import collate
-from flythinker.decoding.loop import SeparateReasoner
+from flythinker.decoding.concurrent import close_shared_decoders
+from flythinker.decoding.loop import InlineReasoner, SeparateReasoner
 from flythinker.decoding.steps import GeneratorRunner, RowState
 from flythinker.errors import UserError
 
@@ -48,7 +49,10 @@ def decoded_logits(model):
     each response token (the prefill's, then one per step)."""
     g, r = collate(G_PROMPTS, 0), collate(R_PROMPTS, 0)  # left padded
     rows = RowState(g["input_ids"], g["attention_mask"], [], 0)
-    handle, runner = SeparateReasoner(model, r["input_ids"], r["attention_mask"]), GeneratorRunner(model)
+    handle, runner = (
+        SeparateReasoner(InlineReasoner(model), r["input_ids"], r["attention_mask"]),
+        GeneratorRunner(model),
+    )
     latents = handle.prefill(g["input_ids"], rows.attention_mask, rows.position_ids)
     logits = [runner.prefill(g["input_ids"], rows.attention_mask, rows.position_ids, latents)]
     latent = latents[:, -1:]
@@ -114,6 +118,23 @@ def test_the_latent_reaches_g_only_through_the_response_and_only_from_rs_prompt(
     assert not torch.allclose(changed[0, len(G_PROMPTS[0]) :], out[0, len(G_PROMPTS[0]) :])
 
 
+@pytest.mark.parametrize("backend", ["threads", "shm", "gloo"])
+def test_concurrent_decoding_over_rs_own_prompt_gives_the_reference_tokens(backend):
+    """R's step on a thread or in a worker process (which keeps its own mask and positions, built from
+    R's prompt it is given): the reference's tokens, greedy and sampled."""
+    model = separate_pair()
+    g, r = collate(G_PROMPTS, 0), collate(R_PROMPTS, 0)
+    kw = dict(max_new_tokens=8, eos_token_id=[], pad_token_id=0, attention_mask=g["attention_mask"])
+    kw.update(reasoner_input_ids=r["input_ids"], reasoner_attention_mask=r["attention_mask"])
+    try:
+        for sample in ({}, dict(do_sample=True, temperature=0.8, top_p=0.95, seed=3)):
+            ref = model.generate(g["input_ids"], **kw, **sample)
+            new = model.generate(g["input_ids"], mode="concurrent", backend=backend, **kw, **sample)
+            assert torch.equal(new, ref), sample
+    finally:
+        close_shared_decoders()
+
+
 def test_refusals_name_what_is_missing():
     model = separate_pair()
     batch = training_batch()
@@ -127,12 +148,16 @@ def test_refusals_name_what_is_missing():
             g["input_ids"],
             attention_mask=g["attention_mask"],
             max_new_tokens=2,
-            mode="concurrent",
+            mode="captured",
             reasoner_input_ids=r["input_ids"],
             reasoner_attention_mask=r["attention_mask"],
         )
     with pytest.raises(UserError, match="B = 2"):
         model.generate(g["input_ids"], max_new_tokens=2, reasoner_input_ids=r["input_ids"][:1])
+    from flythinker.apps.serve.engine import Engine
+
+    with pytest.raises(UserError, match="flythinker generate"):
+        Engine(model, tokenizer=None)
     plain = FlyThinker(model.generator, model.reasoner, lam=0.5)
     with pytest.raises(UserError, match="separate_prompts"):
         plain(**batch)

@@ -64,7 +64,7 @@ class SeparatePromptThinker(FlyThinker, variant=VARIANT):
     ``"variant": "separate_prompts"``. Every teacher-forced pass takes ``reasoner_input_ids`` /
     ``reasoner_attention_mask`` (:func:`~flythinker.data.collate.collate` makes them) and
     ``generate`` takes R's left-padded prompts under the same names; it decodes with
-    ``mode="sequential"`` (the reference loop).
+    ``mode="sequential"`` (the reference loop) or ``"concurrent"`` (R's step overlapped, any backend).
 
     >>> out = model(input_ids=ids, attention_mask=mask, labels=labels,
     ...             reasoner_input_ids=r_ids, reasoner_attention_mask=r_mask)     # doctest: +SKIP

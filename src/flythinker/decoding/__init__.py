@@ -52,7 +52,7 @@ def decode(
     if mode == "concurrent":
         from flythinker.decoding.concurrent import generate_concurrent
 
-        return generate_concurrent(*args, backend=backend)
+        return generate_concurrent(*args, backend=backend, reasoner_prompt=reasoner_prompt)
     if mode == "captured":
         from flythinker.decoding.captured import generate_captured
 
@@ -84,10 +84,10 @@ def _reasoner_prompt(model, input_ids, reasoner_input_ids, reasoner_attention_ma
         )
     if reasoner_attention_mask.shape != reasoner_input_ids.shape:
         raise UserError("reasoner_attention_mask must match reasoner_input_ids")
-    if mode != "sequential" and model.lam != 0.0:
+    if mode not in ("sequential", "concurrent") and model.lam != 0.0:
         raise UserError(
             f"mode {mode!r} runs R over G's tokens; a model whose R reads its own prompt (profile_in: reasoner) "
-            "decodes with mode='sequential'"
+            "decodes with mode 'sequential' or 'concurrent'"
         )
     return reasoner_input_ids, reasoner_attention_mask
 

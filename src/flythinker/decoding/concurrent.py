@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from flythinker.decoding.loop import generate_sequential, run_generator
+from flythinker.decoding.loop import SeparateReasoner, generate_sequential, run_generator
 from flythinker.decoding.steps import ReasonerRunner
 from flythinker.errors import UserError
 from flythinker.lm import device_of
@@ -216,8 +216,19 @@ class ConcurrentDecoder:
         self.reasoner.bind(model)
         self._model, self._key = weakref.ref(model), weights_key(model.reasoner)
 
-    def decode(self, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer=None):
-        """The arguments of ``flythinker.decoding.decode``; returns the new tokens (B, T_new)."""
+    def decode(
+        self,
+        input_ids,
+        attention_mask,
+        max_new_tokens,
+        sampling,
+        eos_token_id,
+        pad_token_id,
+        streamer=None,
+        reasoner_prompt=None,
+    ):
+        """The arguments of ``flythinker.decoding.decode`` (``reasoner_prompt``: R's own left-padded
+        ``(ids, mask)`` for the separate-prompts variant); returns the new tokens (B, T_new)."""
         if self.closed:
             raise UserError("this ConcurrentDecoder is closed")
         with self.lock:
@@ -227,9 +238,10 @@ class ConcurrentDecoder:
             try:
                 if self.threads:
                     torch.set_num_threads(self.threads)
+                handle = self.reasoner if reasoner_prompt is None else SeparateReasoner(self.reasoner, *reasoner_prompt)
                 return run_generator(
                     model,
-                    self.reasoner,
+                    handle,
                     input_ids,
                     attention_mask,
                     max_new_tokens,
@@ -293,16 +305,16 @@ def generate_concurrent(
     pad_token_id: int,
     streamer=None,
     backend: str | ConcurrentDecoder | None = None,
+    reasoner_prompt=None,  # R's own (ids, mask): the separate-prompts variant
 ) -> torch.Tensor:  # (B, T_new)
     """Entry point of ``decode(mode="concurrent")``; ``backend`` is a name or a ConcurrentDecoder."""
+    args = (model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer)
     if model.lam == 0.0 or model.variant == "static":  # SFT, or R runs once: nothing to overlap
         resolve_backend(model, backend if isinstance(backend, str) else None)  # still refuse a bad name
-        return generate_sequential(
-            model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer
-        )
+        return generate_sequential(*args, reasoner_prompt)
     if isinstance(backend, ConcurrentDecoder):
         decoder = backend
         decoder.bind(model)
     else:
         decoder = shared_decoder(model, backend)
-    return decoder.decode(input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer)
+    return decoder.decode(*args[1:], reasoner_prompt)

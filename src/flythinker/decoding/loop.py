@@ -142,26 +142,32 @@ def reference_reasoner(model, reasoner_prompt=None):
     if model.lam == 0.0:
         return NoReasoner()
     if reasoner_prompt is not None:
-        return SeparateReasoner(model, *reasoner_prompt)
+        return SeparateReasoner(InlineReasoner(model), *reasoner_prompt)
     return StaticReasoner(model) if model.variant == "static" else InlineReasoner(model)
 
 
-class SeparateReasoner(InlineReasoner):
-    """The reference handle of an R that reads its own prompt (``profile_in: reasoner``): the
-    prefill reads R's prompt, not G's (G's prompt takes no latent), and each step's mask and
-    positions are G's moved onto R's sequence (the generated tokens are the same in both)."""
+class SeparateReasoner:
+    """Any Reasoner handle over R's own prompt (``profile_in: reasoner``): the prefill reads R's
+    prompt, not G's (G's prompt takes no latent), and each step's mask and positions are G's moved
+    onto R's sequence (the generated tokens are the same in both). A worker process that keeps its
+    own mask and positions builds them from R's prompt it was given, the same numbers."""
 
-    def __init__(self, model, input_ids, attention_mask):  # (B, T_R) left-padded
-        super().__init__(model)
-        self.ids, self.mask = input_ids, attention_mask.long()
+    def __init__(self, inner, input_ids, attention_mask):  # (B, T_R) left-padded
+        self.inner, self.ids, self.mask = inner, input_ids, attention_mask.long()
         self.generator_columns, self.offset = 0, None
 
     def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:  # (B, T_R, d_R)
         self.generator_columns = input_ids.shape[1]
         self.mask = self.mask.to(attention_mask.device)
         self.offset = (self.mask.sum(1) - attention_mask.long().sum(1))[:, None]  # (B, 1) R's positions lead G's
-        return super().prefill(self.ids, self.mask, positions_from_mask(self.mask))
+        return self.inner.prefill(self.ids, self.mask, positions_from_mask(self.mask))
 
     def launch(self, tokens, attention_mask, position_ids) -> None:
         mask = torch.cat([self.mask, attention_mask[:, self.generator_columns :]], dim=1)
-        super().launch(tokens, mask, position_ids + self.offset.to(position_ids.device))
+        self.inner.launch(tokens, mask, position_ids + self.offset.to(position_ids.device))
+
+    def latent(self) -> torch.Tensor:
+        return self.inner.latent()
+
+    def finish(self) -> None:
+        self.inner.finish()

@@ -72,6 +72,11 @@ def latent_diagnostics(
             sums["cos"] += cos[both].sum().item()
             sums["pairs"] += int(both.sum())
             shares.add(z, resp)
+    return _summary(model, sums, shares, nll_own)
+
+
+def _summary(model, sums: dict, shares: "LatentShares", nll_own: float | None) -> dict:
+    """:func:`latent_diagnostics`' result from its sums over response tokens."""
     n = max(sums["tokens"], 1)
     return {
         "nll_own": sums["own"] / n if nll_own is None else float(nll_own),

@@ -118,6 +118,11 @@ class Engine:
         from flythinker.decoding.concurrent import default_threads
         from flythinker.lm import device_of
 
+        if getattr(model, "variant", None) == "separate_prompts" and model.lam != 0.0:
+            raise UserError(
+                "this model's R reads its own prompt (trained with profile_in: reasoner) and the server builds "
+                "one prompt per request: decode it with `flythinker generate`"
+            )
         self.model, self.tokenizer, self.max_batch, self.mode = model, tokenizer, max_batch, mode
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         # the tokenizer's EOS and every one of the generation config's (a test's batch may have no model)
@@ -126,11 +131,6 @@ class Engine:
         if mode not in ("auto", "concurrent", "sequential", "shared_base"):
             raise UserError(f"mode must be 'auto', 'concurrent', 'sequential' or 'shared_base', got {mode!r}")
         device = None if make_batch is not None else device_of(model.generator).type  # None: a test's batch
-        if getattr(model, "variant", None) == "separate_prompts" and model.lam != 0.0:
-            raise UserError(
-                "this model's R reads its own prompt (trained with profile_in: reasoner); the server builds one "
-                "prompt per request: decode it with `flythinker generate` (mode sequential)"
-            )
         if mode == "shared_base" and make_batch is None:  # refuse at start, not at the first request
             from flythinker.decoding.shared_base import unshared_reason
 
