@@ -44,10 +44,10 @@ def training_batch(padding_side="right"):
     return collate(feats, pad_token_id=0, padding_side=padding_side)
 
 
-def decoded_logits(model):
+def decoded_logits(model, device="cpu"):
     """The reference loop's logits, teacher-forced on RESPONSES: (B, L, V), the logits that predict
     each response token (the prefill's, then one per step)."""
-    g, r = collate(G_PROMPTS, 0), collate(R_PROMPTS, 0)  # left padded
+    g, r = on(collate(G_PROMPTS, 0), device), on(collate(R_PROMPTS, 0), device)  # left padded
     rows = RowState(g["input_ids"], g["attention_mask"], [], 0)
     handle, runner = (
         SeparateReasoner(InlineReasoner(model), r["input_ids"], r["attention_mask"]),
@@ -56,13 +56,17 @@ def decoded_logits(model):
     latents = handle.prefill(g["input_ids"], rows.attention_mask, rows.position_ids)
     logits = [runner.prefill(g["input_ids"], rows.attention_mask, rows.position_ids, latents)]
     latent = latents[:, -1:]
-    responses = torch.tensor(RESPONSES)
+    responses = torch.tensor(RESPONSES, device=device)
     for t in range(responses.shape[1] - 1):
         tokens = rows.push(responses[:, t])
         handle.launch(tokens, rows.attention_mask, rows.last_position())
         logits.append(runner.step(tokens, latent, rows.attention_mask, rows.last_position()))
         latent = handle.latent()
     return torch.stack(logits, dim=1)
+
+
+def on(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def forward_logits(model, batch):
@@ -100,6 +104,13 @@ def test_the_training_forward_equals_the_reference_decoder(d_g, d_r, fusion, pad
     for b, gp in enumerate(G_PROMPTS):
         start = int(batch["attention_mask"][b].argmax()) + len(gp) - 1
         assert logits[b, start : start + 5].argmax(-1).tolist() == new[b].tolist()
+
+
+def test_on_each_device_the_forward_equals_the_decoder(device):
+    model = separate_pair().to(device)
+    want = decoded_logits(model, device)
+    assert want.device.type == device.type
+    assert_close(forward_logits(model, on(training_batch(), device)), want, atol=1e-4, rtol=1e-4)
 
 
 def test_the_latent_reaches_g_only_through_the_response_and_only_from_rs_prompt():
