@@ -45,6 +45,7 @@ RUNS = {  # name -> overrides (the config's λ is 0.5)
     "nonpers_40": ["model.mode=sft", "data.prompt.retrieval=none"],
     "rprofile_lam0.05_40": ["model.lam=0.05", "data.prompt.profile_in=reasoner"],
     "rprofile_lam0.5_gate_vector_40": ["model.lam=0.5", "model.gate=vector", "data.prompt.profile_in=reasoner"],
+    "nonpers_20": ["model.mode=sft", "data.prompt.retrieval=none", "train.max_steps=20"],  # the k8 runs' schedule
     "rprofile_lam0.5_gate_vector_k8": [
         "model.lam=0.5",
         "model.gate=vector",
@@ -112,6 +113,8 @@ def main() -> None:
     (res / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(done, res / "dev_nll.png")
+    channel = [n for n in done if n.startswith(("sft_", "nonpers", "rprofile"))]  # issue 29 (a): the profile in R alone
+    plot({n: done[n] for n in channel}, res / "profile_in_r.png")
     plot_gates(res, res / "gate.png")
     if args.probe:
         probe(names, out, res)
@@ -147,7 +150,7 @@ def probe(names: list[str], out: Path, res: Path) -> None:
         cells = [f"{nll['own']:.4f}", f"{nll['none']:.4f}", f"{nll.get('other', float('nan')):.4f}"]
         cells += [diff("own-none"), diff("own-other")]
         keys = ("nll_own", "nll_no_latent", "nll_other_latent", "offset_norm")
-        cells += [f"{lat[k]:.4f}" for k in keys] if lat else ["–"] * 4
+        cells += [f"{lat[k]:.4f}" for k in keys] if lat and lat["lam"] != 0 else ["–"] * 4  # λ = 0: no latent
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     (res / "probe.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -165,17 +168,17 @@ def plot(done: dict, path: Path) -> None:
     for i, (name, d) in enumerate(done.items()):
         steps = sorted(int(s) for s in d["dev_nll"])
         values = [d["dev_nll"][str(s)] for s in steps]
-        dashed = name.endswith("_k8")  # the longer-profile runs (k = 8, 20 steps)
+        dashed = name.endswith(("_k8", "_20"))  # the 20-step runs (k = 8, and their query-only SFT)
         style = dict(
             marker="o",
-            lw=2 if name == "sft" else 1.2,
+            lw=2 if name in ("sft", "sft_40") else 1.2,
             ls="--" if dashed else "-",
-            color="black" if name == "sft" else colors[i % len(colors)],
+            color="black" if name in ("sft", "sft_40") else colors[i % len(colors)],
         )
         full.plot(steps, values, label=name, **style)
         zoom.plot(steps, values, label=name, **style)
     full.set(title="dev NLL while fine-tuning (SmolLM2-135M, LoRA r=8)", xlabel="optimizer step", ylabel="nats/token")
-    zoom.set(title="the same, near SFT (dashed: 8 profile items)", xlabel="optimizer step", ylim=(3.22, 3.75))
+    zoom.set(title="the same, near SFT (dashed: 20-step runs, 8 items)", xlabel="optimizer step", ylim=(3.22, 3.75))
     full.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

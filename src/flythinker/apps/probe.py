@@ -63,10 +63,10 @@ def run_probe(
     model, tok = load_model(model_dir, dtype=dtype, device=pick_device(device))
     result = profile_use(model, tok, examples, cfg, bootstrap=bootstrap, seed=seed, batch_size=batch_size)
     out = {"model": str(model_dir), "data": str(data), "split": split, "prompt": vars(cfg), **result}
-    if latents and isinstance(model, FlyThinker):  # the own-profile NLL is the own-latent NLL
+    if latents and isinstance(model, FlyThinker) and model.lam != 0.0:  # own-profile NLL = own-latent NLL
         out["latents"] = latent_diagnostics(model, tok, examples, cfg, batch_size, nll_own=result["nll"]["own"])
     elif latents and say is not None:
-        say("--latents: G alone, no Reasoner latents to measure")
+        say("--latents: G alone (or λ = 0), no Reasoner latents to measure")
     return out
 
 
