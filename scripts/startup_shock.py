@@ -133,7 +133,8 @@ def probe(names: list[str], out: Path, res: Path) -> None:
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
     lines = [
-        "| run | NLL, own profile | none | another user's | own − none [95% CI] | own − other [95% CI] "
+        "| run | NLL, own profile | none | another user's | own − none [95% CI], own better on "
+        "| own − other [95% CI], own better on "
         "| own latents | no latent | another example's | latent offset norm |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -145,7 +146,9 @@ def probe(names: list[str], out: Path, res: Path) -> None:
 
         def diff(key):
             d = paired.get(key)
-            return f"{d['diff']:+.4f} [{d['ci']['low']:+.4f}, {d['ci']['high']:+.4f}]" if d else "–"
+            if not d:
+                return "–"
+            return f"{d['diff']:+.4f} [{d['ci']['low']:+.4f}, {d['ci']['high']:+.4f}], {d['win_rate']:.0%}"
 
         cells = [f"{nll['own']:.4f}", f"{nll['none']:.4f}", f"{nll.get('other', float('nan')):.4f}"]
         cells += [diff("own-none"), diff("own-other")]
