@@ -134,9 +134,15 @@ def test_generate_builds_the_prompts_the_model_was_trained_with(tmp_path, monkey
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("FLYTHINKER_CACHE", str(tmp_path / "cache"))
     main(["train", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run"), "--device", "cpu"])
-    seen = []
-    real = prompts.encode_for_generation
-    monkeypatch.setattr(prompts, "encode_for_generation", lambda e, t, c: seen.append(real(e, t, c)) or seen[-1])
+    seen = []  # each prompt generate decodes from (its batches' rows, padding dropped)
+    real = prompts.generation_batch
+
+    def spy(*args, **kwargs):
+        batch = real(*args, **kwargs)
+        seen.extend(ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"]))
+        return batch
+
+    monkeypatch.setattr(prompts, "generation_batch", spy)
     capsys.readouterr()
     main(
         [
