@@ -176,6 +176,15 @@ def test_refusals_name_what_is_missing():
         plain.generate(g["input_ids"], max_new_tokens=2, reasoner_input_ids=r["input_ids"])
 
 
+def test_an_experiment_refuses_a_static_latent_from_rs_own_prompt():
+    from flythinker.apps.experiment.cells import build_cell_model
+    from flythinker.train.config import TrainConfig, from_dict
+
+    cfg = from_dict(TrainConfig, {"model": {"mode": "flythinker"}, "data": {"prompt": {"profile_in": "reasoner"}}})
+    with pytest.raises(UserError, match="static"):
+        build_cell_model(cfg, "static", tokenizer=None)
+
+
 def test_save_and_load_keep_the_variant(tmp_path):
     model = separate_pair(lam=0.3)
     model.save_pretrained(tmp_path / "m")

@@ -13,6 +13,7 @@ from flythinker.apps.experiment.config import CellGroup, ExperimentConfig, cell_
 from flythinker.apps.experiment.methods import get_baseline, strip_think, with_reasoning
 from flythinker.auto import load_model
 from flythinker.devices import pick_device
+from flythinker.errors import UserError
 from flythinker.evaluate.nll import mean_nll, per_example_nll
 
 PROBE_BATCH = 8  # examples per teacher-forced pass of the test split (the probe's own-profile pass is the test NLL)
@@ -63,14 +64,17 @@ def build_cell_model(cfg, method: str, tokenizer):
     from flythinker.static import StaticThinker
     from flythinker.train.assemble import load_causal_lm
 
-    g = load_causal_lm(cfg.model.generator, "model.generator")
     kind = get_baseline(method).model
+    separate = cfg.data.prompt_config().profile_in == "reasoner"  # R reads its own prompt (profile + query)
+    if separate and kind == "static":
+        raise UserError(
+            f"method {method!r}: a static latent is read from G's prompt; data.prompt.profile_in=reasoner needs flythinker"
+        )
+    g = load_causal_lm(cfg.model.generator, "model.generator")
     if kind == "sft":
         return g
     r = load_causal_lm(cfg.model.reasoner, "model.reasoner")
-    cls = StaticThinker if kind == "static" else FlyThinker
-    if cfg.data.prompt_config().profile_in == "reasoner":  # R reads its own prompt (profile + query)
-        cls = SeparatePromptThinker
+    cls = SeparatePromptThinker if separate else StaticThinker if kind == "static" else FlyThinker
     return cls(
         g,
         r,
@@ -169,7 +173,6 @@ def remeasure_cell(
     probe once left its latent out). Needs the cell's ``train/final`` (zero-shot: the base)."""
     from flythinker.apps import write_json
     from flythinker.data.longlamp import load_examples
-    from flythinker.errors import UserError
 
     out = cell_dir(exp, group, split, seed)
     name = f"{split}/{group.name}/seed{seed}"
