@@ -21,6 +21,7 @@ runs the same plumbing on a CPU at toy sizes (to test this script where there is
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -36,6 +37,7 @@ SMOLLM2_SHAPE = {"hidden_size": 576, "num_layers": 30, "num_heads": 9, "num_kv_h
 # the captured and shared-base rows beside transformers' compiled generate (G alone, R alone,
 # sequential and concurrent always run): what the decoding issue's GPU targets compare
 BENCH_ROWS = "generator_captured,captured,hf_generate_compiled,shared_base,captured_shared_base"
+STEPS = ("pytest_gpu", "train", "experiment", "bench")
 TOY_SHAPE = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "max_positions": 1024}
 
 
@@ -117,7 +119,15 @@ def main() -> None:
     ap.add_argument("--model", default=os.environ.get("FLYTHINKER_MODEL"), help="a local causal-LM folder")
     ap.add_argument("--allow-cpu", action="store_true", help="no GPU: the same plumbing at toy sizes")
     ap.add_argument("--pairs", default="7b+1.5b,3b+3b", help="decoding benchmark pairs, one process each")
+    ap.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help=f"comma-separated parts to run (default all: {','.join(STEPS)}); the GPU queue runs one a task",
+    )
     args = ap.parse_args()
+    parts = set(args.steps.split(","))
+    if parts - set(STEPS):
+        raise SystemExit(f"gpu_check: unknown steps {sorted(parts - set(STEPS))}; known: {', '.join(STEPS)}")
     import torch
 
     gpu = torch.cuda.is_available()
@@ -137,66 +147,72 @@ def main() -> None:
     }
     write(report, out)
     py, cli = sys.executable, [sys.executable, "-m", "flythinker.cli"]
-    left = lambda share: share * (args.budget - (time.perf_counter() - start))  # noqa: E731
+    whole = len(parts) == len(STEPS)  # a part run alone gets all that is left
+    left = lambda share, alone=1.0: (share if whole else alone) * (args.budget - (time.perf_counter() - start))  # noqa: E731
 
-    run_step(
-        "pytest_gpu",
-        [
-            py,
-            "-m",
-            "pytest",
-            "-q",
-            "-m",
-            "gpu" if gpu else "gpu or not gpu",
-            "-p",
-            "no:cacheprovider",
-            *([] if gpu else ["tests/test_model.py", "-k", "lambda_zero"]),
-        ],
-        left(0.3),
-        report,
-        out,
-    )
-    for mode in ("sft", "flythinker"):
-        run = out / f"train_{mode}"
-        step = run_step(
-            f"train_{mode}",
-            [*cli, "train", str(train_config(out, mode, args.model, toy)), "--out", str(run), "--overwrite"],
-            left(0.25),
+    if "pytest_gpu" in parts:
+        run_step(
+            "pytest_gpu",
+            [
+                py,
+                "-m",
+                "pytest",
+                "-q",
+                "-m",
+                "gpu" if gpu else "gpu or not gpu",
+                "-p",
+                "no:cacheprovider",
+                *([] if gpu else ["tests/test_model.py", "-k", "lambda_zero"]),
+            ],
+            left(0.3),
             report,
             out,
         )
-        if (run / "log.jsonl").is_file():
-            norms = grad_norms(run)
-            step["grad_norms"] = {
-                "n": len(norms),
-                "finite": all(math.isfinite(x) for x in norms),
-                "max": max(norms, default=None),
-            }
-            write(report, out)
-    exp_sets = [
-        "methods=[sft,flythinker]",
-        "ablations=[]",
-        "splits=[user_based]",
-        "seeds=[0]",
-        f"out={out / 'experiment'}",
-        "bertscore=true",
-        "probe=true",
-    ]
-    if args.model:
-        exp_sets.append(f"bases={{g: {{path: {args.model}}}, r: {{path: {args.model}}}}}")
-    run_step(
-        "experiment",
-        [
-            *cli,
+    if "train" in parts:
+        for mode in ("sft", "flythinker"):
+            run = out / f"train_{mode}"
+            step = run_step(
+                f"train_{mode}",
+                [*cli, "train", str(train_config(out, mode, args.model, toy)), "--out", str(run), "--overwrite"],
+                left(0.25, alone=0.5 if mode == "sft" else 1.0),
+                report,
+                out,
+            )
+            if (run / "log.jsonl").is_file():
+                norms = grad_norms(run)
+                step["grad_norms"] = {
+                    "n": len(norms),
+                    "finite": all(math.isfinite(x) for x in norms),
+                    "max": max(norms, default=None),
+                }
+                write(report, out)
+    if "experiment" in parts:
+        exp_sets = [
+            "methods=[sft,flythinker]",
+            "ablations=[]",
+            "splits=[user_based]",
+            "seeds=[0]",
+            f"out={out / 'experiment'}",
+            f"bertscore={'true' if importlib.util.find_spec('bert_score') else 'false'}",  # the GPU image has none
+            "probe=true",
+        ]
+        if args.model:
+            exp_sets.append(f"bases={{g: {{path: {args.model}}}, r: {{path: {args.model}}}}}")
+        run_step(
             "experiment",
-            "src/flythinker/configs/experiment_tiny.yaml",
-            *[x for s in exp_sets for x in ("--set", s)],
-        ],
-        left(0.4),
-        report,
-        out,
-    )
-    if gpu:  # one process per pair, each with its share of what is left (a slow pair cannot starve the next)
+            [
+                *cli,
+                "experiment",
+                "src/flythinker/configs/experiment_tiny.yaml",
+                *[x for s in exp_sets for x in ("--set", s)],
+            ],
+            left(0.4),
+            report,
+            out,
+        )
+    if (
+        gpu and "bench" in parts
+    ):  # one process per pair, each with its share of what is left (a slow pair cannot starve the next)
         pairs = args.pairs.split(",")
         for k, pair in enumerate(pairs):
             path = out / f"gpu_bench_decode_{pair.replace('+', '_')}.json"

@@ -70,3 +70,37 @@ def test_shift_gives_position_i_the_latent_of_i_minus_1_and_masks_first_tokens_a
     shifted, latent_mask = shift_latents(z, mask)
     assert shifted[0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
     assert latent_mask.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]  # no latent at a row's first real token
+
+
+@pytest.mark.parametrize("lam", [0.5, 2.0])
+def test_a_detached_norm_changes_the_backward_only(lam):
+    """model.detach_latent_norm (the released training script's ‖z‖.detach()): the same offset, but
+    R gets the upstream gradient scaled by λρ/‖z‖, its component along z included; with the norm
+    differentiated the gradient is orthogonal to z (the direction z/‖z‖ ignores z's length)."""
+    torch.manual_seed(0)
+    z, upstream, rho = torch.randn(3, 4, 8), torch.randn(3, 4, 8), torch.tensor(2.0)
+    grads, outs = {}, {}
+    for detach in (False, True):
+        f = Fusion(d_reasoner=8, d_generator=8, lam=lam, detach_norm=detach)
+        zz = z.clone().requires_grad_(True)
+        outs[detach] = f(torch.zeros(3, 4, 8), zz, rho)
+        (outs[detach] * upstream).sum().backward()
+        grads[detach] = zz.grad
+    assert torch.equal(outs[False], outs[True])
+    assert_close((grads[False] * z).sum(-1), torch.zeros(3, 4), atol=1e-5, rtol=0)
+    assert_close(grads[True], lam * rho * upstream / z.norm(dim=-1, keepdim=True))
+    assert "detach_norm=True" in repr(Fusion(8, 8, detach_norm=True))
+
+
+def test_the_training_config_sets_the_norms_backward_rule():
+    from tiny_models import tiny_pair
+
+    from flythinker.train.assemble import prepare_for_training
+    from flythinker.train.config import ModelConfig, UserError
+
+    model = tiny_pair(d_g=32, d_r=32, lam=0.5)
+    assert model.fusion.detach_norm is False
+    prepare_for_training(model, ModelConfig(detach_latent_norm=True), gradient_checkpointing=False)
+    assert model.fusion.detach_norm is True
+    with pytest.raises(UserError, match="detach_latent_norm"):
+        ModelConfig(detach_latent_norm="yes")

@@ -63,13 +63,25 @@ class Fusion(nn.Module):
     at 0 — one scalar, or one per dimension of G as in LayerScale — so that the offset is
     λ·g·ρ·ẑ and training starts exactly at SFT, then learns how much latent to use.
 
+    ``detach_norm``: treat ‖z‖ as a constant in the backward pass, as the authors' released
+    training script does (the forward value is the same; only R's gradient changes).
+
     >>> f = Fusion(d_reasoner=8, d_generator=16, lam=0.5)
     >>> f(torch.zeros(2, 3, 16), torch.randn(2, 3, 8), rho=torch.tensor(1.0)).shape
     torch.Size([2, 3, 16])
     """
 
-    def __init__(self, d_reasoner: int, d_generator: int, lam: float = 0.5, mode: str = "prefix", gate: str = "none"):
+    def __init__(
+        self,
+        d_reasoner: int,
+        d_generator: int,
+        lam: float = 0.5,
+        mode: str = "prefix",
+        gate: str = "none",
+        detach_norm: bool = False,
+    ):
         super().__init__()
+        self.detach_norm = bool(detach_norm)
         if mode not in FUSION_MODES:
             raise ValueError(f"fusion mode must be one of {FUSION_MODES}, got {mode!r}")
         if gate not in GATES:
@@ -99,7 +111,8 @@ class Fusion(nn.Module):
         z = self.proj(latent) if self.proj is not None else latent
         # normalise in fp32: bf16 norms of 1k-dim vectors lose ~3 significant digits
         zf = z.float()
-        zf = zf * (self.lam * rho.float() / zf.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        norm = zf.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        zf = zf * (self.lam * rho.float() / (norm.detach() if self.detach_norm else norm))
         if zf.shape[-1] < self.d_generator:  # prefix mode, d_R < d_G: first d_R dims
             zf = nn.functional.pad(zf, (0, self.d_generator - zf.shape[-1]))
         if self.gate is not None:
@@ -133,7 +146,11 @@ class Fusion(nn.Module):
 
     def extra_repr(self) -> str:
         gate = f", gate={self.gate_mode!r}" if self.gate is not None else ""
-        return f"d_reasoner={self.d_reasoner}, d_generator={self.d_generator}, lam={self.lam}, mode={self.mode!r}{gate}"
+        detach = ", detach_norm=True" if self.detach_norm else ""
+        return (
+            f"d_reasoner={self.d_reasoner}, d_generator={self.d_generator}, lam={self.lam}, "
+            f"mode={self.mode!r}{gate}{detach}"
+        )
 
 
 def shift_latents(

@@ -9,6 +9,7 @@ import pytest
 from flythinker.data.longlamp import Example, load_examples, render_profile_item
 from flythinker.data.prompts import (
     IGNORE_INDEX,
+    SYSTEM_WITH_PROFILE,
     PromptConfig,
     build_prompt,
     collate,
@@ -333,6 +334,7 @@ def test_collate_pads_rs_own_sequence_like_gs():
         dict(order="newest"),
         dict(use_chat_template="yes"),
         dict(profile_in="generator"),
+        dict(layout="paper"),
     ],
 )
 def test_prompt_config_validation(bad):
@@ -340,8 +342,30 @@ def test_prompt_config_validation(bad):
         PromptConfig(**bad)
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_the_official_layout_joins_profile_and_query_in_one_user_message(tok, chat_tok, chat):
+    """The authors' released prompt: the profile block then the query with nothing between them, as
+    the user's message, under the template's own default system prompt (none of ours)."""
+    tk = chat_tok if chat else tok
+    ex, cfg = example(), PromptConfig(layout="official")
+    prompt = build_prompt(ex, tk, cfg)
+    profile = prompt_parts(ex, tk, cfg).profile
+    assert profile.startswith("[1] Title: Note 0") and profile + ex.input in prompt
+    assert "###" not in prompt and SYSTEM_WITH_PROFILE not in prompt
+    if chat:
+        assert prompt == tk.apply_chat_template(
+            [{"role": "user", "content": profile + ex.input}], tokenize=False, add_generation_prompt=True
+        )
+    feats = encode_for_training(ex, tk, cfg)  # the labels still mask exactly this prompt
+    n = len(encode_for_generation(ex, tk, cfg))
+    assert tk.decode(feats["input_ids"][:n]) == prompt and feats["labels"][:n] == [IGNORE_INDEX] * n
+    rprompt = encode_reasoner_prompt(ex, tk, PromptConfig(layout="official", profile_in="reasoner"))
+    assert tk.decode(rprompt) == prompt  # R's prompt: the same layout, the profile in it
+
+
+@pytest.mark.parametrize("layout", ["flythinker", "official"])
 @pytest.mark.parametrize("template", [None, "chatml"])
-def test_a_conversation_of_one_user_message_is_exactly_the_training_prompt(sample_tokenizer, template):
+def test_a_conversation_of_one_user_message_is_exactly_the_training_prompt(sample_tokenizer, template, layout):
     import copy
 
     from tiny_models import GITCOMMITS
@@ -357,7 +381,7 @@ def test_a_conversation_of_one_user_message_is_exactly_the_training_prompt(sampl
             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
         )
     ex = load_examples(GITCOMMITS / "sample" / "user_based", split="test", limit=1)[0]
-    cfg = PromptConfig(retrieval="recent", k=2, profile_tokens=64, query_tokens=32)
+    cfg = PromptConfig(retrieval="recent", k=2, profile_tokens=64, query_tokens=32, layout=layout)
     one = [{"role": "user", "content": ex.input}]
     assert encode_conversation(one, ex.user_id, ex.profile, tok, cfg) == encode_for_generation(ex, tok, cfg)
     talk = [

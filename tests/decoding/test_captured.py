@@ -126,3 +126,17 @@ def test_the_command_line_offers_the_mode():
     from flythinker.decoding import MODES
 
     assert "captured" in MODES and DecodeMode("captured").value == "captured"
+
+
+def test_overlap_is_refused_until_it_is_fixed(monkeypatch):
+    """R on a second stream inside the graph crashed on an H200: the option refuses with the reason,
+    and only the GPU queue's diagnosis (FLYTHINKER_UNSAFE_OVERLAP=1) may build it."""
+    from flythinker.errors import UserError
+
+    model = tiny_pair(d_g=32, d_r=32, lam=0.5)
+    monkeypatch.delenv("FLYTHINKER_UNSAFE_OVERLAP", raising=False)
+    with pytest.raises(UserError, match="withdrawn until it is fixed.*illegal memory access"):
+        CapturedDecoder(model, overlap=True)
+    assert CapturedDecoder(model).overlap is False
+    monkeypatch.setenv("FLYTHINKER_UNSAFE_OVERLAP", "1")
+    assert CapturedDecoder(model, overlap=True).overlap is True

@@ -34,6 +34,8 @@ def encode_conversation(
         id="request", user_id=user_id, input=messages[-1]["content"], output="", profile=profile, task="generic"
     )
     parts = prompt_parts(ex, tokenizer, cfg if profile else replace(cfg, retrieval="none"))
+    if cfg.layout == "official":
+        return _official(parts, system_extra, history, tokenizer, _uses_chat_template(tokenizer, cfg))
     system = SYSTEM_WITH_PROFILE if parts.profile else SYSTEM_NO_PROFILE
     system = "\n\n".join([system, *system_extra])
     user = (f"### Profile\n{parts.profile}\n\n" if parts.profile else "") + f"### Query\n{parts.query}"
@@ -55,4 +57,19 @@ def encode_conversation(
             *([{"role": "user", "content": user}] if turns else []),
         ]
         text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return _prompt_ids(text, tokenizer, chat)
+
+
+def _official(parts, system_extra: list[str], history: list[dict], tokenizer, chat: bool) -> list[int]:
+    """The authors' layout (``PromptConfig.layout: official``): profile and query in one user message;
+    the template's own system prompt unless the client sent one."""
+    user = parts.profile + parts.query
+    if not chat:
+        turns = "".join(f"{m['content']}\n\n" for m in history)
+        return _prompt_ids("\n\n".join([*system_extra, f"{turns}{user}\n\n"]), tokenizer, chat)
+    system = [{"role": "system", "content": "\n\n".join(system_extra)}] if system_extra else []
+    turns = [{"role": m["role"], "content": m["content"]} for m in history]
+    text = tokenizer.apply_chat_template(
+        [*system, *turns, {"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+    )
     return _prompt_ids(text, tokenizer, chat)

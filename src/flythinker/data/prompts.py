@@ -39,6 +39,7 @@ from flythinker.errors import UserError
 
 RETRIEVALS = ("none", "all", "bm25", "recent")
 PROFILE_IN = ("both", "reasoner")
+LAYOUTS = ("flythinker", "official")
 ORDERS = ("oldest", "score")
 SYSTEM_WITH_PROFILE = (
     "You write personalized long-form text. The profile holds earlier texts by "
@@ -46,30 +47,7 @@ SYSTEM_WITH_PROFILE = (
 )
 SYSTEM_NO_PROFILE = "You write long-form text. Write the response to the query."
 # Punkt without a trained model splits after every period; these keep common abbreviations whole
-_ABBREVIATIONS = {
-    "e.g",
-    "i.e",
-    "etc",
-    "vs",
-    "cf",
-    "al",
-    "approx",
-    "dr",
-    "mr",
-    "mrs",
-    "ms",
-    "prof",
-    "fig",
-    "eq",
-    "no",
-    "vol",
-    "resp",
-    "inc",
-    "ltd",
-    "jr",
-    "sr",
-    "st",
-}
+_ABBREVIATIONS = set("e.g i.e etc vs cf al approx dr mr mrs ms prof fig eq no vol resp inc ltd jr sr st".split())
 
 
 @dataclass
@@ -97,6 +75,10 @@ class PromptConfig:
     profile_in: str = "both"
     """Whose prompt holds the profile: "both" (the paper) or "reasoner" (R reads profile + query, G
     the query alone; the response is shared; :class:`flythinker.separate.SeparatePromptThinker`)."""
+    layout: str = "flythinker"
+    """How the prompt is worded: "flythinker" (our system message and ``### Profile`` / ``### Query``
+    headings) or "official" (the authors' released code: one user message, the profile block and the
+    query joined with nothing between them, under the chat template's own default system prompt)."""
 
     def __post_init__(self):
         for name in ("profile_tokens", "query_tokens", "target_tokens", "k"):
@@ -107,6 +89,8 @@ class PromptConfig:
             raise UserError(f"PromptConfig.retrieval must be one of {', '.join(RETRIEVALS)}, got {self.retrieval!r}")
         if self.profile_in not in PROFILE_IN:
             raise UserError(f"PromptConfig.profile_in must be one of {', '.join(PROFILE_IN)}, got {self.profile_in!r}")
+        if self.layout not in LAYOUTS:
+            raise UserError(f"PromptConfig.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.order not in ORDERS:
             raise UserError(f"PromptConfig.order must be one of {', '.join(ORDERS)}, got {self.order!r}")
         if self.use_chat_template not in (None, True, False):
@@ -292,7 +276,14 @@ def _uses_chat_template(tokenizer, cfg: PromptConfig) -> bool:
     return has_template if cfg.use_chat_template is None else cfg.use_chat_template
 
 
-def _format(parts: PromptParts, tokenizer, chat: bool) -> str:
+def _format(parts: PromptParts, tokenizer, chat: bool, layout: str = "flythinker") -> str:
+    if layout == "official":  # the released code: user message = profile + query, no system message of ours
+        user = parts.profile + parts.query
+        if not chat:
+            return f"{user}\n\n"
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
     system = SYSTEM_WITH_PROFILE if parts.profile else SYSTEM_NO_PROFILE
     user = (f"### Profile\n{parts.profile}\n\n" if parts.profile else "") + f"### Query\n{parts.query}"
     if not chat:
@@ -327,17 +318,19 @@ def build_prompt(example: Example, tokenizer, cfg: PromptConfig) -> str:
     parts = prompt_parts(example, tokenizer, cfg)
     if cfg.profile_in == "reasoner":  # G's prompt: the query alone
         parts = PromptParts("", parts.query, parts.target)
-    return _format(parts, tokenizer, _uses_chat_template(tokenizer, cfg))
+    return _format(parts, tokenizer, _uses_chat_template(tokenizer, cfg), cfg.layout)
 
 
 def _prompts(example: Example, tokenizer, cfg: PromptConfig) -> tuple[list[int], list[int] | None, PromptParts]:
     """(G's prompt ids, R's prompt ids or None when R reads G's, the parts)."""
     chat = _uses_chat_template(tokenizer, cfg)
     parts = prompt_parts(example, tokenizer, cfg)
+    layout = cfg.layout
     if cfg.profile_in == "both":
-        return _prompt_ids(_format(parts, tokenizer, chat), tokenizer, chat), None, parts
-    generator = _prompt_ids(_format(PromptParts("", parts.query, parts.target), tokenizer, chat), tokenizer, chat)
-    return generator, _prompt_ids(_format(parts, tokenizer, chat), tokenizer, chat), parts
+        return _prompt_ids(_format(parts, tokenizer, chat, layout), tokenizer, chat), None, parts
+    query_only = PromptParts("", parts.query, parts.target)
+    generator = _prompt_ids(_format(query_only, tokenizer, chat, layout), tokenizer, chat)
+    return generator, _prompt_ids(_format(parts, tokenizer, chat, layout), tokenizer, chat), parts
 
 
 def encode_for_generation(example: Example, tokenizer, cfg: PromptConfig) -> list[int]:

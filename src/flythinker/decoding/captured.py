@@ -15,14 +15,14 @@ step reads a value back to the host: the token is chosen on the device after the
 or sampled with the sampler every decoder uses), finished rows get ``pad``, and EOS is checked
 every ``check_every`` tokens; the output is cut where the reference loop would have stopped.
 
-On a CPU the same static step runs eagerly: the same arithmetic, so it is the exactness path
-tested against the reference decoder (the graphs themselves are tested under the ``gpu`` marker).
-Models whose attention is not a plain causal mask over the whole text (a sliding window shorter
-than the text, flash-attention kernels that take no 4-D mask) are decoded by the reference loop.
+On a CPU the same static step runs eagerly: the exactness path tested against the reference decoder
+(graphs: under the ``gpu`` marker). Models whose attention is not a causal mask over the whole text
+(a window shorter than it, flash kernels) go to the reference loop. ``overlap=True`` is withdrawn.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -33,8 +33,14 @@ from transformers.cache_utils import Cache, StaticLayer
 
 from flythinker.decoding.loop import generate_sequential
 from flythinker.decoding.sampling import SamplingConfig, TokenSampler
+from flythinker.errors import UserError
 from flythinker.lm import backbone, cache_argument, device_of, positions_from_mask, sliding_window
 
+OVERLAP_WITHDRAWN = (
+    "CapturedDecoder(overlap=True) is withdrawn until it is fixed: R on a second stream inside the "
+    "recorded step ended in an illegal memory access on an H200; use overlap=False (the default), "
+    "or mode='concurrent' with backend='streams' to overlap R and G"
+)
 BUCKET = 256  # static lengths are rounded up to this: one recorded step serves many prompt lengths
 
 
@@ -282,8 +288,9 @@ class CapturedDecoder:
     ):
         self._model = weakref.ref(model)
         self.graphs = device_of(model.generator).type == "cuda" if graphs is None else graphs
-        # with graphs, R's kernels on a second stream inside the recorded step (experimental: off by
-        # default; one H200 run hit an illegal memory access with it, see BENCHMARKS.md)
+        # R on a second stream inside the graph: withdrawn (the GPU queue's overlap task diagnoses it)
+        if overlap and os.environ.get("FLYTHINKER_UNSAFE_OVERLAP") != "1":
+            raise UserError(OVERLAP_WITHDRAWN)
         self.overlap = overlap
         # G's and R's rows in one forward of their shared base (shared_base.py), where they share one
         self.shared_base = shared_base

@@ -179,7 +179,8 @@ def _add_lora(model: nn.Module, spec, key: str) -> nn.Module:
 
 
 def prepare_for_training(model: nn.Module, cfg: ModelConfig, gradient_checkpointing: bool) -> nn.Module:
-    """Apply LoRA, freezing and gradient checkpointing in place; returns ``model``.
+    """Apply LoRA, freezing, the norm-matching's backward rule and gradient checkpointing in place;
+    returns ``model``.
 
     R's LM head is never run in training (only its hidden states are), so it is frozen: it
     would get no gradient, which DDP reports as an error and AdamW would waste memory on.
@@ -191,6 +192,7 @@ def prepare_for_training(model: nn.Module, cfg: ModelConfig, gradient_checkpoint
         if spec is not None and spec.lora is not None and not hasattr(getattr(model, name), "peft_config"):
             setattr(model, name, _add_lora(getattr(model, name), spec.lora, f"model.{name}"))
     if isinstance(model, FlyThinker):
+        model.fusion.detach_norm = cfg.detach_latent_norm  # backward only (model.detach_latent_norm)
         r = model.reasoner
         if cfg.freeze_reasoner:
             r.requires_grad_(False)

@@ -157,6 +157,10 @@ class ModelConfig:
     training starts exactly at SFT: none, scalar, or vector (one per dimension of G, LayerScale)."""
     gate_lr: float = 1.0e-2
     """Learning rate of the gate (its own, no weight decay; follows the run's schedule)."""
+    detach_latent_norm: bool = False
+    """Treat ‖z‖ in the norm-matching λ·ρ·z/‖z‖ as a constant in backward, as the authors'
+    released training script does (false: the norm is differentiated). Training only: the
+    forward, and so every decoder, is unchanged."""
 
     def __post_init__(self):
         _choice(self, "mode", MODES)
@@ -167,6 +171,8 @@ class ModelConfig:
         _number(self, "reasoner_first_steps", integer=True)
         _choice(self, "gate", GATES)
         _number(self, "gate_lr", strict=True)
+        if not isinstance(self.detach_latent_norm, bool):
+            raise ConfigError("detach_latent_norm", f"must be true or false, got {self.detach_latent_norm!r}")
         if self.gate != "none" and self.mode != "flythinker":
             raise ConfigError("gate", "gates the Reasoner's latent: needs mode=flythinker")
         if self.reasoner_first_steps and self.freeze_reasoner:
