@@ -218,7 +218,8 @@ def _checkpoint_activations(lm: nn.Module) -> None:
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    size = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731  (a ZeRO-3 shard's full size)
+    return sum(size(p) for p in params if p.requires_grad), sum(size(p) for p in params)
 
 
 # --- data -----------------------------------------------------------------------------------------

@@ -31,6 +31,13 @@ def make_accelerator(cfg, out=None):
     # accelerate only sets up gloo when told "cpu"
     device = pick_device()
     cpu = device.type == "cpu"
+    if cpu and world > 1 and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        # DeepSpeed on CPUs (DS_ACCELERATOR=cpu): accelerate takes its DeepSpeed path only when not told
+        # "cpu", and the processes then talk over gloo
+        from accelerate.state import PartialState
+
+        PartialState(cpu=False, backend="gloo")
+        cpu = False
     if not cpu and world <= 1:
         torch.cuda.set_device(device)  # --device cuda:N: accelerate's one process uses the current GPU
     mixed = "bf16" if cfg.train.precision == "bf16" else "no"
