@@ -25,6 +25,7 @@ floor-to-ceiling gap closed and a plot. One run after the other, resumable (a fi
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import random
@@ -55,6 +56,8 @@ RUNS = {  # name -> overrides of base_config(), in the order they run; FlyThinke
     "full_floor": ["model.mode=sft", "data.prompt.retrieval=none", *FULL],
     "full_ceiling": ["model.mode=sft", *FULL],
     "full_lam0.5": ["model.lam=0.5", *FULL, *R_PROFILE],
+    # beyond the paper: the centred latent λ·ρ·(z−μ)/‖z−μ‖ (model.center_latent)
+    "lam0.5_centred": ["model.lam=0.5", "model.center_latent=true", *R_PROFILE],
     "lam0.5_gate_scalar": ["model.lam=0.5", "model.gate=scalar", *R_PROFILE],
     "lam0.05_detach": ["model.lam=0.05", "model.detach_latent_norm=true", *R_PROFILE],
 }
@@ -214,7 +217,7 @@ def run(name: str, args) -> dict:
     from flythinker.data.longlamp import load_examples
     from flythinker.train.config import apply_overrides, from_dict
 
-    raw = apply_overrides(base_config(args.model, args.steps, args.eval_every), [*RUNS[name], *args.set])
+    raw = apply_overrides(copy.deepcopy(base_config(args.model, args.steps, args.eval_every)), [*RUNS[name], *args.set])
     cfg = from_dict(__import__("flythinker.train.config", fromlist=["TrainConfig"]).TrainConfig, raw)
     cfg.train.overwrite = True
     train = coded(load_examples(DATA, split="train"))

@@ -72,7 +72,7 @@ def _load_with_adapters(path: Path, dtype, device, trust_remote_code: bool) -> F
     import json
 
     from flythinker.adapters import load_adapter_pair
-    from flythinker.saving import read_folder_config, read_fusion_weights
+    from flythinker.saving import read_folder_config, restore_fusion
 
     lam, mode, variant = read_folder_config(path)
     gate = json.loads((path / CONFIG_NAME).read_text()).get("gate", "none")
@@ -80,8 +80,7 @@ def _load_with_adapters(path: Path, dtype, device, trust_remote_code: bool) -> F
         raise UserError(f"{path}: unmerged adapters are loaded for FlyThinker folders, not the {variant!r} variant")
     g, r, tok = load_adapter_pair(path, dtype=dtype, trust_remote_code=trust_remote_code)
     model = FlyThinker(g, r, lam=lam, fusion=mode, generator_tokenizer=tok, reasoner_tokenizer=tok, gate=gate)
-    if mode == "linear" or gate != "none":
-        model.fusion.load_state_dict(read_fusion_weights(path))
+    restore_fusion(model.fusion, path)
     return model.to(device) if device is not None else model
 
 

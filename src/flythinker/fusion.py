@@ -66,6 +66,11 @@ class Fusion(nn.Module):
     ``detach_norm``: treat ‖z‖ as a constant in the backward pass, as the authors' released
     training script does (the forward value is the same; only R's gradient changes).
 
+    :meth:`enable_centering` (opt-in, not in the paper): subtract R's mean latent μ before the
+    norm-matching, λ·ρ·(z−μ)/‖z−μ‖, so that the direction added is what varies between tokens and
+    texts, not the constant direction most of z shares. μ is measured once, on the first training
+    batch's real positions (averaged over processes), then saved with the model and fixed.
+
     >>> f = Fusion(d_reasoner=8, d_generator=16, lam=0.5)
     >>> f(torch.zeros(2, 3, 16), torch.randn(2, 3, 8), rho=torch.tensor(1.0)).shape
     torch.Size([2, 3, 16])
@@ -82,6 +87,8 @@ class Fusion(nn.Module):
     ):
         super().__init__()
         self.detach_norm = bool(detach_norm)
+        self.register_buffer("latent_mean", None)  # μ, with enable_centering()
+        self.register_buffer("latent_mean_set", None)
         if mode not in FUSION_MODES:
             raise ValueError(f"fusion mode must be one of {FUSION_MODES}, got {mode!r}")
         if gate not in GATES:
@@ -106,8 +113,27 @@ class Fusion(nn.Module):
                 else:
                     nn.init.orthogonal_(self.proj.weight)
 
+    def enable_centering(self) -> None:
+        """Subtract R's mean latent before the norm-matching (μ measured on the first training batch)."""
+        if self.latent_mean is None:
+            device = self.gate.device if self.gate is not None else None
+            self.latent_mean = torch.zeros(self.d_reasoner, device=device)
+            self.latent_mean_set = torch.zeros((), dtype=torch.bool, device=device)
+
+    @torch.no_grad()
+    def measure_mean(self, latents: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """μ ← the mean of ``latents`` (B, T, d_R) where ``mask`` (B, T) is 1, over every process."""
+        w = torch.ones(latents.shape[:2], device=latents.device) if mask is None else mask.float()
+        stats = torch.cat([(latents.float() * w[..., None]).sum((0, 1)), w.sum()[None]])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats)
+        self.latent_mean.copy_(stats[:-1] / stats[-1].clamp_min(1.0))
+        self.latent_mean_set.fill_(True)
+
     def latent_offset(self, latent: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
         """λ·ρ·z/‖z‖ mapped to the Generator's width: (..., d_R) → (..., d_G)."""
+        if self.latent_mean is not None:  # the centred latent z − μ
+            latent = latent - self.latent_mean.to(latent.dtype)
         z = self.proj(latent) if self.proj is not None else latent
         # normalise in fp32: bf16 norms of 1k-dim vectors lose ~3 significant digits
         zf = z.float()
@@ -128,6 +154,8 @@ class Fusion(nn.Module):
     ) -> torch.Tensor:  # (B, T, d_G)
         if self.lam == 0.0:  # exactly SFT: no arithmetic on the embeddings at all
             return embeds
+        if self.latent_mean is not None and self.training and not bool(self.latent_mean_set):
+            self.measure_mean(latents, latent_mask)  # the first training batch fixes μ
         offset = self.latent_offset(latents, rho)
         if latent_mask is not None:
             offset = offset * latent_mask.unsqueeze(-1).to(offset.dtype)
@@ -147,9 +175,10 @@ class Fusion(nn.Module):
     def extra_repr(self) -> str:
         gate = f", gate={self.gate_mode!r}" if self.gate is not None else ""
         detach = ", detach_norm=True" if self.detach_norm else ""
+        center = ", centred" if self.latent_mean is not None else ""
         return (
             f"d_reasoner={self.d_reasoner}, d_generator={self.d_generator}, lam={self.lam}, "
-            f"mode={self.mode!r}{gate}{detach}"
+            f"mode={self.mode!r}{gate}{detach}{center}"
         )
 
 

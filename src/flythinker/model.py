@@ -21,7 +21,7 @@ from flythinker.errors import UserError
 from flythinker.fusion import Fusion, embedding_output_norm, shift_latents
 from flythinker.lm import backbone, eos_ids, positions_from_mask
 from flythinker.loading import has_tokenizer, load_causal_lm, load_tokenizer
-from flythinker.saving import CONFIG_NAME, FORMAT_VERSION, read_folder_config, read_fusion_weights, write_model_folder
+from flythinker.saving import CONFIG_NAME, FORMAT_VERSION, read_folder_config, restore_fusion, write_model_folder
 
 __all__ = [
     "FlyThinker",
@@ -312,6 +312,7 @@ class FlyThinker(nn.Module):
             "d_reasoner": self.fusion.d_reasoner,
             **({"variant": self.variant} if self.variant != "flythinker" else {}),
             **({"gate": self.fusion.gate_mode} if self.fusion.gate is not None else {}),
+            **({"center_latent": True} if self.fusion.latent_mean is not None else {}),
         }
 
     def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False, tokenizer=None) -> Path:
@@ -373,8 +374,7 @@ class FlyThinker(nn.Module):
             reasoner_tokenizer=toks["reasoner"],
             gate=gate,
         )
-        if mode == "linear" or gate != "none":
-            model.fusion.load_state_dict(read_fusion_weights(path))
+        restore_fusion(model.fusion, path)
         if device is not None:
             model.to(device)
         return model.eval()

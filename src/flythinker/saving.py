@@ -134,6 +134,15 @@ def read_folder_config(path: Path) -> tuple[float, str, str]:
         raise UserError(f"{cfg_file}: unreadable FlyThinker config ({e})") from None
 
 
+def restore_fusion(fusion, path: Path) -> None:
+    """A saved fusion's extras onto a freshly built one: the centred latent's switch (``center_latent``
+    in ``flythinker.json``), then its weights (linear map, gate, μ) when it has any."""
+    if json.loads((path / CONFIG_NAME).read_text()).get("center_latent"):
+        fusion.enable_centering()
+    if fusion.state_dict():
+        fusion.load_state_dict(read_fusion_weights(path))
+
+
 def read_fusion_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -141,7 +150,7 @@ def read_fusion_weights(path: Path) -> dict:
 
     wfile = path / FUSION_WEIGHTS
     if not wfile.is_file():
-        raise UserError(f"{path}: the fusion has weights (linear map or gate) but {FUSION_WEIGHTS} is missing")
+        raise UserError(f"{path}: the fusion has weights (linear map, gate or μ) but {FUSION_WEIGHTS} is missing")
     try:
         return load_file(str(wfile))
     except load_errors() as e:

@@ -157,6 +157,9 @@ class ModelConfig:
     training starts exactly at SFT: none, scalar, or vector (one per dimension of G, LayerScale)."""
     gate_lr: float = 1.0e-2
     """Learning rate of the gate (its own, no weight decay; follows the run's schedule)."""
+    center_latent: bool = False
+    """Opt-in, not in the paper: subtract R's mean latent μ (measured on the first training batch,
+    then fixed and saved) before the norm-matching: λ·ρ·(z−μ)/‖z−μ‖."""
     detach_latent_norm: bool = False
     """Treat ‖z‖ in the norm-matching λ·ρ·z/‖z‖ as a constant in backward, as the authors'
     released training script does (false: the norm is differentiated). Training only: the
@@ -171,8 +174,11 @@ class ModelConfig:
         _number(self, "reasoner_first_steps", integer=True)
         _choice(self, "gate", GATES)
         _number(self, "gate_lr", strict=True)
-        if not isinstance(self.detach_latent_norm, bool):
-            raise ConfigError("detach_latent_norm", f"must be true or false, got {self.detach_latent_norm!r}")
+        for name in ("detach_latent_norm", "center_latent"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        if self.center_latent and self.mode != "flythinker":
+            raise ConfigError("center_latent", "centres the Reasoner's latent: needs mode=flythinker")
         if self.gate != "none" and self.mode != "flythinker":
             raise ConfigError("gate", "gates the Reasoner's latent: needs mode=flythinker")
         if self.reasoner_first_steps and self.freeze_reasoner:

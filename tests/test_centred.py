@@ -1,0 +1,74 @@
+"""The centred latent (model.center_latent, beyond the paper): λ·ρ·(z−μ)/‖z−μ‖ with R's mean latent μ
+measured once on the first training batch, saved with the model, and used by every decoder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny_models import left_padded_batch, tiny_causal_lm
+from torch.testing import assert_close
+
+from flythinker import FlyThinker
+from flythinker.fusion import Fusion
+
+
+def test_the_first_training_batch_fixes_mu_and_the_offset_is_the_centred_direction():
+    f = Fusion(d_reasoner=8, d_generator=8, lam=0.5)
+    f.enable_centering()
+    z, mask = torch.randn(2, 5, 8) + 3.0, torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    f.eval()(torch.zeros(2, 5, 8), z, torch.tensor(2.0), mask)
+    assert not bool(f.latent_mean_set)  # decoding never measures
+    out = f.train()(torch.zeros(2, 5, 8), z, torch.tensor(2.0), mask)
+    mu = z[mask.bool()].mean(0)
+    assert_close(f.latent_mean, mu) and bool(f.latent_mean_set)
+    centred = (z - mu) / (z - mu).norm(dim=-1, keepdim=True)
+    assert_close(out[mask.bool()], (0.5 * 2.0 * centred)[mask.bool()])
+    f(torch.zeros(2, 5, 8), z + 10.0, torch.tensor(2.0), mask)
+    assert_close(f.latent_mean, mu)  # fixed after the first batch
+    assert "centred" in repr(f)
+
+
+def test_a_centred_model_decodes_as_it_trains_and_survives_save_and_load(tmp_path):
+    model = FlyThinker(tiny_causal_lm(hidden=48, seed=0), tiny_causal_lm(hidden=32, seed=1), lam=0.5)
+    model.fusion.enable_centering()
+    ids, mask = left_padded_batch([7, 10], seed=2)
+    model.train()(input_ids=ids, attention_mask=mask)  # the first training forward measures μ
+    model.eval()
+    assert bool(model.fusion.latent_mean_set) and model.fusion.latent_mean.abs().sum() > 0
+    new = model.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=[], pad_token_id=0)
+    full = model(input_ids=torch.cat([ids, new], 1), attention_mask=torch.cat([mask, torch.ones_like(new)], 1)).logits
+    assert torch.equal(full[:, ids.shape[1] - 1 : -1].argmax(-1), new)
+    conc = model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=8,
+        eos_token_id=[],
+        pad_token_id=0,
+        mode="concurrent",
+        backend="threads",
+    )
+    assert torch.equal(conc, new)
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "flythinker.json").read_text())["center_latent"] is True
+    loaded = FlyThinker.from_pretrained(tmp_path / "m", attn_implementation="eager")
+    assert torch.equal(loaded.fusion.latent_mean, model.fusion.latent_mean)
+    assert torch.equal(
+        loaded(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits
+    )
+    plain = FlyThinker(tiny_causal_lm(hidden=48, seed=0), tiny_causal_lm(hidden=32, seed=1), lam=0.5).eval()
+    assert not torch.equal(
+        plain(input_ids=ids, attention_mask=mask).logits, loaded(input_ids=ids, attention_mask=mask).logits
+    )
+
+
+def test_the_config_switches_it_on_for_flythinker_only():
+    from flythinker.train.assemble import prepare_for_training
+    from flythinker.train.config import ModelConfig, UserError
+
+    model = FlyThinker(tiny_causal_lm(hidden=32, seed=0), tiny_causal_lm(hidden=32, seed=1), lam=0.5)
+    prepare_for_training(model, ModelConfig(center_latent=True), gradient_checkpointing=False)
+    assert model.fusion.latent_mean is not None
+    with pytest.raises(UserError, match="center_latent"):
+        ModelConfig(mode="sft", center_latent=True)
