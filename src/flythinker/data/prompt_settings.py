@@ -55,4 +55,5 @@ def describe_prompt_config(cfg: PromptConfig) -> str:
         f"retrieval {cfg.retrieval}, k {cfg.k}, budgets {cfg.profile_tokens}/{cfg.query_tokens}/"
         f"{cfg.target_tokens} tokens (profile/query/target), order {cfg.order}, chat template "
         f"{ {None: 'if the tokenizer has one', True: 'on', False: 'off'}[cfg.use_chat_template] }"
+        + (f", layout {cfg.layout}" if cfg.layout != "flythinker" else "")
     )
