@@ -168,8 +168,8 @@ def code_metrics(model, tokenizer, examples, prompt_cfg, batch_size: int = 16):
     from flythinker.data.collate import TEACHER_FORCED_PADDING, collate
     from flythinker.data.prompts import encode_for_training, generation_batch
     from flythinker.evaluate.nll import placement
-    from flythinker.lm import eos_ids, pad_id
-    from flythinker.model import FlyThinker
+    from flythinker.lm import pad_id
+    from flythinker.train.evalgen import greedy_new_tokens
 
     pad, device = pad_id(tokenizer), next(model.parameters()).device
     nlls, counts, hits, samples = [], [], [], []
@@ -192,20 +192,7 @@ def code_metrics(model, tokenizer, examples, prompt_cfg, batch_size: int = 16):
             counts.append(n)
         gen = {k: v.to(device) for k, v in generation_batch(chunk, tokenizer, prompt_cfg, pad).items()}
         ids, mask = gen.pop("input_ids"), gen.pop("attention_mask")
-        new_tokens, eos = max(n_code) + 2, eos_ids(model.generator, tokenizer)
-        if isinstance(model, FlyThinker):
-            new = model.generate(
-                ids, attention_mask=mask, **gen, max_new_tokens=new_tokens, eos_token_id=eos, pad_token_id=pad
-            )
-        else:
-            new = model.generator.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=new_tokens,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=pad,
-            )[:, ids.shape[1] :]
+        new = greedy_new_tokens(model, tokenizer, ids, mask, max(n_code) + 2, **gen)
         for b, code in enumerate(codes):
             text = tokenizer.decode(new[b], skip_special_tokens=True)
             hits.append(text.strip().split("\n", 1)[0].strip() == code)

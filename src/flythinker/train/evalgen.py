@@ -13,6 +13,31 @@ from flythinker.model import FlyThinker
 
 
 @torch.no_grad()
+def greedy_new_tokens(model, tokenizer, ids, mask, max_new_tokens: int, **reasoner_inputs) -> torch.Tensor:
+    """Greedy new tokens (B, T_new) of a training module: a FlyThinker's own decoder (R's own prompt in
+    ``reasoner_inputs`` for the separate-prompts variant), or the SFT wrapper's Generator alone."""
+    eos, pad = eos_ids(model.generator, tokenizer), pad_id(tokenizer)
+    if isinstance(model, FlyThinker):
+        return model.generate(
+            ids,
+            attention_mask=mask,
+            **reasoner_inputs,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
+    out = model.generator.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    return out[:, ids.shape[1] :]
+
+
+@torch.no_grad()
 def generation_metrics(model, tokenizer, examples, prompt_cfg, max_new_tokens: int) -> dict:
     """``{"gen_bleu", "gen_rouge1", "gen_rougeL", "gen_meteor", "gen_sample"}`` for ``examples``.
 
@@ -32,25 +57,7 @@ def generation_metrics(model, tokenizer, examples, prompt_cfg, max_new_tokens: i
     for ex in examples:
         batch = {k: v.to(device) for k, v in generation_batch([ex], tokenizer, prompt_cfg, pad).items()}
         ids, mask = batch.pop("input_ids"), batch.pop("attention_mask")  # (1, T); R's own prompt stays in batch
-        if isinstance(model, FlyThinker):
-            new = model.generate(
-                ids,
-                attention_mask=mask,
-                **batch,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=eos_ids(model.generator, tokenizer),
-                pad_token_id=pad,
-            )  # (1, T_new)
-        else:
-            out = model.generator.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=eos_ids(model.generator, tokenizer),
-                pad_token_id=pad,
-            )
-            new = out[:, ids.shape[1] :]
+        new = greedy_new_tokens(model, tokenizer, ids, mask, max_new_tokens, **batch)  # (1, T_new)
         predictions.append(tokenizer.decode(new[0], skip_special_tokens=True))
     model.train(was_training)
     m = compute_metrics(
