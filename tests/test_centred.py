@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from tiny_models import left_padded_batch, tiny_causal_lm
+from tiny_models import greedy_agrees_with_the_forward, left_padded_batch, tiny_causal_lm
 from torch.testing import assert_close
 
 from flythinker import FlyThinker
@@ -37,19 +37,7 @@ def test_a_centred_model_decodes_as_it_trains_and_survives_save_and_load(tmp_pat
     model.train()(input_ids=ids, attention_mask=mask)  # the first training forward measures μ
     model.eval()
     assert bool(model.fusion.latent_mean_set) and model.fusion.latent_mean.abs().sum() > 0
-    new = model.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=[], pad_token_id=0)
-    full = model(input_ids=torch.cat([ids, new], 1), attention_mask=torch.cat([mask, torch.ones_like(new)], 1)).logits
-    assert torch.equal(full[:, ids.shape[1] - 1 : -1].argmax(-1), new)
-    conc = model.generate(
-        ids,
-        attention_mask=mask,
-        max_new_tokens=8,
-        eos_token_id=[],
-        pad_token_id=0,
-        mode="concurrent",
-        backend="threads",
-    )
-    assert torch.equal(conc, new)
+    greedy_agrees_with_the_forward(model, ids, mask)
     model.save_pretrained(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "flythinker.json").read_text())["center_latent"] is True
     loaded = FlyThinker.from_pretrained(tmp_path / "m", attn_implementation="eager")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from tiny_models import left_padded_batch, tiny_causal_lm
+from tiny_models import greedy_agrees_with_the_forward, left_padded_batch, tiny_causal_lm
 
 from flythinker import FlyThinker
 
@@ -36,19 +36,7 @@ def test_an_open_gate_is_used_by_every_decoder_and_survives_save_and_load(tmp_pa
     with torch.no_grad():
         model.fusion.gate.fill_(3.0) if gate == "scalar" else model.fusion.gate.uniform_(1.0, 4.0)
     ids, mask = left_padded_batch([7, 10], seed=2)
-    new = model.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=[], pad_token_id=0)
-    full = model(input_ids=torch.cat([ids, new], 1), attention_mask=torch.cat([mask, torch.ones_like(new)], 1)).logits
-    assert torch.equal(full[:, ids.shape[1] - 1 : -1].argmax(-1), new)
-    conc = model.generate(
-        ids,
-        attention_mask=mask,
-        max_new_tokens=8,
-        eos_token_id=[],
-        pad_token_id=0,
-        mode="concurrent",
-        backend="threads",
-    )
-    assert torch.equal(conc, new)
+    new = greedy_agrees_with_the_forward(model, ids, mask)
     closed = _pair(gate)
     assert not torch.equal(
         closed.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=[], pad_token_id=0), new

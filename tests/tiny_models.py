@@ -120,3 +120,14 @@ def run_schedule(batch, prompts, joins, budgets) -> dict[int, list[int]]:
             rows, tokens = [rows[k] for k in keep], tokens[keep]
         logits = batch.step(tokens) if rows else None
     return out
+
+
+def greedy_agrees_with_the_forward(model, ids, mask, max_new_tokens: int = 8) -> torch.Tensor:
+    """Greedy tokens of ``model`` (B, T_new), asserting that they are the argmax of the teacher-forced
+    forward over prompt + tokens and that the concurrent decoder (threads) gives the same."""
+    free = dict(max_new_tokens=max_new_tokens, eos_token_id=[], pad_token_id=0)
+    new = model.generate(ids, attention_mask=mask, **free)
+    full = model(input_ids=torch.cat([ids, new], 1), attention_mask=torch.cat([mask, torch.ones_like(new)], 1)).logits
+    assert torch.equal(full[:, ids.shape[1] - 1 : -1].argmax(-1), new)
+    assert torch.equal(model.generate(ids, attention_mask=mask, **free, mode="concurrent", backend="threads"), new)
+    return new
