@@ -61,6 +61,8 @@ RUNS = {  # name -> overrides of base_config(), in the order they run; FlyThinke
     "lam0.5_centred": ["model.lam=0.5", "model.center_latent=true", *R_PROFILE],
     "lam0.5_gate_scalar": ["model.lam=0.5", "model.gate=scalar", *R_PROFILE],
     "lam0.05_detach": ["model.lam=0.05", "model.detach_latent_norm=true", *R_PROFILE],
+    # beyond the paper: the standardised latent λ·ρ·u/‖u‖, u = (z−μ)/σ (model.standardize_latent)
+    "lam0.5_standardised": ["model.lam=0.5", "model.standardize_latent=true", *R_PROFILE],
 }
 
 

@@ -60,3 +60,46 @@ def test_the_config_switches_it_on_for_flythinker_only():
     assert model.fusion.latent_mean is not None
     with pytest.raises(UserError, match="center_latent"):
         ModelConfig(mode="sft", center_latent=True)
+
+
+def test_the_standardised_latent_divides_each_centred_dimension_by_its_deviation():
+    f = Fusion(d_reasoner=8, d_generator=12, lam=0.5)
+    f.enable_centering(standardize=True)
+    scale = torch.tensor([0.01, 1.0, 5.0, 0.1, 2.0, 3.0, 0.5, 7.0])
+    z, mask = torch.randn(3, 6, 8) * scale + 4.0, torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    out = f.train()(torch.zeros(3, 6, 12), z, torch.tensor(2.0), mask)
+    real = z[mask.bool()]
+    mu, sigma = real.mean(0), real.std(0, unbiased=False)
+    assert_close(f.latent_mean, mu)
+    assert_close(f.latent_scale, 1 / sigma, rtol=1e-4, atol=1e-4)
+    u = (z - mu) / sigma
+    want = nn_pad(0.5 * 2.0 * u / u.norm(dim=-1, keepdim=True), 12)
+    assert_close(out[mask.bool()], want[mask.bool()], rtol=1e-4, atol=1e-5)
+    assert "standardised" in repr(f)
+
+
+def nn_pad(x, width):
+    return torch.nn.functional.pad(x, (0, width - x.shape[-1]))
+
+
+def test_a_standardised_model_survives_save_and_load_and_the_config_switches_it_on(tmp_path):
+    from flythinker.train.assemble import prepare_for_training
+    from flythinker.train.config import ModelConfig, UserError
+
+    model = FlyThinker(tiny_causal_lm(hidden=48, seed=0), tiny_causal_lm(hidden=32, seed=1), lam=0.5)
+    prepare_for_training(model, ModelConfig(standardize_latent=True), gradient_checkpointing=False)
+    ids, mask = left_padded_batch([7, 10], seed=2)
+    model.train()(input_ids=ids, attention_mask=mask)
+    model.eval()
+    assert model.fusion.latent_scale is not None and (model.fusion.latent_scale != 1).any()
+    greedy_agrees_with_the_forward(model, ids, mask)
+    model.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "flythinker.json").read_text())
+    assert cfg["center_latent"] is True and cfg["standardize_latent"] is True
+    loaded = FlyThinker.from_pretrained(tmp_path / "m", attn_implementation="eager")
+    assert torch.equal(loaded.fusion.latent_scale, model.fusion.latent_scale)
+    assert torch.equal(
+        loaded(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits
+    )
+    with pytest.raises(UserError, match="standardize_latent"):
+        ModelConfig(mode="sft", standardize_latent=True)

@@ -70,6 +70,9 @@ class Fusion(nn.Module):
     norm-matching, λ·ρ·(z−μ)/‖z−μ‖, so that the direction added is what varies between tokens and
     texts, not the constant direction most of z shares. μ is measured once, on the first training
     batch's real positions (averaged over processes), then saved with the model and fixed.
+    ``enable_centering(standardize=True)`` also divides each dimension by its standard deviation σ,
+    λ·ρ·u/‖u‖ with u = (z−μ)/σ, so that no few high-variance dimensions (or the constant) dominate
+    the direction G reads.
 
     >>> f = Fusion(d_reasoner=8, d_generator=16, lam=0.5)
     >>> f(torch.zeros(2, 3, 16), torch.randn(2, 3, 8), rho=torch.tensor(1.0)).shape
@@ -89,6 +92,7 @@ class Fusion(nn.Module):
         self.detach_norm = bool(detach_norm)
         self.register_buffer("latent_mean", None)  # μ, with enable_centering()
         self.register_buffer("latent_mean_set", None)
+        self.register_buffer("latent_scale", None)  # 1/σ, with enable_centering(standardize=True)
         if mode not in FUSION_MODES:
             raise ValueError(f"fusion mode must be one of {FUSION_MODES}, got {mode!r}")
         if gate not in GATES:
@@ -113,27 +117,36 @@ class Fusion(nn.Module):
                 else:
                     nn.init.orthogonal_(self.proj.weight)
 
-    def enable_centering(self) -> None:
-        """Subtract R's mean latent before the norm-matching (μ measured on the first training batch)."""
+    def enable_centering(self, standardize: bool = False) -> None:
+        """Subtract R's mean latent before the norm-matching (μ measured on the first training batch);
+        ``standardize``: also divide each dimension by its standard deviation (measured with μ)."""
+        device = self.gate.device if self.gate is not None else None
         if self.latent_mean is None:
-            device = self.gate.device if self.gate is not None else None
             self.latent_mean = torch.zeros(self.d_reasoner, device=device)
             self.latent_mean_set = torch.zeros((), dtype=torch.bool, device=device)
+        if standardize and self.latent_scale is None:
+            self.latent_scale = torch.ones(self.d_reasoner, device=device)
 
     @torch.no_grad()
     def measure_mean(self, latents: torch.Tensor, mask: torch.Tensor | None) -> None:
-        """μ ← the mean of ``latents`` (B, T, d_R) where ``mask`` (B, T) is 1, over every process."""
+        """μ (and 1/σ when standardising) ← the moments of ``latents`` (B, T, d_R) where ``mask``
+        (B, T) is 1, over every process."""
         w = torch.ones(latents.shape[:2], device=latents.device) if mask is None else mask.float()
-        stats = torch.cat([(latents.float() * w[..., None]).sum((0, 1)), w.sum()[None]])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(stats)
-        self.latent_mean.copy_(stats[:-1] / stats[-1].clamp_min(1.0))
+        x, w = latents.float(), w[..., None]
+        n = _all_sum(w.sum()[None]).clamp_min(1.0)
+        mean = _all_sum((x * w).sum((0, 1))) / n
+        self.latent_mean.copy_(mean)
+        if self.latent_scale is not None:  # two passes: E[x²] − μ² cancels where σ ≪ |μ|
+            sigma = (_all_sum(((x - mean).square() * w).sum((0, 1))) / n).sqrt()
+            self.latent_scale.copy_(sigma.clamp_min(1e-4 * sigma.max().clamp_min(1e-12)).reciprocal())
         self.latent_mean_set.fill_(True)
 
     def latent_offset(self, latent: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
         """λ·ρ·z/‖z‖ mapped to the Generator's width: (..., d_R) → (..., d_G)."""
         if self.latent_mean is not None:  # the centred latent z − μ
             latent = latent - self.latent_mean.to(latent.dtype)
+        if self.latent_scale is not None:  # standardised: (z − μ)/σ
+            latent = latent * self.latent_scale.to(latent.dtype)
         z = self.proj(latent) if self.proj is not None else latent
         # normalise in fp32: bf16 norms of 1k-dim vectors lose ~3 significant digits
         zf = z.float()
@@ -176,10 +189,18 @@ class Fusion(nn.Module):
         gate = f", gate={self.gate_mode!r}" if self.gate is not None else ""
         detach = ", detach_norm=True" if self.detach_norm else ""
         center = ", centred" if self.latent_mean is not None else ""
+        center = ", standardised" if self.latent_scale is not None else center
         return (
             f"d_reasoner={self.d_reasoner}, d_generator={self.d_generator}, lam={self.lam}, "
             f"mode={self.mode!r}{gate}{detach}{center}"
         )
+
+
+def _all_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over every process (itself without a process group)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t
 
 
 def shift_latents(

@@ -313,6 +313,7 @@ class FlyThinker(nn.Module):
             **({"variant": self.variant} if self.variant != "flythinker" else {}),
             **({"gate": self.fusion.gate_mode} if self.fusion.gate is not None else {}),
             **({"center_latent": True} if self.fusion.latent_mean is not None else {}),
+            **({"standardize_latent": True} if self.fusion.latent_scale is not None else {}),
         }
 
     def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False, tokenizer=None) -> Path:

@@ -135,10 +135,11 @@ def read_folder_config(path: Path) -> tuple[float, str, str]:
 
 
 def restore_fusion(fusion, path: Path) -> None:
-    """A saved fusion's extras onto a freshly built one: the centred latent's switch (``center_latent``
-    in ``flythinker.json``), then its weights (linear map, gate, μ) when it has any."""
-    if json.loads((path / CONFIG_NAME).read_text()).get("center_latent"):
-        fusion.enable_centering()
+    """A saved fusion's extras onto a freshly built one: the centred (or standardised) latent's switch
+    (``center_latent``, ``standardize_latent`` in ``flythinker.json``), then its weights (linear map, gate, μ) when it has any."""
+    cfg = json.loads((path / CONFIG_NAME).read_text())
+    if cfg.get("center_latent"):
+        fusion.enable_centering(standardize=bool(cfg.get("standardize_latent")))
     if fusion.state_dict():
         fusion.load_state_dict(read_fusion_weights(path))
 

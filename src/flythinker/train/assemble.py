@@ -193,8 +193,8 @@ def prepare_for_training(model: nn.Module, cfg: ModelConfig, gradient_checkpoint
             setattr(model, name, _add_lora(getattr(model, name), spec.lora, f"model.{name}"))
     if isinstance(model, FlyThinker):
         model.fusion.detach_norm = cfg.detach_latent_norm  # backward only (model.detach_latent_norm)
-        if cfg.center_latent:
-            model.fusion.enable_centering()
+        if cfg.center_latent or cfg.standardize_latent:
+            model.fusion.enable_centering(standardize=cfg.standardize_latent)
         r = model.reasoner
         if cfg.freeze_reasoner:
             r.requires_grad_(False)

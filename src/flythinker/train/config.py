@@ -160,6 +160,10 @@ class ModelConfig:
     center_latent: bool = False
     """Opt-in, not in the paper: subtract R's mean latent μ (measured on the first training batch,
     then fixed and saved) before the norm-matching: λ·ρ·(z−μ)/‖z−μ‖."""
+    standardize_latent: bool = False
+    """Opt-in, not in the paper: centre R's latent and divide each dimension by its standard
+    deviation σ (both measured on the first training batch, then fixed and saved) before the
+    norm-matching: λ·ρ·u/‖u‖, u = (z−μ)/σ."""
     detach_latent_norm: bool = False
     """Treat ‖z‖ in the norm-matching λ·ρ·z/‖z‖ as a constant in backward, as the authors'
     released training script does (false: the norm is differentiated). Training only: the
@@ -174,11 +178,13 @@ class ModelConfig:
         _number(self, "reasoner_first_steps", integer=True)
         _choice(self, "gate", GATES)
         _number(self, "gate_lr", strict=True)
-        for name in ("detach_latent_norm", "center_latent"):
+        for name in ("detach_latent_norm", "center_latent", "standardize_latent"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.center_latent and self.mode != "flythinker":
             raise ConfigError("center_latent", "centres the Reasoner's latent: needs mode=flythinker")
+        if self.standardize_latent and self.mode != "flythinker":
+            raise ConfigError("standardize_latent", "standardises the Reasoner's latent: needs mode=flythinker")
         if self.gate != "none" and self.mode != "flythinker":
             raise ConfigError("gate", "gates the Reasoner's latent: needs mode=flythinker")
         if self.reasoner_first_steps and self.freeze_reasoner:
