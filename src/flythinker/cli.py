@@ -24,6 +24,8 @@ bench_app = typer.Typer(help="Side-by-side benchmarks (decoding, training).", no
 app.add_typer(bench_app, name="bench")
 configs_app = typer.Typer(help="The configs shipped with the package.", no_args_is_help=True)
 app.add_typer(configs_app, name="configs")
+export_app = typer.Typer(help="Write a trained model for another engine.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 
 def _version(value: bool) -> None:
@@ -54,6 +56,7 @@ from flythinker.apps.generate import generate_command  # noqa: E402
 from flythinker.apps.models import models_app  # noqa: E402
 from flythinker.apps.probe import probe_command  # noqa: E402
 from flythinker.apps.serve.command import serve_command  # noqa: E402
+from flythinker.apps.vllm.export import export_vllm_command  # noqa: E402
 from flythinker.bundled import configs_list_command  # noqa: E402
 from flythinker.evaluate.command import evaluate_command  # noqa: E402
 from flythinker.train.command import train_command  # noqa: E402
@@ -70,6 +73,7 @@ configs_app.command("list")(configs_list_command)
 bench_app.command("train")(bench_train_command)
 bench_app.command("decode")(bench_decode_command)
 bench_app.command("serve")(bench_serve_command)
+export_app.command("vllm")(export_vllm_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,8 @@ import json
 import shutil
 from pathlib import Path
 
+import typer
+
 from flythinker.errors import UserError
 
 TOKENIZER_FILES = (
@@ -75,7 +77,9 @@ def export_vllm(run: str | Path, out: str | Path, overwrite: bool = False) -> Pa
 
     run, out = Path(run).expanduser(), Path(out).expanduser()
     if not is_flythinker_folder(run):
-        raise UserError(f"{run}: not a FlyThinker folder (no flythinker.json): export a folder that `flythinker train` wrote")
+        raise UserError(
+            f"{run}: not a FlyThinker folder (no flythinker.json): export a folder that `flythinker train` wrote"
+        )
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not empty (pass --overwrite to replace it)")
     model = FlyThinker.from_pretrained(run)  # ρ exactly as the trained model computes it
@@ -114,3 +118,14 @@ def describe(out: Path) -> str:
         f"{out}: G {cfg['text_config'].get('model_type')}, R {cfg['reasoner_config'].get('model_type')}, "
         f"λ {cfg['lam']}, ρ {cfg['rho']:.6g}, fusion {cfg['fusion']}"
     )
+
+
+def export_vllm_command(
+    run: Path = typer.Argument(..., help="a folder that `flythinker train` wrote (e.g. runs/x/final)"),
+    out: Path = typer.Argument(..., help="the vLLM model folder to write"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace OUT if it exists"),
+) -> None:
+    """Write a trained FlyThinker as one folder that `vllm serve OUT` and `vllm.LLM(model=OUT)` run."""
+    out = export_vllm(run, out, overwrite=overwrite)
+    print(describe(out))
+    print(f"serve it: vllm serve {out}   (pip install 'flythinker[vllm]'; see docs/vllm.md)")

@@ -48,7 +48,9 @@ STATE_LAYER = "latent.0"  # a cache layer's name must hold exactly one integer
 def _state_shape(d_reasoner: int) -> tuple[tuple[int, int]]:
     # one previous latent per request: a short convolution's state of kernel 2 (length 1), never
     # split across tensor-parallel ranks (R's hidden states are whole on every rank)
-    return MambaStateShapeCalculator.short_conv_state_shape(tp_world_size=1, intermediate_size=d_reasoner, conv_kernel=2)
+    return MambaStateShapeCalculator.short_conv_state_shape(
+        tp_world_size=1, intermediate_size=d_reasoner, conv_kernel=2
+    )
 
 
 class LatentShift(MambaBase, nn.Module):
@@ -68,7 +70,9 @@ class LatentShift(MambaBase, nn.Module):
         return _state_shape(self.d_reasoner)
 
     def get_state_dtype(self):
-        return MambaStateDtypeCalculator.short_conv_state_dtype(self.model_config.dtype, self.cache_config.mamba_cache_dtype)
+        return MambaStateDtypeCalculator.short_conv_state_dtype(
+            self.model_config.dtype, self.cache_config.mamba_cache_dtype
+        )
 
     @property
     def mamba_type(self) -> MambaAttentionBackendEnum:
@@ -116,7 +120,9 @@ def flythinker_latent_shift(z: torch.Tensor, prev: torch.Tensor, has_prev: torch
     get_forward_context().no_compile_layers[layer_name].shift(z, prev, has_prev)
 
 
-direct_register_custom_op(op_name="flythinker_latent_shift", op_func=flythinker_latent_shift, mutates_args=["prev", "has_prev"])
+direct_register_custom_op(
+    op_name="flythinker_latent_shift", op_func=flythinker_latent_shift, mutates_args=["prev", "has_prev"]
+)
 
 
 class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid, SupportsMambaPrefixCaching):
@@ -141,8 +147,12 @@ class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid, SupportsMambaPre
         config = vllm_config.model_config.hf_config
         self.config = config
         g_cfg, r_cfg = config.text_config, config.reasoner_config
-        self.generator = init_vllm_registered_model(vllm_config, hf_config=g_cfg, prefix=maybe_prefix(prefix, "generator"))
-        self.reasoner = init_vllm_registered_model(vllm_config, hf_config=r_cfg, prefix=maybe_prefix(prefix, "reasoner"))
+        self.generator = init_vllm_registered_model(
+            vllm_config, hf_config=g_cfg, prefix=maybe_prefix(prefix, "generator")
+        )
+        self.reasoner = init_vllm_registered_model(
+            vllm_config, hf_config=r_cfg, prefix=maybe_prefix(prefix, "reasoner")
+        )
         self.latent = LatentShift(r_cfg.hidden_size, vllm_config, prefix=maybe_prefix(prefix, STATE_LAYER))
         self.fusion = Fusion(r_cfg.hidden_size, g_cfg.hidden_size, lam=config.lam, mode=config.fusion, gate=config.gate)
         if config.center_latent or config.standardize_latent:
