@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def start_server(model, tmp_path, key: str, stdout, mode: str = "sequential"):
+def start_server(model, tmp_path, key: str, stdout, mode: str = "sequential", extra=(), start_s: float = 60):
     """`flythinker serve` on a free localhost port, once /health answers: (process, port)."""
     import os
     import socket
@@ -28,13 +28,14 @@ def start_server(model, tmp_path, key: str, stdout, mode: str = "sequential"):
             str(tmp_path / "p.db"),
             "--mode",
             mode,
+            *extra,
         ],
         env={**os.environ, "FLYTHINKER_API_KEY": key, "OMP_NUM_THREADS": "1"},
         stdout=stdout,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + start_s
     while True:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)

@@ -16,6 +16,7 @@ DecodeMode = Enum(
 ServeMode = Enum(
     "ServeMode", {m: m for m in ("auto", "concurrent", "sequential", "shared_base")}, type=str
 )  # serve's Engine
+ServeEngine = Enum("ServeEngine", {m: m for m in ("flythinker", "vllm")}, type=str)  # serve --engine
 Backend = Enum("Backend", {m: m for m in ("auto", "threads", "streams", "devices", "shm", "gloo", "nccl")}, type=str)
 Retrieval = Enum("Retrieval", {m: m for m in ("none", "all", "bm25", "recent")}, type=str)  # data.prompts
 Dtype = Enum("Dtype", {m: m for m in ("float32", "bfloat16", "float16", "auto")}, type=str)  # loading.DTYPES

@@ -21,6 +21,7 @@ EXTRAS = {
     "gguf": ("gguf",),
     "track": ("tensorboard",),
     "deepspeed": ("deepspeed",),
+    "vllm": ("vllm",),
 }
 
 

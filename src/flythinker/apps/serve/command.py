@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from flythinker.choices import Dtype, ServeMode, value
+from flythinker.choices import Dtype, ServeEngine, ServeMode, value
 from flythinker.errors import UserError
 
 # a model with no training config (a plain base): the 2 most recent profile items, as the
@@ -49,6 +49,15 @@ def serve_command(
     ),
     dtype: Dtype = typer.Option(None, "--dtype", help="Weights dtype (default: as saved)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
+    engine_kind: ServeEngine = typer.Option(
+        "flythinker",
+        "--engine",
+        help="flythinker (our decoders) or vllm (vLLM's engine: paged, batched; pip install 'flythinker[vllm]', "
+        "docs/vllm.md). --mode and --device apply to ours.",
+    ),
+    vllm_args: list[str] = typer.Option(
+        [], "--vllm-arg", help="KEY=VALUE for vLLM's engine (repeatable), e.g. max_model_len=4096, enforce_eager=true."
+    ),
 ) -> None:
     """Serve OpenAI-compatible completions personalized by each user's stored profile."""
     from flythinker.extras import require
@@ -57,21 +66,18 @@ def serve_command(
     import uvicorn
 
     from flythinker.apps.serve.app import make_app
-    from flythinker.apps.serve.engine import Engine
     from flythinker.apps.serve.store import ProfileStore
-    from flythinker.auto import load_for_mode
     from flythinker.data.prompt_settings import describe_prompt_config, model_prompt_config
-    from flythinker.devices import use_device
 
     if max_batch < 1 or max_queue < 1:
         raise UserError("--max-batch and --max-queue must be ≥ 1")
-    mode, dtype = value(mode), value(dtype)
-    device = use_device(device)
+    mode, dtype, engine_kind = value(mode), value(dtype), value(engine_kind)
     prompt_cfg, source = model_prompt_config(model, default=SERVE_PROMPT_DEFAULTS)
     print(f"prompts: {describe_prompt_config(prompt_cfg)}; from {source}")
-    net, tok = load_for_mode(model, mode, dtype=dtype, device=device, say=print)
+    if vllm_args and engine_kind != "vllm":
+        raise UserError("--vllm-arg needs --engine vllm")
+    net, tok, engine = _engine(engine_kind, model, mode, dtype, device, max_batch, max_queue, _engine_args(vllm_args))
     store = ProfileStore(db)
-    engine = Engine(net, tok, max_batch=max_batch, max_queue=max_queue, mode=mode)
     app = make_app(
         net,
         tok,
@@ -87,3 +93,37 @@ def serve_command(
     finally:
         engine.close()
         store.close()
+
+
+def _engine_args(pairs: list[str]) -> dict:
+    """``--vllm-arg KEY=VALUE`` → {KEY: VALUE read as YAML (numbers, true/false, lists)}."""
+    import yaml
+
+    args = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--vllm-arg {pair!r}: expected KEY=VALUE")
+        args[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+    return args
+
+
+def _engine(kind: str, model: Path, mode: str, dtype, device, max_batch: int, max_queue: int, engine_args: dict):
+    """(the model or None, its tokenizer, the engine) for ``--engine``."""
+    if kind == "vllm":
+        from flythinker.extras import require
+
+        require("vllm", what="flythinker serve --engine vllm")
+        from flythinker.apps.vllm.serve import VllmEngine, exported_folder
+        from flythinker.loading import load_tokenizer
+
+        folder = exported_folder(model)
+        engine = VllmEngine(folder, max_batch=max_batch, max_queue=max_queue, dtype=dtype, **engine_args)
+        return None, load_tokenizer(folder), engine
+    from flythinker.apps.serve.engine import Engine
+    from flythinker.auto import load_for_mode
+    from flythinker.devices import use_device
+
+    device = use_device(device)
+    net, tok = load_for_mode(model, mode, dtype=dtype, device=device, say=print)
+    return net, tok, Engine(net, tok, max_batch=max_batch, max_queue=max_queue, mode=mode)

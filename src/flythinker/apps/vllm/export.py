@@ -9,7 +9,8 @@ and the weights beside it, so the export writes:
 * ``generator-*.safetensors`` / ``reasoner-*.safetensors`` — the two models' tensors unchanged,
   their names prefixed ``generator.`` / ``reasoner.``, and ``fusion-*.safetensors`` (``fusion.``)
   when the fusion has weights (linear map, gate, μ and σ);
-* G's tokenizer, chat template and generation config.
+* G's tokenizer, chat template and generation config, and the training run's ``config.yaml``
+  (the prompt settings the server builds prompts with).
 
 Nothing is converted: the tensors are the trained ones, bit for bit. The folder is written
 beside ``OUT`` and renamed into place; an existing ``OUT`` is refused unless ``overwrite``.
@@ -102,6 +103,10 @@ def export_vllm(run: str | Path, out: str | Path, overwrite: bool = False) -> Pa
                 tensors = {f"fusion.{k}": f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
             save_file(tensors, str(tmp / "fusion-00001.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(tmp)
+        for cfg in (run / "config.yaml", run.parent / "config.yaml"):  # the training prompt settings
+            if cfg.is_file():
+                shutil.copyfile(cfg, tmp / "config.yaml")
+                break
         for name in TOKENIZER_FILES:
             if (run / "generator" / name).exists():
                 shutil.copyfile(run / "generator" / name, tmp / name)
