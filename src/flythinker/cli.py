@@ -50,6 +50,7 @@ def _root(
 from flythinker.apps.bench.decode import bench_decode_command  # noqa: E402
 from flythinker.apps.bench.serve import bench_serve_command  # noqa: E402
 from flythinker.apps.bench.train import bench_train_command  # noqa: E402
+from flythinker.apps.bench.vllm import bench_vllm_command  # noqa: E402
 from flythinker.apps.demo import demo_command  # noqa: E402
 from flythinker.apps.experiment.run import experiment_command  # noqa: E402
 from flythinker.apps.generate import generate_command  # noqa: E402
@@ -73,6 +74,7 @@ configs_app.command("list")(configs_list_command)
 bench_app.command("train")(bench_train_command)
 bench_app.command("decode")(bench_decode_command)
 bench_app.command("serve")(bench_serve_command)
+bench_app.command("vllm")(bench_vllm_command)
 export_app.command("vllm")(export_vllm_command)
 
 

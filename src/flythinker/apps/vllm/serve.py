@@ -56,6 +56,20 @@ def exported_folder(model: Path, cache: Path | None = None) -> Path:
     return out
 
 
+CPU_KV_CACHE_BYTES = 2 << 30
+
+
+def cpu_defaults(engine_args: dict) -> dict:
+    """On a machine without a GPU, a KV cache of 2 GiB unless told otherwise: vLLM's CPU build
+    otherwise reserves 92% of the machine's memory (``gpu_memory_utilization``) and refuses to
+    start when that much is not free."""
+    import torch
+
+    if torch.cuda.is_available() or {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(engine_args):
+        return engine_args
+    return {**engine_args, "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+
+
 class VllmEngine:
     """vLLM's ``AsyncLLM`` over an exported folder, behind the server's engine interface."""
 
@@ -67,6 +81,7 @@ class VllmEngine:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="flythinker-vllm", daemon=True)
         self.thread.start()
+        engine_args = cpu_defaults(engine_args)
         args = AsyncEngineArgs(model=str(folder), max_num_seqs=max_batch, dtype=dtype or "auto", **engine_args)
 
         async def start():
