@@ -1,5 +1,5 @@
 """``flythinker export vllm``: the trained tensors bit for bit under G's and R's prefixes, ρ as the
-model computes it, and clear refusals (runs without vLLM; tests/vllm serves the folder)."""
+model computes it, and clear refusals (runs without vLLM; tests/vllm_engine serves the folder)."""
 
 from __future__ import annotations
 
@@ -61,3 +61,37 @@ def test_a_variant_vllm_cannot_run_is_refused(tmp_path, capsys):
         main(["export", "vllm", str(tmp_path / "static"), str(tmp_path / "out")])
     assert "'static' variant cannot run on vLLM" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_serve_exports_once_per_version_of_the_folder(tmp_path, saved_tiny_model):
+    from flythinker.apps.vllm.serve import exported_folder, is_exported
+
+    first = exported_folder(saved_tiny_model, cache=tmp_path / "cache")
+    assert is_exported(first) and exported_folder(first) == first  # an exported folder is served as it is
+    stamp = (first / "config.json").stat().st_mtime_ns
+    assert exported_folder(saved_tiny_model, cache=tmp_path / "cache") == first
+    assert (first / "config.json").stat().st_mtime_ns == stamp  # not written again
+
+
+def test_vllm_args_are_read_as_yaml_and_refused_when_malformed():
+    from flythinker.apps.serve.command import _engine_args
+    from flythinker.errors import UserError
+
+    assert _engine_args(["max_model_len=4096", "enforce-eager=true", "x=1.5"]) == {
+        "max_model_len": 4096,
+        "enforce_eager": True,
+        "x": 1.5,
+    }
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        _engine_args(["max_model_len"])
+
+
+def test_serve_with_the_vllm_engine_says_what_to_install(saved_tiny_model, capsys):
+    pytest.importorskip("fastapi")
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(SystemExit):
+        main(["serve", str(saved_tiny_model), "--engine", "vllm"])
+    assert "pip install 'flythinker[vllm]'" in capsys.readouterr().err

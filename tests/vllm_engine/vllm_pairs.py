@@ -1,4 +1,4 @@
-"""Tiny FlyThinker pairs exported for vLLM, and the reference they are held to (tests/vllm)."""
+"""Tiny FlyThinker pairs exported for vLLM, and the reference they are held to (tests/vllm_engine)."""
 
 from __future__ import annotations
 

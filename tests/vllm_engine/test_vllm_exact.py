@@ -1,6 +1,6 @@
 """FlyThinker on vLLM gives the reference decoder's tokens: chunked prefill, batching, preemption,
 prefix caching, λ 0 and 0.5, d_R < d_G and d_R = d_G, four families and a mixed pair, the fusion's
-options, eager and compiled (``pytest -m vllm tests/vllm``, in a venv with vLLM: docs/vllm.md).
+options, eager and compiled (``pytest -m vllm tests/vllm_engine``, in a venv with vLLM: docs/vllm.md).
 
 Each engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that the two controls
 can break the latent hand-over and show that the comparison catches it.
