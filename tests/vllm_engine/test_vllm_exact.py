@@ -184,3 +184,20 @@ def test_compiled_equals_the_reference(tmp_path):
     llm = engine(folder, 16, enforce_eager=False)
     assert_exact(model, llm, prompts((1, 7, 23, 40)))
     close(llm)
+
+
+@pytest.mark.slow
+def test_tensor_parallel_2_equals_the_reference(tmp_path):
+    """Two ranks on this machine's two cores (one core each, bound by hand: vLLM's CPU build binds
+    a rank to a NUMA node, and there is one)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    script = Path(__file__).with_name("tp_check.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert "EXACT" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
