@@ -33,8 +33,7 @@ __all__ = [
     "backbone",
 ]
 
-# Decoders by mode ("sequential", "concurrent"), registered by flythinker.decoding (which the
-# package imports), so that the model never imports the decoders above it.
+# Decoders by mode, registered by flythinker.decoding when flythinker._api loads it (_registries).
 DECODERS: dict[str, Callable] = {}
 # Model classes by the "variant" their folders record; a subclass registers itself by naming one.
 VARIANTS: dict[str, type] = {}
@@ -43,6 +42,10 @@ VARIANTS: dict[str, type] = {}
 def register_decoder(mode: str, fn: Callable) -> None:
     """Make ``model.generate(mode=mode)`` call ``fn(model, input_ids, attention_mask, **settings)``."""
     DECODERS[mode] = fn
+
+
+def _registries() -> None:  # fills DECODERS and VARIANTS on first use (`import flythinker` does not)
+    import flythinker._api  # noqa: F401
 
 
 @dataclass
@@ -268,6 +271,7 @@ class FlyThinker(nn.Module):
         >>> new = model.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=True,
         ...                      temperature=0.8, top_p=0.95, seed=0)  # doctest: +SKIP
         """
+        _registries()
         if mode not in DECODERS:
             raise UserError(f"mode must be one of {tuple(DECODERS)}, got {mode!r}")
         eos, pad = self._special_ids(eos_token_id, pad_token_id)
@@ -354,6 +358,7 @@ class FlyThinker(nn.Module):
         >>> model = FlyThinker.from_pretrained("runs/my-model")  # doctest: +SKIP
         """
         path = Path(path).expanduser()
+        _registries()
         lam, mode, variant = read_folder_config(path)
         gate = json.loads((path / CONFIG_NAME).read_text()).get("gate", "none")
         cls = VARIANTS.get(variant, FlyThinker if variant == "flythinker" else None)

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import typer
 
-from flythinker.auto import load_for_mode
 from flythinker.choices import Backend, DecodeMode, Dtype, Retrieval, value
 from flythinker.data import predictions
 from flythinker.errors import UserError
-from flythinker.lm import eos_ids
 
 
 @dataclass
@@ -139,6 +137,7 @@ def _decode_batch(model, tokenizer, batch, prompt_cfg, settings: DecodeSettings,
                   stats: "PredictionStats") -> tuple[list[str], int]:
     """Decode one batch (left-padded prompts); returns its texts and non-pad token count."""
     from flythinker.data.prompts import generation_batch
+    from flythinker.lm import eos_ids
 
     device = next(model.generator.parameters()).device
     enc = {k: v.to(device) for k, v in generation_batch(batch, tokenizer, prompt_cfg, tokenizer.pad_token_id).items()}
@@ -211,9 +210,7 @@ def generate_command(
     mode: DecodeMode = typer.Option(
         "sequential", "--mode", help="sequential (reference), concurrent, captured (static caches; CUDA graphs on a GPU) or shared_base."
     ),
-    backend: Backend = typer.Option(
-        None, "--backend", help="Concurrent backend (default: best available)."
-    ),
+    backend: Backend = typer.Option(None, "--backend", help="Concurrent backend (default: best available)."),
     retrieval: Retrieval = typer.Option(
         None, "--retrieval",  help="Profile in the prompt: none, all, bm25, recent (default: as the model was trained)."
     ),
@@ -229,6 +226,7 @@ def generate_command(
     """
     import torch
 
+    from flythinker.auto import load_for_mode
     from flythinker.data.longlamp import load_examples
     from flythinker.data.prompt_settings import describe_prompt_config, model_prompt_config
     from flythinker.devices import use_device

@@ -42,7 +42,6 @@ from flythinker.apps.bench.decode_runs import available_backends, build_runs, ti
 from flythinker.apps.bench.machine import loadavg, machine_info, measure_bandwidth, weight_bytes
 from flythinker.choices import BenchDtype, value
 from flythinker.errors import UserError
-from flythinker.tiny import qwen2_config, random_pair
 
 TARGETS = {  # ratio: bound (batch 1 unless said otherwise)
     "concurrent_over_max_single": 1.05,
@@ -126,6 +125,7 @@ def run_decode_bench(cfg: DecodeBenchConfig, model=None, device: str = "cpu", lo
 
     from flythinker import FlyThinker
     from flythinker.decoding.concurrent import ConcurrentDecoder, default_threads, resolve_backend
+    from flythinker.tiny import qwen2_config, random_pair
 
     if model is None and cfg.generator:
         model = local_pair(cfg)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flythinker.apps.experiment.cells import cell_latents
 from flythinker.apps.experiment.config import ExperimentConfig, cell_dir
 from flythinker.errors import UserError
 from flythinker.evaluate.report import METRIC_LABELS, fmt_metric
@@ -273,6 +272,8 @@ def write_report(exp: ExperimentConfig) -> Path:
 def latent_table(exp: ExperimentConfig) -> list[str]:
     """Markdown rows of :func:`latent_diagnostics` for every finished G + R cell (seed means)."""
     import numpy as np
+
+    from flythinker.apps.experiment.cells import cell_latents
 
     keys = ("lam", "rho", "offset_norm", "token_embedding_norm", "consecutive_cos", "nll_own", "nll_no_latent",
             "nll_other_latent")

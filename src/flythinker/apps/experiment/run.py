@@ -26,7 +26,6 @@ from pathlib import Path
 
 import typer
 
-from flythinker.apps.experiment.cells import remeasure_cell, run_cell
 from flythinker.apps.experiment.config import ExperimentConfig, cell_dir, load_experiment
 from flythinker.apps.experiment.report import write_report
 from flythinker.errors import UserError
@@ -37,6 +36,8 @@ def run_experiment(exp: ExperimentConfig, only: list[str] | None = None, log=pri
 
     >>> run_experiment(load_experiment("src/flythinker/configs/experiment_tiny.yaml"))  # doctest: +SKIP
     """
+    from flythinker.apps.experiment.cells import run_cell
+
     out = Path(exp.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(asdict(exp), indent=2) + "\n")
@@ -52,6 +53,8 @@ def run_experiment(exp: ExperimentConfig, only: list[str] | None = None, log=pri
 def remeasure_experiment(exp: ExperimentConfig, only: list[str] | None = None, log=print) -> Path:
     """:func:`~.cells.remeasure_cell` for every finished cell (of the rows in ``only``), then the
     report; unfinished cells are left alone. Returns OUT/results.md."""
+    from flythinker.apps.experiment.cells import remeasure_cell
+
     bases = resolve_bases(exp, Path(exp.out), log)
     for group, split, seed in exp.cells(only):
         if (cell_dir(exp, group, split, seed) / "metrics.json").is_file():

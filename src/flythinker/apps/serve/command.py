@@ -16,6 +16,11 @@ from flythinker.errors import UserError
 # a model with no training config (a plain base): the 2 most recent profile items, as the
 # reproduction trains with
 SERVE_PROMPT_DEFAULTS = {"retrieval": "recent", "k": 2}
+ENGINE_HELP = (
+    "flythinker (our decoders) or vllm (vLLM's engine: paged, batched; pip install 'flythinker[vllm]', "
+    "docs/vllm.md). --mode and --device apply to ours."
+)
+VLLM_ARG_HELP = "KEY=VALUE for vLLM's engine (repeatable), e.g. max_model_len=4096, enforce_eager=true."
 
 
 def _freeze_long_lived() -> None:
@@ -49,15 +54,8 @@ def serve_command(
     ),
     dtype: Dtype = typer.Option(None, "--dtype", help="Weights dtype (default: as saved)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)."),
-    engine_kind: ServeEngine = typer.Option(
-        "flythinker",
-        "--engine",
-        help="flythinker (our decoders) or vllm (vLLM's engine: paged, batched; pip install 'flythinker[vllm]', "
-        "docs/vllm.md). --mode and --device apply to ours.",
-    ),
-    vllm_args: list[str] = typer.Option(
-        [], "--vllm-arg", help="KEY=VALUE for vLLM's engine (repeatable), e.g. max_model_len=4096, enforce_eager=true."
-    ),
+    engine_kind: ServeEngine = typer.Option("flythinker", "--engine", help=ENGINE_HELP),
+    vllm_args: list[str] = typer.Option([], "--vllm-arg", help=VLLM_ARG_HELP),
 ) -> None:
     """Serve OpenAI-compatible completions personalized by each user's stored profile."""
     from flythinker.extras import require
@@ -74,9 +72,7 @@ def serve_command(
     mode, dtype, engine_kind = value(mode), value(dtype), value(engine_kind)
     prompt_cfg, source = model_prompt_config(model, default=SERVE_PROMPT_DEFAULTS)
     print(f"prompts: {describe_prompt_config(prompt_cfg)}; from {source}")
-    if vllm_args and engine_kind != "vllm":
-        raise UserError("--vllm-arg needs --engine vllm")
-    net, tok, engine = _engine(engine_kind, model, mode, dtype, device, max_batch, max_queue, _engine_args(vllm_args))
+    net, tok, engine = _engine(engine_kind, model, mode, dtype, device, max_batch, max_queue, vllm_args)
     store = ProfileStore(db)
     app = make_app(
         net,
@@ -108,8 +104,11 @@ def _engine_args(pairs: list[str]) -> dict:
     return args
 
 
-def _engine(kind: str, model: Path, mode: str, dtype, device, max_batch: int, max_queue: int, engine_args: dict):
+def _engine(kind: str, model: Path, mode: str, dtype, device, max_batch: int, max_queue: int, vllm_args: list[str]):
     """(the model or None, its tokenizer, the engine) for ``--engine``."""
+    if vllm_args and kind != "vllm":
+        raise UserError("--vllm-arg needs --engine vllm")
+    engine_args = _engine_args(vllm_args)
     if kind == "vllm":
         from flythinker.extras import require
 
