@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare, here, what a GPU window carries (scripts/gpu_window.sh runs there): .gpu/ (ignored by git).
 #
-#   bash scripts/gpu_pack.sh            # then, with the device tool (see the README's GPU section):
+#   bash scripts/gpu_pack.sh            # then, with the device tool (see docs/gpu.md):
 #     run 1: carry [".gpu/model-a"]                 command: bash scripts/gpu_window.sh --stage-only
 #     run 2: carry [".gpu/base", ".gpu/model-b"]    command: bash scripts/gpu_window.sh
 #

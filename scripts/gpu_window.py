@@ -1,6 +1,6 @@
 """One GPU window, spent by a committed queue: run the next tasks that are not done, within a budget.
 
-    bash scripts/gpu_window.sh                    # on the GPU machine (see the README's GPU section)
+    bash scripts/gpu_window.sh                    # on the GPU machine (see docs/gpu.md)
     python scripts/gpu_window.py --plan           # here: what the next window would run, and why
     python scripts/gpu_window.py --collect DIR    # here: file what a window brought back under results/gpu/
 

@@ -154,7 +154,7 @@ def random_pair(g_config, r_config, lam: float, device="cpu", dtype=None, seed: 
     return FlyThinker(generator=g, reasoner=r, lam=lam).eval()
 
 
-# Decoder families of transformers, as tiny random configs of one shape (tests, the README's table).
+# Decoder families of transformers, as tiny random configs of one shape (tests, docs/families.md's table).
 # Sliding-window families get a window of 4 tokens, so a short test decodes past it.
 FAMILIES = (
     "llama",

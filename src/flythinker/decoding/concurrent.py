@@ -127,7 +127,7 @@ def resolve_backend(model, backend: str | None) -> str:
     if name == "nccl":
         raise UserError(
             "backend 'nccl' runs one model per process: start 2 ranks with torchrun and use "
-            "flythinker.decoding.distributed.launch(model) (see the README)"
+            "flythinker.decoding.distributed.launch(model) (see docs/decoding.md)"
         )
     return name
 

@@ -6,7 +6,7 @@ adapter), their two rows of a step go through one forward.
 
 A batch of B prompts is decoded as 2B rows, G's first, each row with its own KV cache (the
 prefills run as in the reference, then the two caches are stacked). The weights are read once for
-both rows: at batch 1 on this project's CPU a step costs 1.06–1.17 × an SFT step (README).
+both rows: at batch 1 on this project's CPU a step costs 1.06–1.17 × an SFT step (docs/decoding.md).
 
 Per-row adapters are a batched LoRA of this module's own: every adapted linear layer of the base
 gets both adapters' A and B stacked (ranks padded with zeros, scaling folded into B) and adds

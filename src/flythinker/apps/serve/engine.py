@@ -137,7 +137,7 @@ class Engine:
             if (reason := unshared_reason(model)) is not None:
                 raise UserError(f"--mode shared_base needs G and R to share one base: {reason}")
         if mode == "auto":  # overlap where it pays: on a GPU (on this project's CPU, each model on
-            # every core one after the other served faster than one core each at once; README)
+            # every core one after the other served faster than one core each at once; docs/serving.md)
             mode = self.mode = "concurrent" if device == "cuda" else "sequential"
         self.threads = None  # two models overlapping on the CPU's cores get half of them each
         if device == "cpu" and mode == "concurrent" and model.lam != 0.0 and model.variant != "static":
