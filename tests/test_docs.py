@@ -83,3 +83,12 @@ def test_the_quick_start_demo_runs_at_its_smallest_size(tmp_path):
     assert argv[0].endswith("flythinker") and argv[1:] == ["demo"]
     main([*argv[1:], "--small", "--out", str(tmp_path / "demo")])
     assert (tmp_path / "demo" / "report.md").exists()
+
+
+def test_the_decoding_page_shows_the_table_of_decoders():
+    from flythinker.choices import DECODER_TABLE
+
+    page = (ROOT / "docs" / "decoding.md").read_text()
+    for d in DECODER_TABLE:
+        yes = lambda b: "yes" if b else "no"  # noqa: E731
+        assert f"| `{d.name}` | {d.runs} | {yes(d.backend)} | {yes(d.server)} |" in page

@@ -8,14 +8,36 @@ against the list the code itself uses; :func:`value` turns a member back into it
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
-DecodeMode = Enum(
-    "DecodeMode", {m: m for m in ("sequential", "concurrent", "captured", "shared_base")}, type=str
-)  # model.DECODERS
-ServeMode = Enum(
-    "ServeMode", {m: m for m in ("auto", "concurrent", "sequential", "shared_base")}, type=str
-)  # serve's Engine
+
+@dataclass(frozen=True)
+class Decoder:
+    """One decoding mode: its name, how it runs, whether it takes a ``backend``, and whether the
+    server's running batch can run it (the running batch admits rows between steps)."""
+
+    name: str
+    runs: str
+    backend: bool
+    server: bool
+
+
+# The one table of decoders: `generate --mode`, `serve --mode`, flythinker.decoding's dispatch and
+# model.DECODERS are all derived from it (tests/decoding/test_decoder_table.py).
+DECODER_TABLE = (
+    Decoder("sequential", "R's step, then G's, in place: the reference", backend=False, server=True),
+    Decoder(
+        "concurrent", "R's step beside G's (threads, CUDA streams, devices or processes)", backend=True, server=True
+    ),
+    Decoder("captured", "one recorded step over static caches (CUDA graphs on a GPU)", backend=True, server=False),
+    Decoder(
+        "shared_base", "G's and R's rows in one forward of their shared base (LoRA runs)", backend=False, server=True
+    ),
+)
+DecodeMode = Enum("DecodeMode", {d.name: d.name for d in DECODER_TABLE}, type=str)
+# the server: its batchable decoders, and auto (concurrent on a GPU, sequential on a CPU)
+ServeMode = Enum("ServeMode", {"auto": "auto", **{d.name: d.name for d in DECODER_TABLE if d.server}}, type=str)
 ServeEngine = Enum("ServeEngine", {m: m for m in ("flythinker", "vllm")}, type=str)  # serve --engine
 Backend = Enum("Backend", {m: m for m in ("auto", "threads", "streams", "devices", "shm", "gloo", "nccl")}, type=str)
 Retrieval = Enum("Retrieval", {m: m for m in ("none", "all", "bm25", "recent")}, type=str)  # data.prompts

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import torch
 
+from flythinker.choices import DECODER_TABLE
 from flythinker.decoding.sampling import SamplingConfig
 from flythinker.decoding.streaming import stream
 from flythinker.errors import UserError
 from flythinker.model import register_decoder
 
-MODES = ("sequential", "concurrent", "captured", "shared_base")
+MODES = tuple(d.name for d in DECODER_TABLE)
 __all__ = ["MODES", "decode", "stream"]
 
 

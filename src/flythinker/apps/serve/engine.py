@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flythinker.choices import ServeMode
 from flythinker.decoding.sampling import SamplingConfig, TokenSampler
 from flythinker.errors import UserError
 from flythinker.lm import eos_ids
@@ -128,8 +129,8 @@ class Engine:
         # the tokenizer's EOS and every one of the generation config's (a test's batch may have no model)
         self.eos = set(eos_ids(getattr(model, "generator", None), tokenizer))
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if mode not in ("auto", "concurrent", "sequential", "shared_base"):
-            raise UserError(f"mode must be 'auto', 'concurrent', 'sequential' or 'shared_base', got {mode!r}")
+        if mode not in (modes := tuple(m.value for m in ServeMode)):
+            raise UserError(f"mode must be one of {modes}, got {mode!r}")
         device = None if make_batch is not None else device_of(model.generator).type  # None: a test's batch
         if mode == "shared_base" and make_batch is None:  # refuse at start, not at the first request
             from flythinker.decoding.shared_base import unshared_reason
