@@ -1,4 +1,4 @@
-"""The method's invariants (DESIGN.md §3) on tiny random Qwen2 models, fp32."""
+"""The method's invariants (docs/design.md#one-vocabulary-and-the-invariants) on tiny random Qwen2 models, fp32."""
 
 from __future__ import annotations
 

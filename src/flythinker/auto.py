@@ -43,11 +43,9 @@ def load_model(
     base (``flythinker.adapters``: one base in memory, for shared-base decoding).
     """
     path = Path(path).expanduser()
-    if adapters and is_flythinker_folder(path):
-        model = _load_with_adapters(path, dtype, device, trust_remote_code)
-        tok = model.tokenizer
-    elif is_flythinker_folder(path):
-        model = FlyThinker.from_pretrained(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    if is_flythinker_folder(path):
+        weights = "adapters" if adapters else "folders"
+        model = FlyThinker.from_pretrained(path, dtype, device, trust_remote_code, weights=weights)
         tok = model.tokenizer
     elif (check_model_folder(path, key, trust_remote_code) / "config.json").is_file():
         g = load_causal_lm(path, key, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -65,23 +63,6 @@ def load_model(
         raise UserError(f"{path}: no tokenizer saved with the model")
     pad_id(tok)
     return model.eval(), tok
-
-
-def _load_with_adapters(path: Path, dtype, device, trust_remote_code: bool) -> FlyThinker:
-    """A FlyThinker folder's ``adapters/``: G and R as peft models over one base, its fusion as saved."""
-    import json
-
-    from flythinker.adapters import load_adapter_pair
-    from flythinker.saving import read_folder_config, restore_fusion
-
-    lam, mode, variant = read_folder_config(path)
-    gate = json.loads((path / CONFIG_NAME).read_text()).get("gate", "none")
-    if variant != "flythinker":
-        raise UserError(f"{path}: unmerged adapters are loaded for FlyThinker folders, not the {variant!r} variant")
-    g, r, tok = load_adapter_pair(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    model = FlyThinker(g, r, lam=lam, fusion=mode, generator_tokenizer=tok, reasoner_tokenizer=tok, gate=gate)
-    restore_fusion(model.fusion, path)
-    return model.to(device) if device is not None else model
 
 
 def load_for_mode(path, mode: str | None, dtype=None, device=None, trust_remote_code: bool = False, say=None):

@@ -32,7 +32,7 @@ def embedding_norm(weight: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def embedding_output_norm(embedding: nn.Module, num_embeddings: int | None = None, chunk: int = 4096) -> torch.Tensor:
-    """ρ as DESIGN.md §1 defines it: the mean L2 norm of what an embedding *layer* outputs, over every
+    """ρ as docs/design.md#the-method-and-ρ defines it: the mean L2 norm of what an embedding *layer* outputs, over every
     token of its vocabulary → detached fp32 scalar (on the layer's device).
 
     The layer is called on ``chunk`` ids at a time, so families that scale the looked-up rows inside
@@ -194,6 +194,49 @@ class Fusion(nn.Module):
             f"d_reasoner={self.d_reasoner}, d_generator={self.d_generator}, lam={self.lam}, "
             f"mode={self.mode!r}{gate}{detach}{center}"
         )
+
+
+class RhoCache:
+    """ρ of a Generator's embedding layer, computed once and kept until the table changes (an
+    optimizer step, a load, a move to another device or dtype: the weight's version, storage and
+    dtype are the key, and those of a LoRA on the embedding). A value fixed with :meth:`fix`
+    (ZeRO-3, whose shards read as empty outside forward) is kept until :meth:`clear`."""
+
+    def __init__(self):
+        self.fixed: torch.Tensor | None = None
+        self.auto: tuple | None = None  # (key of the embedding's weights, ρ)
+
+    def value(self, embedding: nn.Module) -> torch.Tensor:
+        if self.fixed is not None:
+            return self.fixed
+        w = embedding.weight
+        if w.numel() == 0:  # ZeRO-3 partitions the table outside forward: the shard is empty
+            raise RuntimeError(
+                "the generator's embedding table is partitioned (ZeRO-3); call model.cache_rho() "
+                "before wrapping the model, or compute ρ from the gathered weights"
+            )
+        extra = tuple((_version(p), p.data_ptr()) for name, p in embedding.named_parameters() if name != "weight")
+        key = (_version(w), w.data_ptr(), w.dtype, w.device, extra)
+        if self.auto is None or self.auto[0] != key:
+            self.auto = (key, embedding_output_norm(embedding))
+        return self.auto[1]
+
+    def fix(self, embedding: nn.Module, value=None) -> torch.Tensor:
+        self.fixed = None
+        rho = self.value(embedding) if value is None else torch.as_tensor(value, dtype=torch.float32)
+        self.fixed = rho.detach()
+        return self.fixed
+
+    def clear(self) -> None:
+        self.fixed, self.auto = None, None
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """A tensor's in-place version counter (None for inference tensors, which have none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def _all_sum(t: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,8 @@ import inspect
 import torch
 from torch import nn
 
+from flythinker.errors import UserError
+
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids (B, T) counted over real tokens only, so left padding changes nothing.
@@ -135,3 +137,32 @@ def pad_id(tokenizer) -> int:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer.pad_token_id
+
+
+def check_pair(generator, reasoner, generator_tokenizer=None, reasoner_tokenizer=None) -> None:
+    """Refuse a G/R pair that does not share one vocabulary (docs/design.md#one-vocabulary-and-the-invariants).
+
+    With tokenizers, their vocabularies must be identical and both embedding tables must cover
+    them (so Qwen2.5-7B with 152064 rows pairs with 1.5B with 151936: same tokenizer). Without
+    tokenizers, the two input-embedding tables must have the same number of rows.
+    """
+    vg = generator.get_input_embeddings().num_embeddings
+    vr = reasoner.get_input_embeddings().num_embeddings
+    if generator_tokenizer is not None and reasoner_tokenizer is not None:
+        a, b = generator_tokenizer.get_vocab(), reasoner_tokenizer.get_vocab()
+        if a != b:
+            diff = sorted(set(a.items()) ^ set(b.items()))[:3]
+            raise UserError(
+                f"generator and reasoner tokenizers differ ({len(a)} vs {len(b)} tokens, e.g. {diff}); "
+                "FlyThinker needs one shared vocabulary"
+            )
+        n = len(generator_tokenizer)
+        if vg < n or vr < n:
+            raise UserError(
+                f"embedding tables ({vg} generator rows, {vr} reasoner rows) do not cover the tokenizer's {n} tokens"
+            )
+    elif vg != vr:
+        raise UserError(
+            f"generator and reasoner vocabulary sizes differ ({vg} vs {vr}); pass both tokenizers "
+            "to check that they share one vocabulary, or use a matching pair"
+        )

@@ -1,13 +1,11 @@
 """FlyThinker: a Generator G and a Reasoner R joined by the fusion f() — one-pass training.
 
-Training needs no unrolling: a latent z_i depends on tokens s_0..s_i only, never on earlier
-latents, so the teacher-forced forward is one parallel pass of R (hidden states only, no LM
-head) and one of G over the fused embeddings (DESIGN.md §1).
+A latent z_i depends on tokens s_0..s_i only, so the teacher-forced forward is one parallel pass
+of R (hidden states, no LM head) and one of G over the fused embeddings (docs/design.md).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +16,10 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from flythinker.errors import UserError
-from flythinker.fusion import Fusion, embedding_output_norm, shift_latents
-from flythinker.lm import backbone, eos_ids, positions_from_mask
+from flythinker.fusion import Fusion, RhoCache, shift_latents
+from flythinker.lm import backbone, check_pair, eos_ids, positions_from_mask
 from flythinker.loading import has_tokenizer, load_causal_lm, load_tokenizer
-from flythinker.saving import CONFIG_NAME, FORMAT_VERSION, read_folder_config, restore_fusion, write_model_folder
+from flythinker.saving import CONFIG_NAME, FORMAT_VERSION, FolderConfig, write_model_folder
 
 __all__ = [
     "FlyThinker",
@@ -56,35 +54,6 @@ class FlyThinkerOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     latents: torch.Tensor | None = None
-
-
-def check_pair(generator, reasoner, generator_tokenizer=None, reasoner_tokenizer=None) -> None:
-    """Refuse a G/R pair that does not share one vocabulary (DESIGN.md §3).
-
-    With tokenizers, their vocabularies must be identical and both embedding tables must cover
-    them (so Qwen2.5-7B with 152064 rows pairs with 1.5B with 151936: same tokenizer). Without
-    tokenizers, the two input-embedding tables must have the same number of rows.
-    """
-    vg = generator.get_input_embeddings().num_embeddings
-    vr = reasoner.get_input_embeddings().num_embeddings
-    if generator_tokenizer is not None and reasoner_tokenizer is not None:
-        a, b = generator_tokenizer.get_vocab(), reasoner_tokenizer.get_vocab()
-        if a != b:
-            diff = sorted(set(a.items()) ^ set(b.items()))[:3]
-            raise UserError(
-                f"generator and reasoner tokenizers differ ({len(a)} vs {len(b)} tokens, e.g. {diff}); "
-                "FlyThinker needs one shared vocabulary"
-            )
-        n = len(generator_tokenizer)
-        if vg < n or vr < n:
-            raise UserError(
-                f"embedding tables ({vg} generator rows, {vr} reasoner rows) do not cover the tokenizer's {n} tokens"
-            )
-    elif vg != vr:
-        raise UserError(
-            f"generator and reasoner vocabulary sizes differ ({vg} vs {vr}); pass both tokenizers "
-            "to check that they share one vocabulary, or use a matching pair"
-        )
 
 
 class FlyThinker(nn.Module):
@@ -124,8 +93,7 @@ class FlyThinker(nn.Module):
         except ValueError as e:
             raise UserError(str(e)) from None
         self.tokenizer = generator_tokenizer
-        self._rho: torch.Tensor | None = None  # fixed by cache_rho()
-        self._rho_auto: tuple | None = None  # (key of the embedding's weights, ρ)
+        self._rho = RhoCache()
 
     @property
     def lam(self) -> float:
@@ -134,37 +102,16 @@ class FlyThinker(nn.Module):
     # --- ρ --------------------------------------------------------------------------------
     def rho(self) -> torch.Tensor:
         """ρ: the mean norm of what G's input-embedding layer outputs over its whole vocabulary
-        (detached fp32; :func:`~flythinker.fusion.embedding_output_norm`).
-
-        Computed once and kept until the table changes (an optimizer step, a load, a move to
-        another device or dtype: the weight's version, storage and dtype are the key), so training,
-        every decoder, the server and the diagnostics read one value. A value fixed with
-        :meth:`cache_rho` (ZeRO-3, whose shards read as empty) is kept until cleared.
-        """
-        if self._rho is not None:
-            return self._rho
-        embedding = self.generator.get_input_embeddings()
-        w = embedding.weight
-        if w.numel() == 0:  # ZeRO-3 partitions the table outside forward: the shard is empty
-            raise RuntimeError(
-                "the generator's embedding table is partitioned (ZeRO-3); call model.cache_rho() "
-                "before wrapping the model, or compute ρ from the gathered weights"
-            )
-        key = (_version(w), w.data_ptr(), w.dtype, w.device, _adapter_versions(embedding))
-        if self._rho_auto is None or self._rho_auto[0] != key:
-            self._rho_auto = (key, embedding_output_norm(embedding))
-        return self._rho_auto[1]
+        (detached fp32), computed once and kept until the table changes (:class:`RhoCache`), so
+        training, every decoder, the server and the diagnostics read one value."""
+        return self._rho.value(self.generator.get_input_embeddings())
 
     def cache_rho(self, value: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Fix ρ (for ZeRO-3 training: before the table is partitioned); ``None`` computes it now
-        from G's embedding layer."""
-        self._rho = None
-        rho = self.rho() if value is None else torch.as_tensor(value, dtype=torch.float32)
-        self._rho = rho.detach()
-        return self._rho
+        """Fix ρ (for ZeRO-3 training: before the table is partitioned); ``None`` computes it now."""
+        return self._rho.fix(self.generator.get_input_embeddings(), value)
 
     def clear_rho_cache(self) -> None:
-        self._rho, self._rho_auto = None, None
+        self._rho.clear()
 
     # --- the training forward ---------------------------------------------------------------
     def reason(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
@@ -347,54 +294,56 @@ class FlyThinker(nn.Module):
         dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
+        weights: str = "folders",
         **model_kwargs,
     ) -> "FlyThinker":
         """Load a folder written by :meth:`save_pretrained` (local files only, safetensors only).
 
-        ``model_kwargs`` go to both ``AutoModelForCausalLM.from_pretrained`` calls
-        (e.g. ``attn_implementation="sdpa"``). The folder's ``variant`` picks the class
-        (e.g. :class:`flythinker.static.StaticThinker`).
+        ``weights="folders"`` reads ``generator/`` and ``reasoner/``; ``"adapters"`` reads a LoRA
+        run's unmerged ``adapters/``: G and R as two peft models over one base in memory.
+        ``model_kwargs`` go to both ``AutoModelForCausalLM.from_pretrained`` calls (e.g.
+        ``attn_implementation="sdpa"``). The folder's ``variant`` picks the class.
 
         >>> model = FlyThinker.from_pretrained("runs/my-model")  # doctest: +SKIP
         """
-        path = Path(path).expanduser()
         _registries()
-        lam, mode, variant = read_folder_config(path)
-        gate = json.loads((path / CONFIG_NAME).read_text()).get("gate", "none")
-        cls = VARIANTS.get(variant, FlyThinker if variant == "flythinker" else None)
+        path = Path(path).expanduser()
+        cfg = FolderConfig.read(path)
+        cls = VARIANTS.get(cfg.variant, FlyThinker if cfg.variant == "flythinker" else None)
         if cls is None:
-            raise UserError(f"{path / CONFIG_NAME}: unknown FlyThinker variant {variant!r}")
-        models, toks = {}, {}
-        for name in ("generator", "reasoner"):
-            sub = path / name
-            if not sub.is_dir():
-                raise UserError(f"{path}: missing {name}/ folder")
-            models[name] = load_causal_lm(sub, name, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs)
-            toks[name] = load_tokenizer(sub, trust_remote_code) if has_tokenizer(sub) else None
+            raise UserError(f"{path / CONFIG_NAME}: unknown FlyThinker variant {cfg.variant!r}")
+        if weights not in ("folders", "adapters"):
+            raise UserError(f"weights must be 'folders' or 'adapters', got {weights!r}")
+        if weights == "adapters":
+            from flythinker.adapters import load_adapter_pair
+
+            if cfg.variant != "flythinker":
+                raise UserError(
+                    f"{path}: unmerged adapters are loaded for FlyThinker folders, not the {cfg.variant!r} variant"
+                )
+            g, r, tok = load_adapter_pair(path, dtype=dtype, trust_remote_code=trust_remote_code)
+            models, toks = {"generator": g, "reasoner": r}, {"generator": tok, "reasoner": tok}
+        else:
+            models, toks = _load_folders(path, dtype, trust_remote_code, model_kwargs)
         model = cls(
             models["generator"],
             models["reasoner"],
-            lam=lam,
-            fusion=mode,
+            lam=cfg.lam,
+            fusion=cfg.fusion,
+            gate=cfg.gate,
             generator_tokenizer=toks["generator"],
             reasoner_tokenizer=toks["reasoner"],
-            gate=gate,
         )
-        restore_fusion(model.fusion, path)
-        if device is not None:
-            model.to(device)
-        return model.eval()
+        cfg.restore(model.fusion, path)
+        return (model.to(device) if device is not None else model).eval()
 
 
-def _adapter_versions(embedding: nn.Module) -> tuple:
-    """Versions of the trainable tensors inside an embedding layer besides its table (a peft LoRA
-    on the embedding), so that ρ follows them too."""
-    return tuple((_version(p), p.data_ptr()) for name, p in embedding.named_parameters() if name != "weight")
-
-
-def _version(t: torch.Tensor) -> int | None:
-    """A tensor's in-place version counter (None for inference tensors, which have none)."""
-    try:
-        return t._version
-    except RuntimeError:
-        return None
+def _load_folders(path: Path, dtype, trust_remote_code: bool, model_kwargs: dict) -> tuple[dict, dict]:
+    models, toks = {}, {}
+    for name in ("generator", "reasoner"):
+        sub = path / name
+        if not sub.is_dir():
+            raise UserError(f"{path}: missing {name}/ folder")
+        models[name] = load_causal_lm(sub, name, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs)
+        toks[name] = load_tokenizer(sub, trust_remote_code) if has_tokenizer(sub) else None
+    return models, toks

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from flythinker.errors import UserError
@@ -118,30 +119,40 @@ def write_model_folder(
     return path
 
 
-def read_folder_config(path: Path) -> tuple[float, str, str]:
-    """(λ, fusion mode, variant) of a FlyThinker folder's ``flythinker.json``."""
-    from flythinker.safe_load import missing_path_error
+@dataclass(frozen=True)
+class FolderConfig:
+    """A FlyThinker folder's ``flythinker.json``, read once: what builds its fusion and its class."""
 
-    cfg_file = path / CONFIG_NAME
-    if not path.exists():
-        raise missing_path_error(path, "model")
-    if not cfg_file.is_file():
-        raise UserError(f"{path}: not a FlyThinker folder (no {CONFIG_NAME})")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-        return cfg["lam"], cfg["fusion"], cfg.get("variant", "flythinker")
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{cfg_file}: unreadable FlyThinker config ({e})") from None
+    lam: float
+    fusion: str
+    variant: str = "flythinker"
+    gate: str = "none"
+    center_latent: bool = False
+    standardize_latent: bool = False
 
+    @classmethod
+    def read(cls, path: Path) -> FolderConfig:
+        from flythinker.safe_load import missing_path_error
 
-def restore_fusion(fusion, path: Path) -> None:
-    """A saved fusion's extras onto a freshly built one: the centred (or standardised) latent's switch
-    (``center_latent``, ``standardize_latent`` in ``flythinker.json``), then its weights (linear map, gate, μ) when it has any."""
-    cfg = json.loads((path / CONFIG_NAME).read_text())
-    if cfg.get("center_latent"):
-        fusion.enable_centering(standardize=bool(cfg.get("standardize_latent")))
-    if fusion.state_dict():
-        fusion.load_state_dict(read_fusion_weights(path))
+        cfg_file = path / CONFIG_NAME
+        if not path.exists():
+            raise missing_path_error(path, "model")
+        if not cfg_file.is_file():
+            raise UserError(f"{path}: not a FlyThinker folder (no {CONFIG_NAME})")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+            extras = {k: cfg[k] for k in ("variant", "gate", "center_latent", "standardize_latent") if k in cfg}
+            return cls(lam=cfg["lam"], fusion=cfg["fusion"], **extras)
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{cfg_file}: unreadable FlyThinker config ({e})") from None
+
+    def restore(self, fusion, path: Path) -> None:
+        """The saved fusion's extras onto a freshly built one: the centred (or standardised) latent's
+        switch, then its weights (linear map, gate, μ, σ) when it has any."""
+        if self.center_latent:
+            fusion.enable_centering(standardize=self.standardize_latent)
+        if fusion.state_dict():
+            fusion.load_state_dict(read_fusion_weights(path))
 
 
 def read_fusion_weights(path: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Static reasoning, the paper's ablation and the latent form of think-then-generate (DESIGN.md §6).
+"""Static reasoning, the paper's ablation and the latent form of think-then-generate (docs/design.md#the-methods-of-the-comparison).
 
 R reads only the prompt; its latent at the last prompt token, z_P, goes through the same fusion
 (λ·ρ norm matching) into G's input at every position from the last prompt token on — the

@@ -14,7 +14,7 @@ IGNORE_INDEX = -100  # label value that cross-entropy skips (prompt and padding)
 
 # Teacher-forced passes (training, NLL, diagnostics) pad on the right: with left padding every pad
 # column is a query with no real key to attend to, which CUDA's attention kernels may turn into NaN
-# (DESIGN.md §10). Decoding's prefill pads on the left, as batched generation needs.
+# (docs/design.md#padding). Decoding's prefill pads on the left, as batched generation needs.
 TEACHER_FORCED_PADDING = "right"
 
 

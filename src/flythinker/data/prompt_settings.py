@@ -19,7 +19,7 @@ def model_prompt_config(model_dir, default: dict | None = None, overrides: dict 
     or in it), else ``default`` (the library's defaults when None), each then changed by the
     ``overrides`` that are not None (a command's explicit flags). ``flythinker generate``, the
     server and the probe build prompts from this (the experiment's cells from the very configs they
-    trained with), so a model is decoded with the prompts it was trained on (DESIGN.md §4).
+    trained with), so a model is decoded with the prompts it was trained on (docs/design.md#prompts-as-trained).
 
     >>> model_prompt_config("/nonexistent", default={"retrieval": "recent", "k": 2})[1]
     'defaults (no training config.yaml beside /nonexistent)'

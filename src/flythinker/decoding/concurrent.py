@@ -1,4 +1,4 @@
-"""Think while generating: the Reasoner's step runs while the Generator's runs (DESIGN.md §2).
+"""Think while generating: the Reasoner's step runs while the Generator's runs (docs/design.md#thinking-while-generating).
 
     step k:   G( E_G(s_n) + λρ·ẑ_{n-1} ) -> s_{n+1}    ‖    R( s_n ) -> z_n
 

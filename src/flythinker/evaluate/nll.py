@@ -101,7 +101,7 @@ def batches(examples, tokenizer, prompt_cfg, batch_size: int = 16, device=None):
 
     Right-padded, like the trainer's: a teacher-forced pass needs no left padding, and left
     padding leaves every pad column a query that sees no real key, which CUDA's attention kernels
-    may turn into NaN (DESIGN.md §10). Positions come from the mask, so the numbers are the same."""
+    may turn into NaN (docs/design.md#padding). Positions come from the mask, so the numbers are the same."""
     from flythinker.data.prompts import TEACHER_FORCED_PADDING, collate, encode_for_training
     from flythinker.devices import to_device
     from flythinker.lm import pad_id

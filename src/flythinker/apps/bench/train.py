@@ -1,6 +1,6 @@
 """`flythinker bench train`: one training step of SFT(G), SFT(R) and FlyThinker(G+R), side by side.
 
-The paper's claim (DESIGN.md §1): a FlyThinker step costs about SFT(G) + SFT(R), since R runs
+The paper's claim (docs/design.md#the-method-and-ρ): a FlyThinker step costs about SFT(G) + SFT(R), since R runs
 once in parallel over the sequence — and a little less, since R's LM head is never run.
 Same random data, same batch, same architecture (two tiny Qwen2s, ≈8M parameters each by
 default). A step is forward + backward + AdamW step, exactly what the trainer does per

@@ -1,4 +1,4 @@
-"""The methods of the comparison (DESIGN.md §6), selectable by name, and the pieces they need.
+"""The methods of the comparison (docs/design.md#the-methods-of-the-comparison), selectable by name, and the pieces they need.
 
 ===================== =========== ============================================================
 name                  model       what differs from FlyThinker
