@@ -99,3 +99,17 @@ def test_files_and_functions_stay_small():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
                 big.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert big == []
+
+
+def test_the_drawing_in_architecture_md_names_every_module_and_no_other():
+    import re
+
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    drawing = text.split("```", 2)[1]
+    named = set(re.findall(r"[a-z_][a-z0-9_]*", drawing))
+    names = {n.rsplit(".", 1)[-1] for n in _modules() if n.count(".") >= 1} - {"flythinker"}
+    names = {n for n in names if n != "__init__"}
+    missing = sorted(n for n in names if n not in named)
+    assert missing == [], f"modules the drawing does not name: {missing}"
+    folders = {p.parent.name for p in PKG.rglob("*.py")} - {"flythinker"}
+    assert all(f"{f}/" in drawing for f in folders)
