@@ -78,6 +78,8 @@ def test_the_openai_client_gets_what_our_engine_answers(model, tmp_path):
                     model="flythinker", prompt="fix the parser", max_tokens=5, temperature=0.8
                 )
                 assert sampled.object == "text_completion" and 1 <= sampled.usage.completion_tokens <= 5
+                with pytest.raises(openai.BadRequestError, match="seed"):  # vLLM's CPU build cannot seed one request
+                    client.chat.completions.create(**{**greedy, "seed": 3})
                 with pytest.raises(openai.NotFoundError):
                     client.chat.completions.create(**{**greedy, "user": "nobody"})
                 with pytest.raises(openai.UnprocessableEntityError, match="max_tokens"):

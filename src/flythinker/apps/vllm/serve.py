@@ -74,6 +74,7 @@ class VllmEngine:
     """vLLM's ``AsyncLLM`` over an exported folder, behind the server's engine interface."""
 
     def __init__(self, folder: Path, max_batch: int = 8, max_queue: int = 64, dtype: str | None = None, **engine_args):
+        import torch
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -89,6 +90,7 @@ class VllmEngine:
 
         self.llm = asyncio.run_coroutine_threadsafe(start(), self.loop).result()
         self.inflight = 0
+        self.cpu = not torch.cuda.is_available()
         self.lock = threading.Lock()
         self.stats = {"requests": 0, "peak_inflight": 0}
 
@@ -102,6 +104,8 @@ class VllmEngine:
     ) -> Request:
         if not (math.isfinite(temperature) and temperature >= 0 and math.isfinite(top_p) and 0 < top_p <= 1):
             raise UserError(f"temperature must be a finite number >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
+        if seed is not None and self.cpu:  # vLLM 0.32's CPU build: "CPU Generator does not use offset"
+            raise UserError("seed: vLLM's CPU build cannot seed one request (serve without --engine vllm to seed)")
         with self.lock:
             if self.inflight >= self.max_batch + self.max_queue:
                 raise QueueFull()
