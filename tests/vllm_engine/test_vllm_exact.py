@@ -56,6 +56,7 @@ def assert_exact(model, llm, batch, n: int = N_NEW):
 
 
 def close(llm: LLM) -> None:
+    llm.llm_engine.engine_core.shutdown()  # vLLM's worker processes end with it
     del llm
     gc.collect()
 

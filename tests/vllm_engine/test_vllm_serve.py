@@ -45,9 +45,19 @@ def serve(model, tmp_path, extra):
 
 
 def stop(proc):
+    """SIGTERM the server; vLLM's processes under it must end with it (none left behind)."""
+    import time
+
+    import psutil
+
+    children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
+        assert time.monotonic() < deadline, f"left behind: {[c.name() for c in children if c.is_running()]}"
+        time.sleep(0.5)
 
 
 def put_profile(port):

@@ -41,7 +41,7 @@ def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
 
 
 def _decoder(kind: str, folder: str, dtype: str):
-    """``decode(prompts, n) -> seconds`` for one engine, built once."""
+    """``(decode(prompts, n) -> seconds, close())`` for one engine, built once."""
     import torch
 
     if kind.startswith("vllm"):
@@ -60,7 +60,7 @@ def _decoder(kind: str, folder: str, dtype: str):
             assert all(len(o.outputs[0].token_ids) == n for o in outs)
             return time.perf_counter() - t
 
-        return decode
+        return decode, llm.llm_engine.engine_core.shutdown  # its worker processes end with it
     if kind == "hf_generator":
         from flythinker.loading import load_causal_lm
 
@@ -82,7 +82,7 @@ def _decoder(kind: str, folder: str, dtype: str):
                 model.generate(ids, max_new_tokens=n, eos_token_id=[], pad_token_id=0, mode="sequential")
         return time.perf_counter() - t
 
-    return decode
+    return decode, lambda: None
 
 
 def _worker(
@@ -90,7 +90,7 @@ def _worker(
 ) -> dict:
     import resource
 
-    decode = _decoder(kind, folder, dtype)
+    decode, close = _decoder(kind, folder, dtype)
     one = _prompts(1, prompt, vocab, seed=0)
     decode(one, 2)  # warm-up
     per_token = []
@@ -103,6 +103,7 @@ def _worker(
         secs = decode(_prompts(b, prompt, vocab, seed=b), new)
         result["tokens_per_s"][str(b)] = b * new / secs
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    close()
     return result
 
 

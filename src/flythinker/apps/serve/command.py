@@ -6,6 +6,8 @@ flythinker serve runs/my-model --port 8000 --db runs/profiles.db --api-key $KEY
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 
 import typer
@@ -84,6 +86,9 @@ def serve_command(
         model_name=model.name,
     )
     _freeze_long_lived()
+    # uvicorn re-raises SIGTERM once it has shut down; as SystemExit it still runs the cleanup below,
+    # which stops vLLM's engine processes too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:

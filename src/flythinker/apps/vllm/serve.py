@@ -148,7 +148,13 @@ class VllmEngine:
                 self.inflight -= 1
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop vLLM's engine and its loop."""
-        self.loop.call_soon_threadsafe(self.llm.shutdown)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout)
+        """Stop vLLM's engine (its processes end with it) and then its loop."""
+
+        async def shutdown():
+            self.llm.shutdown(timeout=timeout)
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout + 5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout)
