@@ -30,6 +30,12 @@ from flythinker.lm import eos_ids
 _END = object()  # the end of a request's token stream
 
 
+def check_sampling(temperature: float, top_p: float) -> None:
+    """Refuse sampling settings no engine can use (the server's engines share this rule)."""
+    if not (math.isfinite(temperature) and temperature >= 0 and math.isfinite(top_p) and 0 < top_p <= 1):
+        raise UserError(f"temperature must be a finite number >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
+
+
 class QueueFull(Exception):
     """The engine's queue is full: the client should retry later."""
 
@@ -168,8 +174,7 @@ class Engine:
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> Request:
-        if not (math.isfinite(temperature) and temperature >= 0 and math.isfinite(top_p) and 0 < top_p <= 1):
-            raise UserError(f"temperature must be a finite number >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
+        check_sampling(temperature, top_p)
         req = Request(list(prompt_ids), max_tokens, temperature, top_p, seed)
         try:
             self.queue.put_nowait(req)

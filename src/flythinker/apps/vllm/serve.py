@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import threading
 import uuid
 from pathlib import Path
 
-from flythinker.apps.serve.engine import QueueFull, Request
+from flythinker.apps.serve.engine import QueueFull, Request, check_sampling
 from flythinker.errors import UserError
 
 
@@ -102,8 +101,7 @@ class VllmEngine:
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> Request:
-        if not (math.isfinite(temperature) and temperature >= 0 and math.isfinite(top_p) and 0 < top_p <= 1):
-            raise UserError(f"temperature must be a finite number >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
+        check_sampling(temperature, top_p)
         if seed is not None and self.cpu:  # vLLM 0.32's CPU build: "CPU Generator does not use offset"
             raise UserError("seed: vLLM's CPU build cannot seed one request (serve without --engine vllm to seed)")
         with self.lock:
