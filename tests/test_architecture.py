@@ -40,12 +40,6 @@ def _imports(name: str, path: Path, mods: dict) -> set[str]:
     return out
 
 
-# The one import up the floors: model._registries() loads the package's API module on first use,
-# which imports the decoders and variants that fill model.DECODERS and model.VARIANTS (what
-# `import flythinker` did eagerly before it stopped importing torch).
-REGISTRY_FILL = ("flythinker.model", "flythinker._api")
-
-
 def _floor(name: str) -> int:
     parts = name.split(".")
     if len(parts) < 2 or name == "flythinker._api":
@@ -57,11 +51,7 @@ def _floor(name: str) -> int:
     return 1 if parts[1] in COMPONENTS else 0
 
 
-GRAPH = {
-    n: _imports(n, p, _modules()) - ({REGISTRY_FILL[1]} if n == REGISTRY_FILL[0] else set())
-    for n, p in _modules().items()
-}
-assert REGISTRY_FILL[1] in _imports(REGISTRY_FILL[0], _modules()[REGISTRY_FILL[0]], _modules())  # still true
+GRAPH = {n: _imports(n, p, _modules()) for n, p in _modules().items()}
 
 
 def test_no_import_cycles():

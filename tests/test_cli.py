@@ -24,13 +24,13 @@ def test_version_and_completion_options(capsys):
 def test_the_cli_choices_are_the_codes_own_lists():
     from flythinker import choices as C
     from flythinker.data.prompts import RETRIEVALS
+    from flythinker.decoding import MODES
     from flythinker.decoding.concurrent import BACKENDS
     from flythinker.loading import DTYPES
-    from flythinker.model import DECODERS
 
     names = lambda e: tuple(m.value for m in e)  # noqa: E731
     assert names(C.Retrieval) == RETRIEVALS and names(C.Backend) == BACKENDS and names(C.Dtype) == tuple(DTYPES)
-    assert set(names(C.DecodeMode)) == set(DECODERS)
+    assert names(C.DecodeMode) == MODES
 
 
 def test_a_value_outside_the_choices_is_refused_with_the_list(capsys):

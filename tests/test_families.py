@@ -7,10 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_models import GITCOMMITS, left_padded_batch
+from tiny_models import GITCOMMITS, fallbacks, left_padded_batch
 
 from flythinker import FlyThinker
-from flythinker.decoding.captured import shared_captured
 from flythinker.tiny import FAMILIES, SLIDING_WINDOW, family_config, random_lm
 
 V = 211
@@ -35,10 +34,10 @@ def _decoders_agree(model, lengths=(5, 11), new=10):
     assert torch.equal(full[:, ids.shape[1] - 1 : -1].argmax(-1), seq), "teacher-forced != sequential"
     conc = model.generate(ids, attention_mask=mask, max_new_tokens=new, mode="concurrent", backend="threads", **FREE)
     assert torch.equal(conc, seq), "concurrent != sequential"
-    cap = model.generate(ids, attention_mask=mask, max_new_tokens=new, mode="captured", **FREE)
+    with fallbacks() as fell_back:
+        cap = model.generate(ids, attention_mask=mask, max_new_tokens=new, mode="captured", **FREE)
     assert torch.equal(cap, seq), "captured != sequential"
     windows = [getattr(m.config, "sliding_window", None) for m in (model.generator, model.reasoner)]
-    fell_back = shared_captured(model).fallbacks
     assert bool(fell_back) == any(w == SLIDING_WINDOW for w in windows), fell_back  # static caches where they fit
     for i, n in enumerate(lengths):
         alone = model.generate(ids[i : i + 1, -n:], attention_mask=mask[i : i + 1, -n:], max_new_tokens=new, **FREE)

@@ -15,8 +15,7 @@ from torch.testing import assert_close
 from flythinker import FlyThinker, SeparatePromptThinker
 from flythinker.data.collate import collate
 from flythinker.decoding.concurrent import close_shared_decoders
-from flythinker.decoding.loop import InlineReasoner, SeparateReasoner
-from flythinker.decoding.steps import GeneratorRunner, RowState
+from flythinker.decoding.loop import reference_stepper
 from flythinker.errors import UserError
 
 
@@ -48,20 +47,12 @@ def decoded_logits(model, device="cpu"):
     """The reference loop's logits, teacher-forced on RESPONSES: (B, L, V), the logits that predict
     each response token (the prefill's, then one per step)."""
     g, r = on(collate(G_PROMPTS, 0), device), on(collate(R_PROMPTS, 0), device)  # left padded
-    rows = RowState(g["input_ids"], g["attention_mask"], [], 0)
-    handle, runner = (
-        SeparateReasoner(InlineReasoner(model), r["input_ids"], r["attention_mask"]),
-        GeneratorRunner(model),
-    )
-    latents = handle.prefill(g["input_ids"], rows.attention_mask, rows.position_ids)
-    logits = [runner.prefill(g["input_ids"], rows.attention_mask, rows.position_ids, latents)]
-    latent = latents[:, -1:]
+    stepper = reference_stepper(model, (r["input_ids"], r["attention_mask"]))
+    logits = [stepper.add(g["input_ids"], g["attention_mask"])]
     responses = torch.tensor(RESPONSES, device=device)
     for t in range(responses.shape[1] - 1):
-        tokens = rows.push(responses[:, t])
-        handle.launch(tokens, rows.attention_mask, rows.last_position())
-        logits.append(runner.step(tokens, latent, rows.attention_mask, rows.last_position()))
-        latent = handle.latent()
+        logits.append(stepper.step(responses[:, t]))
+    stepper.finish()
     return torch.stack(logits, dim=1)
 
 

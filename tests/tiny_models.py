@@ -5,6 +5,8 @@ from "conftest" would get whichever conftest was imported first."""
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -99,13 +101,13 @@ def left_padded_batch(lengths, vocab: int = VOCAB, seed: int = 0, pad: int = 0, 
 
 
 def run_schedule(batch, prompts, joins, budgets) -> dict[int, list[int]]:
-    """Greedy decode in a running batch (``RunningBatch`` or one like it): prompt i joins before step
+    """Greedy decode in a running batch (a stepper, or one like it): prompt i joins before step
     ``joins[i]`` and leaves after ``budgets[i]`` tokens. Returns each prompt's tokens."""
     rows, out, logits, step = [], {i: [] for i in range(len(prompts))}, None, 0
     while rows or step <= max(joins):
         new = [i for i, j in enumerate(joins) if j == step]
         if new:
-            first = batch.add([prompts[i] for i in new], pad_token_id=0)
+            first = batch.add_prompts([prompts[i] for i in new], pad_token_id=0)
             logits = first if logits is None else torch.cat([logits, first])
             rows += new
         step += 1
@@ -131,3 +133,16 @@ def greedy_agrees_with_the_forward(model, ids, mask, max_new_tokens: int = 8) ->
     assert torch.equal(full[:, ids.shape[1] - 1 : -1].argmax(-1), new)
     assert torch.equal(model.generate(ids, attention_mask=mask, **free, mode="concurrent", backend="threads"), new)
     return new
+
+
+@contextmanager
+def fallbacks():
+    """The reasons decoders gave for falling back to the reference loop inside the block (their
+    ``FallbackWarning``s), in a list filled when the block ends."""
+    from flythinker.decoding.loop import FallbackWarning
+
+    reasons: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FallbackWarning)
+        yield reasons
+    reasons += [str(w.message) for w in caught if issubclass(w.category, FallbackWarning)]

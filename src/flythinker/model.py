@@ -7,7 +7,6 @@ of R (hidden states, no LM head) and one of G over the fused embeddings (docs/de
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from flythinker.choices import DECODE_ENTRY, VARIANT_ENTRIES, resolve
 from flythinker.errors import UserError
 from flythinker.fusion import Fusion, RhoCache, shift_latents
 from flythinker.lm import backbone, check_pair, eos_ids, positions_from_mask
@@ -25,25 +25,23 @@ __all__ = [
     "FlyThinker",
     "FlyThinkerOutput",
     "check_pair",
-    "register_decoder",
     "VARIANTS",
     "positions_from_mask",
     "backbone",
 ]
 
-# Decoders by mode, registered by flythinker.decoding when flythinker._api loads it (_registries).
-DECODERS: dict[str, Callable] = {}
-# Model classes by the "variant" their folders record; a subclass registers itself by naming one.
+# Model classes by the "variant" their folders record; a subclass registers itself by naming one,
+# and the built-in variants are found by name (choices.VARIANT_ENTRIES) when a folder names them.
 VARIANTS: dict[str, type] = {}
 
 
-def register_decoder(mode: str, fn: Callable) -> None:
-    """Make ``model.generate(mode=mode)`` call ``fn(model, input_ids, attention_mask, **settings)``."""
-    DECODERS[mode] = fn
-
-
-def _registries() -> None:  # fills DECODERS and VARIANTS on first use (`import flythinker` does not)
-    import flythinker._api  # noqa: F401
+def variant_class(name: str) -> type | None:
+    """The model class of a saved ``variant`` (None: unknown)."""
+    if name == "flythinker":
+        return FlyThinker
+    if name not in VARIANTS and name in VARIANT_ENTRIES:
+        resolve(VARIANT_ENTRIES[name])  # defining the class registers it
+    return VARIANTS.get(name)
 
 
 @dataclass
@@ -66,6 +64,7 @@ class FlyThinker(nn.Module):
     """
 
     variant = "flythinker"
+    reasoner_runs = "every_token"  # how R runs when λ ≠ 0; variants override it (see ``reasoning``)
 
     def __init_subclass__(cls, variant: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -98,6 +97,13 @@ class FlyThinker(nn.Module):
     @property
     def lam(self) -> float:
         return self.fusion.lam
+
+    @property
+    def reasoning(self) -> str:
+        """How R runs when decoding, the one answer every decoder and the server read: ``never``
+        (λ = 0: SFT), ``once`` (over the prompt: the static variant), ``every_token`` (FlyThinker)
+        or ``own_prompt`` (every token, after R's own prompt: the separate-prompts variant)."""
+        return "never" if self.lam == 0.0 else self.reasoner_runs
 
     # --- ρ --------------------------------------------------------------------------------
     def rho(self) -> torch.Tensor:
@@ -218,11 +224,7 @@ class FlyThinker(nn.Module):
         >>> new = model.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=True,
         ...                      temperature=0.8, top_p=0.95, seed=0)  # doctest: +SKIP
         """
-        _registries()
-        if mode not in DECODERS:
-            raise UserError(f"mode must be one of {tuple(DECODERS)}, got {mode!r}")
-        eos, pad = self._special_ids(eos_token_id, pad_token_id)
-        return DECODERS[mode](
+        return resolve(DECODE_ENTRY)(
             self,
             input_ids,
             attention_mask,
@@ -232,12 +234,13 @@ class FlyThinker(nn.Module):
             top_p=top_p,
             top_k=top_k,
             seed=seed,
-            eos_token_id=eos,
-            pad_token_id=pad,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
             streamer=streamer,
+            mode=mode,
             backend=backend,
-            **({"reasoner_input_ids": reasoner_input_ids} if reasoner_input_ids is not None else {}),
-            **({"reasoner_attention_mask": reasoner_attention_mask} if reasoner_attention_mask is not None else {}),
+            reasoner_input_ids=reasoner_input_ids,
+            reasoner_attention_mask=reasoner_attention_mask,
         )
 
     def _special_ids(self, eos, pad) -> tuple[list[int], int]:
@@ -306,10 +309,9 @@ class FlyThinker(nn.Module):
 
         >>> model = FlyThinker.from_pretrained("runs/my-model")  # doctest: +SKIP
         """
-        _registries()
         path = Path(path).expanduser()
         cfg = FolderConfig.read(path)
-        cls = VARIANTS.get(cfg.variant, FlyThinker if cfg.variant == "flythinker" else None)
+        cls = variant_class(cfg.variant)
         if cls is None:
             raise UserError(f"{path / CONFIG_NAME}: unknown FlyThinker variant {cfg.variant!r}")
         if weights not in ("folders", "adapters"):

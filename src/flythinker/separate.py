@@ -70,6 +70,8 @@ class SeparatePromptThinker(FlyThinker, variant=VARIANT):
     ...             reasoner_input_ids=r_ids, reasoner_attention_mask=r_mask)     # doctest: +SKIP
     """
 
+    reasoner_runs = "own_prompt"
+
     def read(
         self,
         input_ids,

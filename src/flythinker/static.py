@@ -40,14 +40,16 @@ class StaticThinker(FlyThinker, variant="static"):
 
     Same fusion, ρ and save format as :class:`FlyThinker` (``flythinker.json`` records
     ``"variant": "static"``, so :meth:`FlyThinker.from_pretrained` gives this class back).
-    Decoding runs the one decoding loop with R's latent fixed after the prompt
-    (``flythinker.decoding.loop.StaticReasoner``); there is nothing to overlap, so
+    Decoding runs the one decoding step with R's latent fixed after the prompt
+    (``reasoning == "once"``, read by every decoder); there is nothing to overlap, so
     ``mode="concurrent"`` decodes the same way.
 
     >>> model = StaticThinker(generator=g, reasoner=r, lam=0.5)                      # doctest: +SKIP
     >>> model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()     # doctest: +SKIP
     >>> model.generate(prompt_ids, attention_mask=prompt_mask, max_new_tokens=32)    # doctest: +SKIP
     """
+
+    reasoner_runs = "once"
 
     def static_latent(self, latents: torch.Tensor, last: torch.Tensor) -> torch.Tensor:  # (B, T, d_R) -> (B, d_R)
         return latents[torch.arange(latents.shape[0], device=latents.device), last.to(latents.device)]

@@ -1,5 +1,5 @@
-"""One table of decoders (flythinker.choices.DECODER_TABLE): the model's registry, the decoding
-package's dispatch, the command line's choices and the server's modes are all derived from it."""
+"""One table of decoders (flythinker.choices.DECODER_TABLE): the dispatch of FlyThinker.generate,
+the command line's choices, the server's modes and steppers, and the benchmark are derived from it."""
 
 from __future__ import annotations
 
@@ -13,13 +13,51 @@ from flythinker.errors import UserError
 
 def test_every_list_of_modes_is_the_table():
     import flythinker.decoding as decoding
-    from flythinker.model import DECODERS, _registries
 
-    _registries()
     names = [d.name for d in DECODER_TABLE]
-    assert list(decoding.MODES) == names and list(DECODERS) == names
+    assert list(decoding.MODES) == names
     assert [m.value for m in DecodeMode] == names
     assert [m.value for m in ServeMode] == ["auto", *(d.name for d in DECODER_TABLE if d.server)]
+
+
+def test_every_entry_point_names_a_decoder_with_the_one_signature():
+    import inspect
+
+    from flythinker.choices import DECODE_ENTRY, VARIANT_ENTRIES, resolve
+
+    shared = ["model", "input_ids", "attention_mask", "max_new_tokens", "sampling", "eos_token_id", "pad_token_id"]
+    shared += ["streamer", "backend", "reasoner_prompt"]
+    for d in DECODER_TABLE:
+        fn = resolve(d.entry)
+        assert list(inspect.signature(fn).parameters) == shared, d.name
+    assert callable(resolve(DECODE_ENTRY))
+    for name, entry in VARIANT_ENTRIES.items():
+        assert resolve(entry).variant == name
+
+
+def test_the_server_batches_exactly_the_modes_the_table_says():
+    from flythinker.decoding import make_stepper
+    from flythinker.tiny import llama_config, random_pair
+
+    model = random_pair(llama_config(32, 1, 2, 1, 64, 97, eos=2, pad=0), llama_config(32, 1, 2, 1, 64, 97), 0.5)
+    for d in DECODER_TABLE:
+        if d.server and d.name != "shared_base":  # shared_base needs one base: its own tests
+            make_stepper(model, d.name).close()
+        elif not d.server:
+            with pytest.raises(UserError, match="running batch"):
+                make_stepper(model, d.name)
+
+
+def test_a_backend_for_a_mode_that_takes_none_is_refused():
+    import torch
+
+    from flythinker.tiny import llama_config, random_pair
+
+    model = random_pair(llama_config(32, 1, 2, 1, 64, 97, eos=2, pad=0), llama_config(32, 1, 2, 1, 64, 97), 0.5)
+    for d in DECODER_TABLE:
+        if not d.backend:
+            with pytest.raises(UserError, match="takes no backend"):
+                model.generate(torch.tensor([[5, 6]]), max_new_tokens=2, mode=d.name, backend="threads")
 
 
 def test_the_server_refuses_a_mode_it_cannot_batch_and_names_those_it_can():

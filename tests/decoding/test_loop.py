@@ -8,8 +8,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from flythinker.decoding.loop import NoReasoner, run_generator
+from flythinker.decoding.loop import run
 from flythinker.decoding.sampling import SamplingConfig
+from flythinker.decoding.stepper import PairStepper
 from flythinker.fusion import Fusion
 
 V, D, EOS, PAD = 12, 4, 2, 0
@@ -45,7 +46,7 @@ class ScriptedLM(nn.Module):
 class FakeFlyThinker:
     """What the loop needs of a model (λ = 0: the fusion leaves embeddings alone)."""
 
-    lam, variant = 0.0, "flythinker"
+    lam, variant, reasoning = 0.0, "flythinker", "never"
 
     def __init__(self, script):
         self.generator = ScriptedLM(script)
@@ -60,7 +61,7 @@ class FakeFlyThinker:
 
 def decode(script, ids, mask, max_new, sampling=None, eos=(EOS,), streamer=None):
     model = FakeFlyThinker(script)
-    out = run_generator(model, NoReasoner(), ids, mask, max_new, sampling or SamplingConfig(), list(eos), PAD, streamer)
+    out = run(PairStepper(model), ids, mask, max_new, sampling or SamplingConfig(), list(eos), PAD, streamer)
     return out, model.generator.calls
 
 

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from tiny_models import left_padded_batch, run_schedule, tiny_causal_lm
+from tiny_models import fallbacks, left_padded_batch, run_schedule, tiny_causal_lm
 
 from flythinker import FlyThinker
 from flythinker.decoding.captured import CapturedDecoder
@@ -48,8 +48,9 @@ def _agree(model, device="cpu", new=24):
         ref = model.generate(ids, attention_mask=mask, max_new_tokens=new, **kw)
         assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=new, mode="shared_base", **kw), ref)
         dec = CapturedDecoder(model, shared_base=True)
-        assert torch.equal(dec.generate(ids, attention_mask=mask, max_new_tokens=new, **kw), ref)
-        assert not dec.fallbacks
+        with fallbacks() as reasons:
+            assert torch.equal(dec.generate(ids, attention_mask=mask, max_new_tokens=new, **kw), ref)
+        assert not reasons
     return free
 
 
@@ -111,8 +112,11 @@ def test_what_shares_no_base_is_named_and_decoded_by_the_reference():
         model.eval()
         assert words in unshared_reason(model)
         ref = model.generate(ids, attention_mask=mask, max_new_tokens=8, **FREE)
-        assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=8, mode="shared_base", **FREE), ref)
-        assert words in model._shared_base_fallback
+        with fallbacks() as reasons:
+            assert torch.equal(
+                model.generate(ids, attention_mask=mask, max_new_tokens=8, mode="shared_base", **FREE), ref
+            )
+        assert len(reasons) == 1 and words in reasons[0]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -122,15 +126,16 @@ def test_every_family_decodes_one_base_as_the_reference(family):
     model = FlyThinker(lm, copy.deepcopy(lm), lam=0.5).eval()
     ids, mask = left_padded_batch([5, 11], vocab=211, seed=1)
     ref = model.generate(ids, attention_mask=mask, max_new_tokens=10, **FREE)
-    assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=10, mode="shared_base", **FREE), ref)
+    with fallbacks() as reasons:
+        assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=10, mode="shared_base", **FREE), ref)
     slides = getattr(lm.config, "sliding_window", None) == SLIDING_WINDOW
-    assert (getattr(model, "_shared_base_fallback", None) is not None) == slides
+    assert bool(reasons) == slides
 
 
 @pytest.mark.parametrize("kind", ["one-base", "lora"])
 def test_the_servers_running_batch_decodes_one_base_rows_as_alone(kind):
     """Rows joining and leaving the shared-base running batch get the reference's tokens alone."""
-    from flythinker.decoding.shared_base import SharedBaseBatch
+    from flythinker.decoding.shared_base import SharedBaseStepper
     from flythinker.errors import UserError
 
     if kind == "lora":
@@ -141,10 +146,10 @@ def test_the_servers_running_batch_decodes_one_base_rows_as_alone(kind):
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 97, (n,), generator=gen).tolist() for n in (5, 11, 3, 8, 14, 6)]
     joins, budgets = [0, 0, 2, 5, 5, 9], [12, 4, 9, 6, 10, 7]
-    got = run_schedule(SharedBaseBatch(model), prompts, joins, budgets)
+    got = run_schedule(SharedBaseStepper(model), prompts, joins, budgets)
     for i, p in enumerate(prompts):
         ids = torch.tensor([p])
         alone = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=budgets[i], **FREE)
         assert got[i] == alone[0].tolist(), i
     with pytest.raises(UserError, match="share one base"):
-        SharedBaseBatch(FlyThinker(tiny_causal_lm(hidden=32, seed=0), tiny_causal_lm(hidden=32, seed=1), lam=0.5))
+        SharedBaseStepper(FlyThinker(tiny_causal_lm(hidden=32, seed=0), tiny_causal_lm(hidden=32, seed=1), lam=0.5))

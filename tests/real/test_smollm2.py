@@ -142,19 +142,19 @@ def test_continuous_batching_gives_each_row_its_alone_tokens_and_serves_a_load(p
     from flythinker.apps.serve.engine import Engine
     from flythinker.apps.serve.store import ProfileStore
     from flythinker.data.prompts import PromptConfig
-    from flythinker.decoding.batching import RunningBatch
+    from flythinker.decoding import make_stepper
 
     model, tok = pair
     prompts = [
         tok("Write a commit message for a parser fix.")["input_ids"],
         tok("Summarize: the merge machinery now keeps going after a conflict in a submodule.")["input_ids"],
     ]
-    batch, out, logits = RunningBatch(model, concurrent=True), [[], []], None
-    logits = batch.add([prompts[0]], tok.pad_token_id)
+    batch, out, logits = make_stepper(model, "concurrent"), [[], []], None
+    logits = batch.add_prompts([prompts[0]], tok.pad_token_id)
     rows = [0]
     for step in range(10):
         if step == 3:
-            logits = torch.cat([logits, batch.add([prompts[1]], tok.pad_token_id)])
+            logits = torch.cat([logits, batch.add_prompts([prompts[1]], tok.pad_token_id)])
             rows.append(1)
         tokens = logits.argmax(-1)
         for i, t in zip(rows, tokens.tolist()):

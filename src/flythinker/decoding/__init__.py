@@ -1,135 +1,43 @@
-"""Decoders: the one decoding loop (loop.py) run in place (the sequential reference), with
-R's step overlapped (concurrent.py, worker.py, shm.py, distributed.py), or as one recorded step
-over static caches (captured.py: CUDA graphs on a GPU), or, when G and R are one base, both
-rows of a step in one forward (shared_base.py).
+"""Decoders. Every one drives a *stepper* (stepper.py: both models' state for the rows decoding
+now; ``add`` prefills rows, ``step`` runs one token of every row) from the one decoding loop
+(loop.py), which samples, ends rows at EOS and pads them:
 
-Importing this package registers both modes with :meth:`flythinker.FlyThinker.generate` (the
-``flythinker`` package imports it), so the model never imports what sits above it. All decoders
-take the same arguments and must return the same tokens.
+  sequential   the pair stepper with R's step in place (the reference)
+  concurrent   the pair stepper with R's step on a thread, CUDA stream, device or worker process
+  captured     a stepper over static caches whose step is recorded (CUDA graphs on a GPU)
+  shared_base  a stepper whose step is one forward of G's and R's shared base (2B rows)
+
+The server's engine drives the same steppers, rows joining and leaving between steps. The modes
+are one table (``flythinker.choices.DECODER_TABLE``); ``FlyThinker.generate`` reaches them through
+:mod:`flythinker.decoding.dispatch`. All decoders take the same arguments and return the same tokens.
 """
 
 from __future__ import annotations
 
-import torch
-
-from flythinker.choices import DECODER_TABLE
-from flythinker.decoding.sampling import SamplingConfig
+from flythinker.decoding.dispatch import MODES, decode, generate
 from flythinker.decoding.streaming import stream
-from flythinker.errors import UserError
-from flythinker.model import register_decoder
 
-MODES = tuple(d.name for d in DECODER_TABLE)
-__all__ = ["MODES", "decode", "stream"]
+__all__ = ["MODES", "decode", "generate", "make_stepper", "stream"]
 
 
-def decode(
-    model,
-    input_ids: torch.Tensor,  # (B, T)
-    attention_mask: torch.Tensor | None,
-    *,
-    max_new_tokens: int,
-    sampling: SamplingConfig,
-    eos_token_id: list[int],
-    pad_token_id: int,
-    streamer=None,
-    mode: str = "sequential",
-    backend=None,
-    reasoner_input_ids: torch.Tensor | None = None,  # (B, T_R) R's own prompts: separate_prompts only
-    reasoner_attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:  # (B, T_new)
-    """Check the inputs and run the decoder of ``mode`` (``backend`` for concurrent decoding)."""
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
-        raise UserError(f"input_ids must be (B, T) with a matching attention_mask, got {tuple(input_ids.shape)}")
-    if max_new_tokens < 1:
-        raise UserError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
-    reasoner_prompt = _reasoner_prompt(model, input_ids, reasoner_input_ids, reasoner_attention_mask, mode)
-    args = (model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer)
-    if mode == "sequential":
-        from flythinker.decoding.loop import generate_sequential
+def make_stepper(model, mode: str = "sequential", threads: int | None = None):
+    """The stepper the server's running batch uses for a batchable ``mode``: ``sequential`` (R in
+    place), ``concurrent`` (R's step on a worker thread, with ``threads`` intra-op threads; a side
+    CUDA stream on one GPU) or ``shared_base`` (one forward of the shared base)."""
+    from flythinker.choices import DECODER_TABLE
+    from flythinker.errors import UserError
 
-        return generate_sequential(*args, reasoner_prompt)
-    if mode == "concurrent":
-        from flythinker.decoding.concurrent import generate_concurrent
-
-        return generate_concurrent(*args, backend=backend, reasoner_prompt=reasoner_prompt)
-    if mode == "captured":
-        from flythinker.decoding.captured import generate_captured
-
-        return generate_captured(*args, backend)
+    servable = [d.name for d in DECODER_TABLE if d.server]
+    if mode not in servable:
+        raise UserError(f"a running batch decodes with one of {servable}, got {mode!r}")
     if mode == "shared_base":
-        from flythinker.decoding.shared_base import generate_shared_base
+        from flythinker.decoding.shared_base import SharedBaseStepper
 
-        return generate_shared_base(*args)
-    raise UserError(f"mode must be one of {MODES}, got {mode!r}")
+        return SharedBaseStepper(model)
+    from flythinker.decoding.stepper import PairStepper
 
+    if mode == "concurrent" and model.reasoning == "every_token":
+        from flythinker.decoding.concurrent import threaded_handle
 
-def _reasoner_prompt(model, input_ids, reasoner_input_ids, reasoner_attention_mask, mode: str):
-    """R's own prompts ``(ids, mask)`` for a model whose R reads its own (the separate_prompts
-    variant), checked; None for every other model, which must not be given any."""
-    separate = getattr(model, "variant", None) == "separate_prompts"
-    if not separate:
-        if reasoner_input_ids is not None:
-            raise UserError(
-                "reasoner_input_ids: only a separate_prompts model (profile_in: reasoner) reads its own R prompt"
-            )
-        return None
-    if reasoner_input_ids is None:
-        raise UserError("this model's R reads its own prompt (profile_in: reasoner): pass reasoner_input_ids")
-    if reasoner_attention_mask is None:
-        reasoner_attention_mask = torch.ones_like(reasoner_input_ids)
-    if reasoner_input_ids.dim() != 2 or reasoner_input_ids.shape[0] != input_ids.shape[0]:
-        raise UserError(
-            f"reasoner_input_ids must be (B, T_R) with B = {input_ids.shape[0]}, got {tuple(reasoner_input_ids.shape)}"
-        )
-    if reasoner_attention_mask.shape != reasoner_input_ids.shape:
-        raise UserError("reasoner_attention_mask must match reasoner_input_ids")
-    if mode not in ("sequential", "concurrent") and model.lam != 0.0:
-        raise UserError(
-            f"mode {mode!r} runs R over G's tokens; a model whose R reads its own prompt (profile_in: reasoner) "
-            "decodes with mode 'sequential' or 'concurrent'"
-        )
-    return reasoner_input_ids, reasoner_attention_mask
-
-
-def _decoder(mode: str):
-    def generate(
-        model,
-        input_ids,
-        attention_mask,
-        *,
-        max_new_tokens,
-        do_sample,
-        temperature,
-        top_p,
-        top_k,
-        seed,
-        eos_token_id,
-        pad_token_id,
-        streamer=None,
-        backend=None,
-        reasoner_input_ids=None,
-        reasoner_attention_mask=None,
-    ):
-        sampling = SamplingConfig(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-        return decode(
-            model,
-            input_ids,
-            attention_mask,
-            max_new_tokens=max_new_tokens,
-            sampling=sampling,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            streamer=streamer,
-            mode=mode,
-            backend=backend,
-            reasoner_input_ids=reasoner_input_ids,
-            reasoner_attention_mask=reasoner_attention_mask,
-        )
-
-    return generate
-
-
-for _mode in MODES:
-    register_decoder(_mode, _decoder(_mode))
+        return PairStepper(model, threaded_handle(model, threads), owns_handle=True)
+    return PairStepper(model)

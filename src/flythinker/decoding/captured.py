@@ -10,10 +10,11 @@ attention mask is a device buffer, and one step
     logits = G(E_G(s_n) + λρ·ẑ_{n-1})       (G's static cache)
     ẑ      ← z_n                            (the hand-over stays on the device)
 
-is recorded once per (batch, length) as a CUDA graph and replayed for every token. Nothing in a
-step reads a value back to the host: the token is chosen on the device after the replay (greedy
-or sampled with the sampler every decoder uses), finished rows get ``pad``, and EOS is checked
-every ``check_every`` tokens; the output is cut where the reference loop would have stopped.
+is recorded once per (batch, length) as a CUDA graph and replayed for every token. The decoding
+loop (loop.py) drives it as it drives every stepper (:class:`CapturedStepper`); nothing in a step
+reads a value back to the host: the token is chosen on the device after the replay, finished rows
+get ``pad``, and the loop reads EOS back every ``check_every`` tokens, its output cut where a check
+every token would have stopped.
 
 On a CPU the same static step runs eagerly: the exactness path tested against the reference decoder
 (graphs: under the ``gpu`` marker). Models whose attention is not a causal mask over the whole text
@@ -29,10 +30,10 @@ from collections import OrderedDict
 from contextlib import nullcontext
 
 import torch
-from transformers.cache_utils import Cache, StaticLayer
 
-from flythinker.decoding.loop import generate_sequential
-from flythinker.decoding.sampling import SamplingConfig, TokenSampler
+from flythinker.decoding.caches import StaticKV
+from flythinker.decoding.loop import fall_back, generate_sequential, run
+from flythinker.decoding.steps import shared_forward
 from flythinker.errors import UserError
 from flythinker.lm import backbone, cache_argument, device_of, positions_from_mask, sliding_window
 
@@ -42,44 +43,6 @@ OVERLAP_WITHDRAWN = (
     "or mode='concurrent' with backend='streams' to overlap R and G"
 )
 BUCKET = 256  # static lengths are rounded up to this: one recorded step serves many prompt lengths
-
-
-class _IndexedLayer(StaticLayer):
-    """transformers' static layer, written at its cache's shared device index instead of a counter
-    (and, for a shared base, only in the rows the cache's ``rows`` names)."""
-
-    def __init__(self, owner: "StaticKV", length: int):
-        super().__init__(max_cache_len=length)
-        self.owner = owner
-
-    def lazy_initialization(self, key_states, value_states) -> None:
-        rows = self.owner.batch or key_states.shape[0]
-        self.dtype, self.device = key_states.dtype, key_states.device
-        self.keys = key_states.new_zeros((rows, key_states.shape[1], self.max_cache_len, key_states.shape[3]))
-        self.values = value_states.new_zeros((rows, value_states.shape[1], self.max_cache_len, value_states.shape[3]))
-        self.is_initialized = True
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        rows = self.owner.rows
-        keys, values = (self.keys, self.values) if rows is None else (self.keys[rows], self.values[rows])
-        keys.index_copy_(2, self.owner.index, key_states)
-        values.index_copy_(2, self.owner.index, value_states)
-        return keys, values
-
-    def get_seq_length(self) -> int:
-        return self.max_cache_len
-
-
-class StaticKV(Cache):
-    """A KV cache of ``length`` columns per layer; every layer writes at ``index`` (a device
-    tensor of column numbers the decoder sets: ``arange(T)`` for the prompt, then one column).
-    With ``batch`` it holds that many rows and a forward writes and reads the ``rows`` slice."""
-
-    def __init__(self, length: int, batch: int | None = None):
-        self.index, self.batch, self.rows = None, batch, None
-        super().__init__(layer_class_to_replicate=lambda: _IndexedLayer(self, length))
 
 
 def unsupported_reason(model, length: int) -> str | None:
@@ -226,20 +189,19 @@ class _Slots:
 
     def _shared_step(self, rows, tokens) -> None:
         """G's and R's rows of the step in one forward of the shared base (2B rows)."""
-        from flythinker.decoding.shared_base import head_logits
-
-        embeds = self.embed(tokens)
-        fused = self.fusion(embeds, self.latent, self.rho, torch.ones_like(tokens))
-        mask = self.mask(self.g_dtype, rows)
-        hidden = self.base(
-            inputs_embeds=torch.cat([fused, embeds]),
-            attention_mask=torch.cat([mask, mask]),
-            position_ids=torch.cat([self.pos, self.pos]),
-            **{self.g_arg: self.g_kv},
-            use_cache=True,
-        ).last_hidden_state  # (2B, 1, d)
-        self.logits.copy_(head_logits(self.g_net, hidden[: self.batch, -1]))
-        self.latent.copy_(hidden[self.batch :])
+        logits, latent, _ = shared_forward(
+            self.model(),
+            self.base,
+            self.embed,
+            self.rho,
+            tokens,
+            self.latent,
+            self.mask(self.g_dtype, rows),
+            self.pos,
+            {self.g_arg: self.g_kv},
+        )
+        self.logits.copy_(logits)
+        self.latent.copy_(latent)
 
     def adapters(self):
         return self.row_adapters.active() if self.row_adapters is not None else nullcontext()
@@ -297,7 +259,6 @@ class CapturedDecoder:
         self.check_every, self.keep = max(1, check_every), keep
         self.lock = threading.Lock()
         self.slots: OrderedDict = OrderedDict()
-        self.fallbacks: list[str] = []  # why a call went to the reference loop
 
     @property
     def model(self):
@@ -305,7 +266,9 @@ class CapturedDecoder:
 
     def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:  # (B, T_new)
         """``model.generate`` with this decoder; same keyword arguments."""
-        return self.model.generate(input_ids, attention_mask, mode="captured", backend=self, **kwargs)
+        from flythinker.decoding.dispatch import generate
+
+        return generate(self.model, input_ids, attention_mask, mode="captured", backend=self, **kwargs)
 
     def _slots_for(self, batch: int, length: int) -> _Slots:
         from flythinker.decoding.concurrent import weights_key
@@ -314,69 +277,58 @@ class CapturedDecoder:
         if key not in self.slots:
             while len(self.slots) >= self.keep:
                 self.slots.popitem(last=False)
-            lam = self.model.lam
-            self.slots[key] = _Slots(self.model, batch, length, lam != 0.0, shared=self.shared_base)
+            reasons = self.model.reasoning != "never"
+            self.slots[key] = _Slots(self.model, batch, length, reasons, shared=self.shared_base)
         self.slots.move_to_end(key)
         return self.slots[key]
 
     def decode(self, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer=None):
         """The arguments of ``flythinker.decoding.decode``; returns the new tokens (B, T_new)."""
         model = self.model
+        args = (input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer)
         B, T = input_ids.shape
         length = -(-(T + max_new_tokens) // BUCKET) * BUCKET
-        reason = unsupported_reason(model, length) or ("static variant" if model.variant == "static" else None)
+        reason = unsupported_reason(model, length)
+        if reason is None and model.reasoning == "once":
+            reason = "R runs once over the prompt (the static variant)"
         if reason is None and self.shared_base:
             from flythinker.decoding.shared_base import unshared_reason
 
             reason = unshared_reason(model)
         if reason is not None:
-            self.fallbacks.append(reason)
-            return generate_sequential(
-                model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer
-            )
+            fall_back("captured", reason)
+            return generate_sequential(model, *args)
         with self.lock, torch.no_grad():
-            slots = self._slots_for(B, length)
-            ids, mask = input_ids.to(slots.device), attention_mask.to(slots.device)
-            slots.prefill(ids, mask)
-            if self.graphs and slots.graph is None:
-                slots.record(self.overlap)
-            return self._loop(slots, ids, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer).to(
-                input_ids.device
-            )
+            return run(CapturedStepper(self, self._slots_for(B, length)), *args)
 
-    def _loop(self, slots: _Slots, ids, max_new: int, sampling: SamplingConfig, eos, pad: int, streamer):
-        """The reference loop's bookkeeping around the recorded step, without a host sync per token."""
-        B, T = ids.shape
-        device = slots.device
-        sampler = TokenSampler(sampling, device=device)
-        eos_t = torch.tensor(eos, dtype=torch.long, device=device)
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
-        all_done = torch.zeros(max_new, dtype=torch.bool, device=device)  # after step k, every row had ended
-        seq = torch.empty(B, T + max_new, dtype=torch.long, device=device)
-        seq[:, :T] = ids
-        if streamer is not None:
-            streamer.put(ids.cpu())
-        check = 1 if streamer is not None else self.check_every
-        n = 0
-        for step in range(max_new):
-            tok = sampler(slots.logits, seq[:, : T + step])
-            tok = torch.where(finished, torch.full_like(tok, pad), tok)
-            seq[:, T + step] = tok
-            if len(eos):
-                finished |= torch.isin(tok, eos_t)
-                all_done[step] = finished.all()
-            n = step + 1
-            if streamer is not None:
-                streamer.put(tok.cpu())
-            if step == max_new - 1 or ((step + 1) % check == 0 and len(eos) and bool(finished.all())):
-                break
-            slots.tok.copy_(tok)
-            slots.run_step()
-        if len(eos) and bool(all_done[:n].any()):  # the reference stops at the first step all rows ended
-            n = int(all_done[:n].long().argmax()) + 1
-        if streamer is not None:
-            streamer.end()
-        return seq[:, T : T + n]
+
+class CapturedStepper:
+    """The stepper (stepper.py) over one shape's static caches and recorded step: one batch, added
+    once, decoded to its end (rows neither join nor leave: the shapes are fixed)."""
+
+    def __init__(self, decoder: CapturedDecoder, slots: _Slots):
+        self.decoder, self.slots, self.device = decoder, slots, slots.device
+        self.check_every, self.size = decoder.check_every, 0
+
+    def add(self, input_ids, attention_mask) -> torch.Tensor:  # (B, V) fp32
+        if self.size:
+            raise UserError("captured decoding runs one batch: rows cannot join it")
+        self.size = input_ids.shape[0]
+        self.slots.prefill(input_ids, attention_mask)
+        if self.decoder.graphs and self.slots.graph is None:
+            self.slots.record(self.decoder.overlap)
+        return self.slots.logits
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, V), the buffer the step writes
+        self.slots.tok.copy_(tokens)
+        self.slots.run_step()
+        return self.slots.logits
+
+    def keep(self, rows) -> None:
+        raise UserError("captured decoding runs one batch: rows cannot leave it")
+
+    def finish(self) -> None:
+        pass
 
 
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its CapturedDecoder
@@ -393,7 +345,16 @@ def shared_captured(model) -> CapturedDecoder:
 
 
 def generate_captured(
-    model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer=None, backend=None
+    model,
+    input_ids,
+    attention_mask,
+    max_new_tokens,
+    sampling,
+    eos_token_id,
+    pad_token_id,
+    streamer=None,
+    backend=None,
+    reasoner_prompt=None,
 ) -> torch.Tensor:
     """Entry point of ``decode(mode="captured")``; ``backend`` may be a :class:`CapturedDecoder`."""
     decoder = backend if isinstance(backend, CapturedDecoder) else shared_captured(model)

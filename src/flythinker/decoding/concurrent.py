@@ -2,7 +2,7 @@
 
     step k:   G( E_G(s_n) + λρ·ẑ_{n-1} ) -> s_{n+1}    ‖    R( s_n ) -> z_n
 
-The Generator side is the one decoding loop, ``loop.run_generator``, whose Reasoner handle
+The decoding loop (``loop.run``) drives the pair stepper (stepper.py), whose Reasoner handle
 splits R's step in two: ``launch`` (start R on s_n and return at once) before G's step, and
 ``latent`` (wait for z_n) after it. Both halves compute exactly what the reference computes, so the tokens are the same;
 only where R runs changes, and that is the backend:
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from flythinker.decoding.loop import SeparateReasoner, generate_sequential, run_generator
+from flythinker.decoding.loop import generate_sequential, reference_stepper, run
 from flythinker.decoding.steps import ReasonerRunner
 from flythinker.errors import UserError
 from flythinker.lm import device_of
@@ -75,7 +75,8 @@ class ThreadedReasoner:
         self.pending = self.pool.submit(self._run, fn, args, ready)
 
     def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:  # (B, T, d_R)
-        self.runner = ReasonerRunner(self.model())
+        if self.runner is None:  # a running batch keeps its runner while rows join (the stepper merges caches)
+            self.runner = ReasonerRunner(self.model())
         if self.threads:  # OpenMP's thread count is per calling thread: set the worker's too
             self.pool.submit(torch.set_num_threads, self.threads).result()
         self._submit(self.runner.prefill, input_ids, attention_mask, position_ids)
@@ -101,6 +102,14 @@ class ThreadedReasoner:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+def threaded_handle(model, threads: int | None = None) -> ThreadedReasoner:
+    """R's step on a worker thread for ``model`` (on a side CUDA stream when G and R share a GPU)."""
+    g, r = device_of(model.generator), device_of(model.reasoner)
+    handle = ThreadedReasoner(side_stream=g.type == "cuda" and g == r, threads=threads)
+    handle.bind(model)
+    return handle
 
 
 def resolve_backend(model, backend: str | None) -> str:
@@ -238,10 +247,8 @@ class ConcurrentDecoder:
             try:
                 if self.threads:
                     torch.set_num_threads(self.threads)
-                handle = self.reasoner if reasoner_prompt is None else SeparateReasoner(self.reasoner, *reasoner_prompt)
-                return run_generator(
-                    model,
-                    handle,
+                return run(
+                    reference_stepper(model, reasoner_prompt, handle=self.reasoner),
                     input_ids,
                     attention_mask,
                     max_new_tokens,
@@ -260,7 +267,9 @@ class ConcurrentDecoder:
 
     def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:  # (B, T_new)
         """``model.generate`` with this decoder; same keyword arguments."""
-        return self.model.generate(input_ids, attention_mask, mode="concurrent", backend=self, **kwargs)
+        from flythinker.decoding.dispatch import generate
+
+        return generate(self.model, input_ids, attention_mask, mode="concurrent", backend=self, **kwargs)
 
     def close(self) -> None:
         """Stop the worker (idempotent); a process worker is joined, killed if it does not exit."""
@@ -309,9 +318,9 @@ def generate_concurrent(
 ) -> torch.Tensor:  # (B, T_new)
     """Entry point of ``decode(mode="concurrent")``; ``backend`` is a name or a ConcurrentDecoder."""
     args = (model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer)
-    if model.lam == 0.0 or model.variant == "static":  # SFT, or R runs once: nothing to overlap
+    if model.reasoning in ("never", "once"):  # SFT, or R runs once: nothing to overlap
         resolve_backend(model, backend if isinstance(backend, str) else None)  # still refuse a bad name
-        return generate_sequential(*args, reasoner_prompt)
+        return generate_sequential(*args, reasoner_prompt=reasoner_prompt)
     if isinstance(backend, ConcurrentDecoder):
         decoder = backend
         decoder.bind(model)

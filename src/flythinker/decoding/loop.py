@@ -1,26 +1,86 @@
-"""The decoding loop that every decoder runs, and its reference Reasoner handles.
+"""The decoding loop that every decoder runs, with its one rule for EOS and padding.
 
-``run_generator`` is the one loop: G's prefill and steps, sampling, EOS and padding. Where R's
-step runs is a *Reasoner handle* passed in: :class:`InlineReasoner` computes it in place (the
-sequential reference, per-token time T_R + T_G, simple enough to check by eye); the concurrent
-decoders pass handles that run it on a thread, a CUDA stream or a worker process, so they
-produce the reference's tokens exactly. :class:`StaticReasoner` (the static-reasoning baseline)
-and :class:`NoReasoner` (λ = 0) are handles of the same loop.
+:func:`run` drives any stepper (stepper.py): the prefill, then per token sampling, the EOS and
+padding rule (:class:`RowState`) and one step. The sequential reference is :func:`run` over a
+:class:`~flythinker.decoding.stepper.PairStepper` with R's step in place, simple enough to check by
+eye (per-token time T_R + T_G); the other decoders only pass another stepper. A decoder that cannot
+run a model says why with a :class:`FallbackWarning` and decodes with the reference.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from flythinker.decoding.sampling import SamplingConfig, TokenSampler
-from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner, RowState
-from flythinker.lm import positions_from_mask
+from flythinker.decoding.stepper import InlineReasoner, PairStepper, SeparateReasoner
+
+
+class FallbackWarning(UserWarning):
+    """A decoder could not run this model and the reference loop decoded it (same tokens)."""
+
+
+def fall_back(mode: str, reason: str) -> None:
+    """Say, the one way decoders say it, that ``mode`` hands this call to the reference loop."""
+    warnings.warn(f"{mode} decoding falls back to the reference loop: {reason}", FallbackWarning, stacklevel=3)
+
+
+class RowState:
+    """The rows' tokens and the one EOS / padding rule: a row ends at a token in ``eos_token_id``;
+    after that it receives ``pad_token_id`` (as transformers' ``generate`` does), so a batch stays
+    rectangular. The decode ends at the first step after which every row has ended.
+
+    Whether every row has ended is read back from the device only every ``check_every`` tokens
+    (a captured decoder's steps then run without a host sync); :meth:`result` cuts the tokens where
+    a check every token would have stopped, so the output does not depend on it.
+    """
+
+    def __init__(self, input_ids, eos_token_id: list[int], pad_token_id: int, max_new_tokens: int, streamer=None):
+        batch, self.prompt = input_ids.shape
+        self.buffer = input_ids.new_empty(batch, self.prompt + max_new_tokens)  # prompt, then one column a step
+        self.buffer[:, : self.prompt] = input_ids
+        self.n = 0  # tokens generated
+        self.eos = torch.tensor(eos_token_id, dtype=torch.long, device=input_ids.device)
+        self.pad = pad_token_id
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+        self.all_done = torch.zeros(max_new_tokens, dtype=torch.bool, device=input_ids.device)  # after step k
+        self.streamer = streamer
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+
+    @property
+    def sequences(self) -> torch.Tensor:  # (B, T + n)
+        return self.buffer[:, : self.prompt + self.n]
+
+    def push(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Record sampled tokens (B,); rows already finished get pad. Returns the kept tokens."""
+        tokens = torch.where(self.finished, torch.full_like(tokens, self.pad), tokens)
+        self.buffer[:, self.prompt + self.n] = tokens
+        if len(self.eos):
+            self.finished |= torch.isin(tokens, self.eos)
+            self.all_done[self.n] = self.finished.all()
+        self.n += 1
+        if self.streamer is not None:
+            self.streamer.put(tokens.cpu())
+        return tokens
+
+    def ended(self, check_every: int = 1) -> bool:
+        """Every row has ended (read back only every ``check_every`` tokens)."""
+        return bool(len(self.eos)) and self.n % check_every == 0 and bool(self.all_done[self.n - 1])
+
+    def result(self) -> torch.Tensor:  # (B, T_new)
+        n = self.n
+        if len(self.eos) and n and bool(self.all_done[:n].any()):  # the first step after which all had ended
+            n = int(self.all_done[:n].long().argmax()) + 1
+        if self.streamer is not None:
+            self.streamer.end()
+        return self.buffer[:, self.prompt : self.prompt + n]
 
 
 @torch.no_grad()
-def run_generator(
-    model,
-    reasoner,  # a Reasoner handle: InlineReasoner, StaticReasoner, NoReasoner; ThreadedReasoner, RemoteReasoner
+def run(
+    stepper,
     input_ids: torch.Tensor,  # (B, T) left-padded prompts
     attention_mask: torch.Tensor,  # (B, T)
     max_new_tokens: int,
@@ -29,87 +89,21 @@ def run_generator(
     pad_token_id: int,
     streamer=None,
 ) -> torch.Tensor:  # (B, T_new)
-    """The decoding loop. ``reasoner.launch`` starts z_n = R(s_n); ``reasoner.latent`` returns it.
-
-    Between the two, G's step runs on s_n with z_{n-1}: a handle that computes z_n elsewhere
-    makes the two overlap (think while generating); one that computes it in ``launch`` is the
-    sequential reference.
-    """
-    rows = RowState(input_ids, attention_mask, eos_token_id, pad_token_id, streamer)
-    generator = GeneratorRunner(model)
-    sampler = TokenSampler(sampling, device=generator.device)
+    """The decoding loop over ``stepper``; returns the new tokens on ``input_ids``' device."""
+    device = stepper.device
+    check_every = 1 if streamer is not None else getattr(stepper, "check_every", 1)
+    rows = RowState(input_ids.to(device), eos_token_id, pad_token_id, max_new_tokens, streamer)
+    sampler = TokenSampler(sampling, device=device)
     try:
-        # G's prefill needs every prompt latent, so the two prefills cannot overlap
-        latents = reasoner.prefill(input_ids, rows.attention_mask, rows.position_ids)  # (B, T, d_R)
-        logits = generator.prefill(input_ids, rows.attention_mask, rows.position_ids, latents)  # (B, V)
-        latent = latents[:, -1:]  # z of the last prompt token: G's input at the next step
+        logits = stepper.add(input_ids.to(device), attention_mask.to(device))  # (B, V)
         for step in range(max_new_tokens):
-            tokens = rows.push(sampler(logits, rows.sequences.to(logits.device)).to(input_ids.device))
-            if rows.all_finished or step == max_new_tokens - 1:
+            tokens = rows.push(sampler(logits, rows.sequences))
+            if step == max_new_tokens - 1 or rows.ended(check_every):
                 break
-            position = rows.last_position()
-            reasoner.launch(tokens, rows.attention_mask, position)  # R reads s_n -> z_n, meanwhile:
-            logits = generator.step(tokens, latent, rows.attention_mask, position)  # G reads s_n + z_{n-1}
-            latent = reasoner.latent()  # (B, 1, d_R) z_n, for the next step
+            logits = stepper.step(tokens)
     finally:
-        reasoner.finish()  # R drops its cache (a worker goes back to waiting for the next job)
-    return rows.result()
-
-
-class InlineReasoner:
-    """R's runner called in place: ``launch`` computes z_n before G's step (the reference)."""
-
-    def __init__(self, model):
-        self.runner, self.z = ReasonerRunner(model), None
-
-    def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:  # (B, T, d_R)
-        return self.runner.prefill(input_ids, attention_mask, position_ids)
-
-    def launch(self, tokens, attention_mask, position_ids) -> None:
-        self.z = self.runner.step(tokens, attention_mask, position_ids)  # (B, 1, d_R)
-
-    def latent(self) -> torch.Tensor:
-        return self.z
-
-    def finish(self) -> None:
-        self.runner.cache = self.z = None
-
-
-class StaticReasoner:
-    """Static reasoning: R reads the prompt once; its last latent z_P is G's latent at every step."""
-
-    def __init__(self, model):
-        self.runner, self.z = ReasonerRunner(model), None
-
-    def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:  # (B, T, d_R)
-        latents = self.runner.prefill(input_ids, attention_mask, position_ids)
-        self.z, self.runner.cache = latents[:, -1:], None  # (B, 1, d_R); R is not run again
-        return latents
-
-    def launch(self, tokens, attention_mask, position_ids) -> None:
-        pass
-
-    def latent(self) -> torch.Tensor:
-        return self.z
-
-    def finish(self) -> None:
-        self.z = None
-
-
-class NoReasoner:
-    """λ = 0 is SFT: R is never run; the fusion ignores these zero latents."""
-
-    def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        return torch.zeros(*input_ids.shape, 1)
-
-    def launch(self, tokens, attention_mask, position_ids) -> None:
-        pass
-
-    def latent(self) -> torch.Tensor:
-        return torch.zeros(1, 1, 1)
-
-    def finish(self) -> None:
-        pass
+        stepper.finish()  # R drops its cache (a worker goes back to waiting for the next job)
+    return rows.result().to(input_ids.device)
 
 
 def generate_sequential(
@@ -121,11 +115,12 @@ def generate_sequential(
     eos_token_id: list[int],
     pad_token_id: int,
     streamer=None,
+    backend=None,
     reasoner_prompt: tuple[torch.Tensor, torch.Tensor] | None = None,  # R's own (ids, mask): separate prompts
 ) -> torch.Tensor:  # (B, T_new)
-    return run_generator(
-        model,
-        reference_reasoner(model, reasoner_prompt),
+    """The reference decoder: R's step, then G's, in place."""
+    return run(
+        reference_stepper(model, reasoner_prompt),
         input_ids,
         attention_mask,
         max_new_tokens,
@@ -136,38 +131,9 @@ def generate_sequential(
     )
 
 
-def reference_reasoner(model, reasoner_prompt=None):
-    """The in-place Reasoner handle for ``model``: none at λ = 0, static for the static variant,
-    over R's own prompt for the separate-prompts variant (``reasoner_prompt``: left-padded ids, mask)."""
-    if model.lam == 0.0:
-        return NoReasoner()
-    if reasoner_prompt is not None:
-        return SeparateReasoner(InlineReasoner(model), *reasoner_prompt)
-    return StaticReasoner(model) if model.variant == "static" else InlineReasoner(model)
-
-
-class SeparateReasoner:
-    """Any Reasoner handle over R's own prompt (``profile_in: reasoner``): the prefill reads R's
-    prompt, not G's (G's prompt takes no latent), and each step's mask and positions are G's moved
-    onto R's sequence (the generated tokens are the same in both). A worker process that keeps its
-    own mask and positions builds them from R's prompt it was given, the same numbers."""
-
-    def __init__(self, inner, input_ids, attention_mask):  # (B, T_R) left-padded
-        self.inner, self.ids, self.mask = inner, input_ids, attention_mask.long()
-        self.generator_columns, self.offset = 0, None
-
-    def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:  # (B, T_R, d_R)
-        self.generator_columns = input_ids.shape[1]
-        self.mask = self.mask.to(attention_mask.device)
-        self.offset = (self.mask.sum(1) - attention_mask.long().sum(1))[:, None]  # (B, 1) R's positions lead G's
-        return self.inner.prefill(self.ids, self.mask, positions_from_mask(self.mask))
-
-    def launch(self, tokens, attention_mask, position_ids) -> None:
-        mask = torch.cat([self.mask, attention_mask[:, self.generator_columns :]], dim=1)
-        self.inner.launch(tokens, mask, position_ids + self.offset.to(position_ids.device))
-
-    def latent(self) -> torch.Tensor:
-        return self.inner.latent()
-
-    def finish(self) -> None:
-        self.inner.finish()
+def reference_stepper(model, reasoner_prompt=None, handle=None) -> PairStepper:
+    """The pair stepper of ``model`` with R's step on ``handle`` (default: in place), over R's own
+    prompt for the separate-prompts variant (``reasoner_prompt``: left-padded ids, mask)."""
+    if model.reasoning == "own_prompt" and reasoner_prompt is not None:
+        handle = SeparateReasoner(handle or InlineReasoner(model), *reasoner_prompt)
+    return PairStepper(model, handle)

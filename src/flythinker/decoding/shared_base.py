@@ -5,7 +5,8 @@ adapter), their two rows of a step go through one forward.
               [ E(s_n)              ]  ─┴─ base (+ per-row LoRA) ─┴─ R's rows → z_n
 
 A batch of B prompts is decoded as 2B rows, G's first, each row with its own KV cache (the
-prefills run as in the reference, then the two caches are stacked). The weights are read once for
+prefills run as in the reference, then the two caches are stacked): :class:`SharedBaseStepper`,
+the pair stepper with the 2B-row step (``steps.shared_forward``, which the captured step runs too). The weights are read once for
 both rows: at batch 1 on this project's CPU a step costs 1.06–1.17 × an SFT step (docs/decoding.md).
 
 Per-row adapters are a batched LoRA of this module's own: every adapted linear layer of the base
@@ -25,10 +26,10 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
-from flythinker.decoding.batching import RunningBatch, _layers, _pad_left, padding_columns, select_rows
-from flythinker.decoding.loop import generate_sequential
-from flythinker.decoding.sampling import TokenSampler
-from flythinker.decoding.steps import GeneratorRunner, ReasonerRunner, RowState
+from flythinker.decoding.caches import padding_columns, select_rows, stack_rows
+from flythinker.decoding.loop import fall_back, generate_sequential, run
+from flythinker.decoding.stepper import PairStepper
+from flythinker.decoding.steps import shared_forward
 from flythinker.errors import UserError
 from flythinker.lm import backbone, cache_argument, cache_of, sliding_window
 
@@ -78,8 +79,8 @@ def _adapters(lm) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def unshared_reason(model) -> str | None:
     """Why G and R of ``model`` cannot be decoded as one base (None: they can)."""
     g, r = model.generator, model.reasoner
-    if model.lam == 0.0 or model.variant == "static":
-        return "R does not run at every step (λ = 0 or the static variant)"
+    if model.reasoning != "every_token":
+        return f"R does not run at every step over G's tokens (its reasoning is {model.reasoning!r})"
     if model.fusion.proj is not None or model.fusion.d_reasoner != model.fusion.d_generator:
         return "the fusion maps R's width to G's (a shared base has one width)"
     for name, lm in (("generator", g), ("reasoner", r)):
@@ -161,135 +162,49 @@ class RowAdapters:
                     h.remove()
 
 
-def stack_caches(first, second):
-    """One cache of 2B rows from two caches of B rows (transformers' cache layers, stacked)."""
-    from transformers import DynamicCache
-
-    out = DynamicCache()
-    for i, (a, b) in enumerate(zip(first.layers, second.layers)):
-        out.update(torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values]), i)
-    return out
-
-
-def head_logits(lm, hidden: torch.Tensor) -> torch.Tensor:
-    """G's logits from its last hidden states, with the family's own scaling and soft-capping."""
-    cfg = lm.config
-    logits = lm.get_output_embeddings()(hidden)
-    if getattr(cfg, "logit_scale", None):  # Cohere
-        logits = logits * cfg.logit_scale
-    if getattr(cfg, "logits_scaling", None):  # Granite
-        logits = logits / cfg.logits_scaling
-    if getattr(cfg, "final_logit_softcapping", None):  # Gemma 2 / 3
-        cap = cfg.final_logit_softcapping
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-@torch.no_grad()
-def generate_shared_base(
-    model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer=None
-) -> torch.Tensor:  # (B, T_new)
-    """The reference loop (same rows, sampler, EOS and padding) with G's and R's steps in one forward."""
-    reason = unshared_reason(model)
-    if reason is not None:
-        model._shared_base_fallback = reason  # what `bench decode` and the tests read
-        return generate_sequential(
-            model, input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer
-        )
-    rows = RowState(input_ids, attention_mask, eos_token_id, pad_token_id, streamer)
-    g_run, r_run = GeneratorRunner(model), ReasonerRunner(model)
-    sampler = TokenSampler(sampling, device=g_run.device)
-    net, arg, device = backbone(model.generator), cache_argument(model.generator), g_run.device
-    latents = r_run.prefill(input_ids, rows.attention_mask, rows.position_ids)  # (B, T, d)
-    logits = g_run.prefill(input_ids, rows.attention_mask, rows.position_ids, latents)
-    cache, latent = stack_caches(g_run.cache, r_run.cache), latents[:, -1:]
-    g_run.cache = r_run.cache = None
-    B = input_ids.shape[0]
-    with RowAdapters(model).active():
-        for step in range(max_new_tokens):
-            tokens = rows.push(sampler(logits, rows.sequences.to(logits.device)).to(input_ids.device))
-            if rows.all_finished or step == max_new_tokens - 1:
-                break
-            ids = tokens.to(device)[:, None]
-            embeds = g_run.embed(ids)
-            fused = model.fusion(embeds, latent.to(device), g_run.rho, torch.ones_like(ids))
-            mask = rows.attention_mask.to(device)
-            position = rows.last_position().to(device)
-            out = net(
-                inputs_embeds=torch.cat([fused, embeds]),
-                attention_mask=torch.cat([mask, mask]),
-                position_ids=torch.cat([position, position]),
-                **{arg: cache},
-                use_cache=True,
-            )
-            cache, hidden = cache_of(out), out.last_hidden_state  # (2B, 1, d)
-            logits, latent = head_logits(model.generator, hidden[:B, -1]), hidden[B:]
-    return rows.result()
-
-
-def _stacked(old, new_g, new_r, b_old: int, grow_old: int, grow_new: int):
-    """One cache of rows [old G, new G, old R, new R], each side left-padded to the common length."""
-    from transformers import DynamicCache
-
-    out = DynamicCache()
-    for i, (g, r) in enumerate(zip(_layers(new_g), _layers(new_r))):
-        parts = {"keys": [], "values": []}
-        for kind in parts:
-            a, b = getattr(g, kind), getattr(r, kind)
-            if old is not None:
-                o = getattr(_layers(old)[i], kind)
-                halves = (_pad_left(o[:b_old], grow_old, -2), _pad_left(a, grow_new, -2))
-                parts[kind] = [*halves, _pad_left(o[b_old:], grow_old, -2), _pad_left(b, grow_new, -2)]
-            else:
-                parts[kind] = [a, b]
-        out.update(torch.cat(parts["keys"]), torch.cat(parts["values"]), i)
-    return out
-
-
-class SharedBaseBatch(RunningBatch):
-    """The server's running batch (batching.py) over one cache of 2B rows, G's first: prompts are
-    prefilled as the reference prefills them, then each step is one forward of the shared base,
-    each row with its own adapter; rows join and leave as in :class:`RunningBatch`."""
+class SharedBaseStepper(PairStepper):
+    """The pair stepper over one cache of 2B rows, G's first: prompts are prefilled as the
+    reference prefills them, then each step is one forward of the shared base, each row with its
+    own adapter; rows join and leave as in :class:`PairStepper`."""
 
     def __init__(self, model):
         reason = unshared_reason(model)
         if reason is not None:
             raise UserError(f"shared-base decoding needs G and R to share one base: {reason}")
-        super().__init__(model, concurrent=False)
+        super().__init__(model)
         self.adapters = RowAdapters(model)
         self.net, self.arg, self.cache = backbone(model.generator), cache_argument(model.generator), None
 
-    def add(self, prompts, pad_token_id):
+    def add(self, input_ids, attention_mask):
         b_old, t_old = self.size, 0 if self.mask is None else self.mask.shape[1]
-        logits = super().add(prompts, pad_token_id)  # its own caches hold only the new rows
-        t_new = self.g.cache.layers[0].keys.shape[-2]
-        t = self.mask.shape[1]
-        self.cache = _stacked(self.cache, self.g.cache, self.r.cache, b_old, t - t_old, t - t_new)
-        self.g.cache = self.r.cache = None
+        logits = super().add(input_ids, attention_mask)  # the runners' caches hold only the new rows
+        r = self.handle.runner
+        t_new, t = self.g.cache.layers[0].keys.shape[-2], self.mask.shape[1]
+        self.cache = stack_rows(self.cache, self.g.cache, r.cache, b_old, t - t_old, t - t_new)
+        self.g.cache = r.cache = None
         return logits
 
     @torch.no_grad()
     def step(self, tokens):
         if tokens.shape != (self.size,):
             raise UserError(f"step needs one token per row ({self.size}), got {tuple(tokens.shape)}")
-        b, device = self.size, self.g.device
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         self.position = self.position + 1
-        ids = tokens.to(device)[:, None]
-        embeds = self.g.embed(ids)
-        fused = self.model.fusion(embeds, self.latent.to(device), self.g.rho, torch.ones_like(ids))
-        mask, position = self.mask.to(device), self.position.to(device)
+        device = self.device
         with self.adapters.active():
-            out = self.net(
-                inputs_embeds=torch.cat([fused, embeds]),
-                attention_mask=torch.cat([mask, mask]),
-                position_ids=torch.cat([position, position]),
-                **{self.arg: self.cache},
-                use_cache=True,
+            logits, self.latent, out = shared_forward(
+                self.model,
+                self.net,
+                self.g.embed,
+                self.g.rho,
+                tokens.to(device)[:, None],
+                self.latent.to(device),
+                self.mask.to(device),
+                self.position.to(device),
+                {self.arg: self.cache},
             )
-        self.cache, hidden = cache_of(out), out.last_hidden_state
-        self.latent = hidden[b:]
-        return head_logits(self.model.generator, hidden[:b, -1])
+        self.cache = cache_of(out)
+        return logits
 
     def keep(self, rows):
         if len(rows) == 0:
@@ -299,3 +214,30 @@ class SharedBaseBatch(RunningBatch):
         drop = padding_columns(mask)
         self.mask, self.position, self.latent = mask[:, drop:], self.position[rows], self.latent[rows]
         select_rows(self.cache, torch.cat([rows, rows + b]), drop)
+
+    def finish(self) -> None:
+        self.cache = None
+        super().finish()
+
+
+@torch.no_grad()
+def generate_shared_base(
+    model,
+    input_ids,
+    attention_mask,
+    max_new_tokens,
+    sampling,
+    eos_token_id,
+    pad_token_id,
+    streamer=None,
+    backend=None,
+    reasoner_prompt=None,
+) -> torch.Tensor:  # (B, T_new)
+    """The decoding loop over :class:`SharedBaseStepper`; the reference (with a
+    :class:`~flythinker.decoding.loop.FallbackWarning`) where G and R share no base."""
+    args = (input_ids, attention_mask, max_new_tokens, sampling, eos_token_id, pad_token_id, streamer)
+    reason = unshared_reason(model)
+    if reason is not None:
+        fall_back("shared_base", reason)
+        return generate_sequential(model, *args, reasoner_prompt=reasoner_prompt)
+    return run(SharedBaseStepper(model), *args)

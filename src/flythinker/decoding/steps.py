@@ -1,7 +1,9 @@
-"""The two halves of a decoding step, shared by the reference and the concurrent decoders.
+"""The halves of a decoding step: R's runner and G's runner, and both in one forward of a shared base.
 
-Each runner owns one model and its KV cache (transformers' ``DynamicCache``). A decoder only
-decides *when* they run: one after the other (loop.py's reference) or at the same time.
+Each runner owns one model and its KV cache (transformers' ``DynamicCache``). A stepper
+(stepper.py) only decides *when* they run: one after the other (the reference) or at the same
+time; :func:`shared_forward` is G's and R's rows of one step through one base (shared_base.py and
+the captured step both call it).
 
     step k:   G( E_G(s_n) + λρ·ẑ_{n-1} ) -> logits for s_{n+1}     (latent from step k-1)
               R( s_n )                   -> z_n                      (ready for step k+1)
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from flythinker.lm import backbone, cache_argument, cache_of, device_of, positions_from_mask
+from flythinker.lm import backbone, cache_argument, cache_of, device_of
 
 
 class ReasonerRunner:
@@ -87,49 +89,33 @@ class GeneratorRunner:
         return out.logits[:, -1]
 
 
-class RowState:
-    """Per-row bookkeeping of a batched decode: attention mask, positions, EOS, output tokens.
+def head_logits(lm, hidden: torch.Tensor) -> torch.Tensor:
+    """G's logits from its last hidden states, with the family's own scaling and soft-capping."""
+    cfg = lm.config
+    logits = lm.get_output_embeddings()(hidden)
+    if getattr(cfg, "logit_scale", None):  # Cohere
+        logits = logits * cfg.logit_scale
+    if getattr(cfg, "logits_scaling", None):  # Granite
+        logits = logits / cfg.logits_scaling
+    if getattr(cfg, "final_logit_softcapping", None):  # Gemma 2 / 3
+        cap = cfg.final_logit_softcapping
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
-    Finished rows keep receiving ``pad_token_id`` (as transformers' ``generate`` does), so a
-    batch stays rectangular; the returned tokens are (B, T_new).
-    """
 
-    def __init__(self, input_ids, attention_mask, eos_token_id: list[int], pad_token_id: int, streamer=None):
-        self.sequences = input_ids  # (B, T) grows by one column a step
-        self.attention_mask = attention_mask.long()  # (B, T)
-        self.position_ids = positions_from_mask(self.attention_mask)  # (B, T)
-        self.eos = torch.tensor(eos_token_id, dtype=torch.long, device=input_ids.device)
-        self.pad = pad_token_id
-        self.finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        self.new_tokens: list[torch.Tensor] = []
-        self.streamer = streamer
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
+def shared_forward(model, base, embed, rho, tokens, latent, attention_mask, position_ids, cache_kwargs):
+    """G's and R's rows of one step through their shared ``base`` (2B rows, G's first).
 
-    def push(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Record sampled tokens (B,); rows already finished get pad. Returns the kept tokens."""
-        tokens = torch.where(self.finished, torch.full_like(tokens, self.pad), tokens)
-        self.new_tokens.append(tokens)
-        self.sequences = torch.cat([self.sequences, tokens[:, None]], dim=1)
-        self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(tokens[:, None])], dim=1)
-        next_pos = self.position_ids[:, -1:] + 1
-        self.position_ids = torch.cat([self.position_ids, next_pos], dim=1)
-        if len(self.eos):
-            self.finished |= torch.isin(tokens, self.eos)
-        if self.streamer is not None:
-            self.streamer.put(tokens.cpu())
-        return tokens
-
-    @property
-    def all_finished(self) -> bool:
-        return bool(self.finished.all())
-
-    def last_position(self) -> torch.Tensor:  # (B, 1)
-        return self.position_ids[:, -1:]
-
-    def result(self) -> torch.Tensor:  # (B, T_new)
-        if self.streamer is not None:
-            self.streamer.end()
-        if not self.new_tokens:
-            return self.sequences[:, :0]
-        return torch.stack(self.new_tokens, dim=1)
+    tokens (B, 1), ẑ_{n-1} (B, 1, d), the rows' mask and positions -> G's logits (B, V), z_n
+    (B, 1, d) and the forward's output (its cache)."""
+    embeds = embed(tokens)
+    fused = model.fusion(embeds, latent, rho, torch.ones_like(tokens))
+    out = base(
+        inputs_embeds=torch.cat([fused, embeds]),
+        attention_mask=torch.cat([attention_mask, attention_mask]),
+        position_ids=torch.cat([position_ids, position_ids]),
+        **cache_kwargs,
+        use_cache=True,
+    )
+    b, hidden = tokens.shape[0], out.last_hidden_state  # (2B, 1, d)
+    return head_logits(model.generator, hidden[:b, -1]), hidden[b:], out

@@ -1,7 +1,7 @@
 """Text as it is generated: an iterator over any decoder (transformers' TextIteratorStreamer).
 
-Every decoder already speaks transformers' streamer protocol (``put``/``end``, through
-RowState); this runs the decode on a background thread and yields the decoded text pieces.
+Every decoder already speaks transformers' streamer protocol (``put``/``end``, through the
+decoding loop's RowState); this runs the decode on a background thread and yields the decoded text pieces.
 Stopping early (``break``, an exception, Ctrl-C) cancels the decode at its next token, and
 the decoder's own clean-up keeps a worker process in step for the next call.
 """

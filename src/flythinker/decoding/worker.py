@@ -25,8 +25,9 @@ from types import SimpleNamespace
 
 import torch
 
-from flythinker.decoding.steps import ReasonerRunner, RowState
+from flythinker.decoding.steps import ReasonerRunner
 from flythinker.errors import UserError
+from flythinker.lm import positions_from_mask
 
 JOB, LOAD, CLOSE = 0, 1, 2  # control messages
 STEP, STOP = 1, 0  # the first word of a step message: one more token, or the end of the job
@@ -34,12 +35,15 @@ STEP, STOP = 1, 0  # the first word of a step message: one more token, or the en
 
 def serve_job(runner: ReasonerRunner, input_ids, attention_mask, link) -> None:
     """R's half of one decode: prefill, then one latent per token until G says stop."""
-    # G pads finished rows before sending, so R's bookkeeping needs no EOS handling
-    rows = RowState(input_ids, attention_mask, eos_token_id=[], pad_token_id=0)
-    link.send_prefill(runner.prefill(input_ids, rows.attention_mask, rows.position_ids))  # (B, T, d_R)
+    # G pads finished rows before sending, so R's bookkeeping needs no EOS handling: the mask
+    # and positions grow as the pair stepper's do
+    mask = attention_mask.long()
+    positions = positions_from_mask(mask)
+    link.send_prefill(runner.prefill(input_ids, mask, positions))  # (B, T, d_R)
+    position = positions[:, -1:]
     while (tokens := link.recv_tokens()) is not None:  # (B,)
-        rows.push(tokens)
-        link.send_latent(runner.step(tokens, rows.attention_mask, rows.last_position()))  # (B, 1, d_R)
+        mask, position = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1), position + 1
+        link.send_latent(runner.step(tokens, mask, position))  # (B, 1, d_R)
 
 
 @torch.no_grad()
@@ -59,7 +63,7 @@ def serve(link, model=None) -> None:
 
 
 class RemoteReasoner:
-    """G's handle on a Reasoner served over ``link``: the calls ``run_generator`` makes."""
+    """G's handle on a Reasoner served over ``link``: the calls the pair stepper makes."""
 
     def __init__(self, link, process: "ReasonerProcess | None" = None, threads: int | None = None):
         self.link, self.process, self.threads = link, process, threads

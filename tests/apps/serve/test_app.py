@@ -321,7 +321,7 @@ def test_a_full_queue_is_503_with_retry_after_and_a_gone_client_frees_its_row(sa
     release, started, seen = threading.Event(), threading.Event(), []
 
     class HeldBatch:  # a running batch held inside its prefill until the test lets it go; always token 5
-        def add(self, prompts, pad_token_id):
+        def add_prompts(self, prompts, pad_token_id):
             started.set()
             release.wait(30)
             seen.extend(prompts)
@@ -437,7 +437,7 @@ def test_a_slow_first_token_gets_keep_alive_comments_and_streams_carry_proxy_hea
     release = threading.Event()
 
     class SlowBatch:  # the prefill takes a while (a long prompt, a busy GPU); then always token 5
-        def add(self, prompts, pad_token_id):
+        def add_prompts(self, prompts, pad_token_id):
             release.wait(30)
             return self.step(torch.zeros(len(prompts)))
 

@@ -2,7 +2,8 @@
 one running batch (continuous batching), streaming each row's tokens to its request.
 
 Between two decoding steps, waiting requests join the batch (their prompts are prefilled and
-their KV caches merged into the running ones, :class:`flythinker.decoding.batching.RunningBatch`)
+their KV caches merged into the running ones: the stepper of the mode, made by
+:func:`flythinker.decoding.make_stepper`, the one step every decoder runs)
 and rows that ended leave it: at EOS, at their token budget, or when their client went away.
 Rows keep their own sampling settings. A request with a ``seed`` joins the running batch like any
 other; its row samples with a generator of its own, so the same seed gives the same tokens as
@@ -125,7 +126,7 @@ class Engine:
         from flythinker.decoding.concurrent import default_threads
         from flythinker.lm import device_of
 
-        if getattr(model, "variant", None) == "separate_prompts" and model.lam != 0.0:
+        if getattr(model, "reasoning", None) == "own_prompt":
             raise UserError(
                 "this model's R reads its own prompt (trained with profile_in: reasoner) and the server builds "
                 "one prompt per request: decode it with `flythinker generate`"
@@ -147,7 +148,7 @@ class Engine:
             # every core one after the other served faster than one core each at once; docs/serving.md)
             mode = self.mode = "concurrent" if device == "cuda" else "sequential"
         self.threads = None  # two models overlapping on the CPU's cores get half of them each
-        if device == "cpu" and mode == "concurrent" and model.lam != 0.0 and model.variant != "static":
+        if device == "cpu" and mode == "concurrent" and model.reasoning == "every_token":
             self.threads = default_threads()
         self.make_batch = make_batch or self._running_batch
         self._stop = threading.Event()
@@ -158,13 +159,9 @@ class Engine:
         self.thread.start()
 
     def _running_batch(self):
-        from flythinker.decoding.batching import RunningBatch
+        from flythinker.decoding import make_stepper
 
-        if self.mode == "shared_base":  # G's and R's rows of a step in one forward of their base
-            from flythinker.decoding.shared_base import SharedBaseBatch
-
-            return SharedBaseBatch(self.model)
-        return RunningBatch(self.model, concurrent=self.mode == "concurrent", threads=self.threads)
+        return make_stepper(self.model, self.mode, self.threads)
 
     def submit(
         self,
@@ -237,7 +234,7 @@ class Engine:
             return logits
         self._waiting = self._waiting[len(new) :]
         try:
-            new_logits = batch.add([r.prompt_ids for r in new], self.pad)
+            new_logits = batch.add_prompts([r.prompt_ids for r in new], self.pad)
         except Exception as e:  # noqa: BLE001
             self._fail(new, e)
             return logits

@@ -1,4 +1,4 @@
-"""Continuous batching: rows that join a running decode and leave it get exactly the tokens the
+"""The steppers' running batch (continuous batching): rows that join a running decode and leave it get exactly the tokens the
 reference decoder gives each of them alone (greedy; sampled with a seed when alone)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny_models import VOCAB, run_schedule, tiny_causal_lm, tiny_pair
 
-from flythinker.decoding.batching import RunningBatch
+from flythinker.decoding import make_stepper
 from flythinker.errors import UserError
 from flythinker.static import StaticThinker
 
@@ -32,7 +32,7 @@ def _alone(model, prompt, n, **kw):
 
 def _schedule(model, concurrent, prompts, joins, budgets):
     """Greedy decode where prompt i joins before step ``joins[i]`` and leaves after ``budgets[i]`` tokens."""
-    batch = RunningBatch(model, concurrent=concurrent)
+    batch = make_stepper(model, "concurrent" if concurrent else "sequential")
     try:
         return run_schedule(batch, prompts, joins, budgets)
     finally:
@@ -74,8 +74,8 @@ def test_a_seeded_row_alone_samples_what_generate_samples():
 
     model, p = tiny_pair(lam=1.0), _prompts([7])[0]
     sampler = TokenSampler(SamplingConfig(do_sample=True, temperature=0.8, top_p=0.9, seed=5), device="cpu")
-    batch, out = RunningBatch(model), []
-    logits = batch.add([p], pad_token_id=0)
+    batch, out = make_stepper(model, "concurrent"), []
+    logits = batch.add_prompts([p], pad_token_id=0)
     for _ in range(10):
         tok = sampler(logits, torch.empty(1, 0, dtype=torch.long))
         out.append(int(tok))
@@ -86,11 +86,43 @@ def test_a_seeded_row_alone_samples_what_generate_samples():
 
 def test_bad_inputs_are_clear_errors():
     model = tiny_pair()
-    batch = RunningBatch(model, concurrent=False)
+    batch = make_stepper(model, "sequential")
     with pytest.raises(UserError, match="at least one token"):
-        batch.add([[]], pad_token_id=0)
-    batch.add([[5, 6]], pad_token_id=0)
+        batch.add_prompts([[]], pad_token_id=0)
+    batch.add_prompts([[5, 6]], pad_token_id=0)
     with pytest.raises(UserError, match="one token per row"):
         batch.step(torch.tensor([1, 2]))
     batch.keep(torch.zeros(0, dtype=torch.long))
     assert batch.size == 0
+
+
+def test_a_mode_the_server_cannot_batch_gets_no_stepper():
+    with pytest.raises(UserError, match="running batch"):
+        make_stepper(tiny_pair(), "captured")
+
+
+def test_rows_cannot_join_a_decode_whose_reasoner_is_elsewhere():
+    """A worker process's handle decodes one batch from its first ``add`` to ``finish``."""
+    from flythinker.decoding.stepper import PairStepper
+
+    class Remote:  # a handle without a runner in this process
+        def __init__(self, inner):
+            self.inner = inner
+
+        def prefill(self, *a):
+            return self.inner.prefill(*a)
+
+        def finish(self):
+            self.inner.finish()
+
+    from flythinker.decoding.stepper import InlineReasoner
+
+    model = tiny_pair(lam=1.0)
+    stepper = PairStepper(model, Remote(InlineReasoner(model)))
+    stepper.add_prompts([[5, 6, 7]], pad_token_id=0)
+    with pytest.raises(UserError, match="join"):
+        stepper.add_prompts([[8, 9]], pad_token_id=0)
+    with pytest.raises(UserError, match="leave"):
+        stepper.keep(torch.tensor([0]))
+    stepper.finish()
+    assert stepper.size == 0
