@@ -176,3 +176,16 @@ def test_generate_builds_the_prompts_the_model_was_trained_with(tmp_path, monkey
             f = encode_for_training(e, tok, cfg)
             expected.append(f["input_ids"][: f["labels"].count(-100)])
         assert (seen == expected) is same
+
+
+def test_a_decoder_that_falls_back_says_why_once_and_writes_the_reference_predictions(
+    saved_tiny_model, tmp_path, capsys
+):
+    """The tiny model's R is narrower than G (no one base): shared_base decodes with the reference loop."""
+    ref, shared = tmp_path / "ref.jsonl", tmp_path / "shared.jsonl"
+    _run(saved_tiny_model, ref)
+    capsys.readouterr()
+    _run(saved_tiny_model, shared, "--mode", "shared_base")
+    out = capsys.readouterr().out
+    assert out.count("note: shared_base decoding falls back to the reference loop: the fusion maps") == 1
+    assert shared.read_text() == ref.read_text()

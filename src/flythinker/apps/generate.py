@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,6 +192,25 @@ def _merge_shards(out: Path, examples: list, rank: int, world: int) -> None:
         torch.distributed.destroy_process_group()
 
 
+@contextmanager
+def _fallbacks_noted(rank: int):
+    """Print each reason a decoder gave for handing batches to the reference loop, once; every other
+    warning is shown as usual."""
+    from flythinker.decoding.loop import FallbackWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FallbackWarning)
+        try:
+            yield
+        finally:
+            notes = dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, FallbackWarning))
+            for w in caught:
+                if not issubclass(w.category, FallbackWarning):
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    for note in notes if rank == 0 else ():
+        print(f"note: {note}")
+
+
 def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
@@ -247,8 +268,9 @@ def generate_command(
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     net, tok = load_for_mode(model, mode, dtype, device, trust_remote_code, say=print if rank == 0 else None)
-    stats = generate_predictions(net, tok, examples, out, prompt_cfg=prompt_cfg, settings=settings,
-                                 rank=rank, world_size=world)
+    with _fallbacks_noted(rank):
+        stats = generate_predictions(net, tok, examples, out, prompt_cfg=prompt_cfg, settings=settings,
+                                     rank=rank, world_size=world)
     _merge_shards(out, examples, rank, world)
     if rank == 0:
         print(f"wrote {len(examples)} predictions to {out} "
