@@ -110,6 +110,20 @@ def test_greedy_is_argmax_and_sampling_is_reproducible_per_seed():
     assert torch.equal(a, b) and not torch.equal(a, c) and len(set(a[0].tolist())) > 3
 
 
+def test_a_vanishing_temperature_is_the_argmax_not_nan():
+    """Found by the server's fuzzer: temperature 2.2e-308 divided the logits into inf and NaN (a 500);
+    below SAMPLING_EPS sampling takes its limit, the argmax."""
+    from flythinker.decoding.sampling import SAMPLING_EPS
+
+    ids, mask = torch.tensor([[5]]), torch.ones(1, 1, dtype=torch.long)
+    greedy, _ = decode([[7] * 8], ids, mask, max_new=8)
+    for t in (2.2250738585072014e-308, 1e-30, SAMPLING_EPS / 2):
+        tiny = SamplingConfig(do_sample=True, temperature=t, seed=0)
+        out, _ = decode([[7] * 8], ids, mask, max_new=8, sampling=tiny)
+        assert out.tolist() == greedy.tolist() and tiny.greedy
+    assert not SamplingConfig(do_sample=True, temperature=SAMPLING_EPS).greedy
+
+
 def test_top_p_keeps_the_nucleus_only():
     ids, mask = torch.tensor([[5]]), torch.ones(1, 1, dtype=torch.long)
     # logit 10 on token 7, 0 elsewhere: p(7) ≈ 0.9995, so top-p 0.9 leaves token 7 alone

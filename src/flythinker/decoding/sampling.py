@@ -13,6 +13,10 @@ import torch
 
 from flythinker.errors import UserError
 
+# Temperatures below this decode greedily, the limit of sampling as T -> 0 (dividing the logits by a
+# smaller one can overflow to inf and NaN); vLLM draws the same line.
+SAMPLING_EPS = 1e-5
+
 
 @dataclass
 class SamplingConfig:
@@ -21,7 +25,7 @@ class SamplingConfig:
     do_sample: bool = False
     """Sample from the distribution (True) or take the argmax (False)."""
     temperature: float = 1.0
-    """Softmax temperature (> 0); only used when sampling."""
+    """Softmax temperature (> 0); only used when sampling; below ``SAMPLING_EPS`` the argmax."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (0, 1]."""
     top_k: int = 0
@@ -36,6 +40,10 @@ class SamplingConfig:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise UserError(f"top_k must be ≥ 0, got {self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature < SAMPLING_EPS
 
 
 class TokenSampler:
@@ -56,7 +64,7 @@ class TokenSampler:
 
         self.cfg = cfg
         self.warpers = LogitsProcessorList()
-        if cfg.do_sample:
+        if not cfg.greedy:
             # same order as transformers' generate: temperature, top-k, top-p
             if cfg.temperature != 1.0:
                 self.warpers.append(TemperatureLogitsWarper(cfg.temperature))
@@ -65,7 +73,7 @@ class TokenSampler:
             if cfg.top_p < 1.0:
                 self.warpers.append(TopPLogitsWarper(cfg.top_p))
         self.rng = None  # the sampler's own torch.Generator (seeded), not the Generator model
-        if cfg.do_sample and cfg.seed is not None:
+        if not cfg.greedy and cfg.seed is not None:
             self.rng = torch.Generator(device=device).manual_seed(cfg.seed)
 
     def __call__(
@@ -74,7 +82,7 @@ class TokenSampler:
         sequences: torch.Tensor,  # (B, T) prompt + tokens so far (some warpers read it)
     ) -> torch.Tensor:  # (B,)
         logits = logits.float()
-        if not self.cfg.do_sample:
+        if self.cfg.greedy:
             return logits.argmax(dim=-1)
         scores = self.warpers(sequences, logits)
         probs = torch.softmax(scores, dim=-1)

@@ -107,6 +107,14 @@ def test_streaming_sends_chunks_then_done_and_matches_the_plain_answer(client):
     assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
 
 
+def test_a_vanishing_temperature_answers_as_greedy(client):
+    """The contract fuzzer's find: a temperature of 2.2e-308 was a 500 (NaN probabilities)."""
+    body = {"prompt": "Write the body of the commit 'docs: explain'.", "max_tokens": 6, "temperature": 0}
+    greedy = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    tiny = client.post("/v1/completions", json={**body, "temperature": 2.2250738585072014e-308, "seed": 1})
+    assert tiny.status_code == 200 and tiny.json()["choices"][0]["text"] == greedy
+
+
 @pytest.mark.parametrize(
     "path,body,status",
     [
@@ -214,7 +222,7 @@ MALFORMED = [  # (method, path, body, headers, expected status or None for any 4
     ("POST", _CHAT, b"x" * (1 << 21), _J, 413),
     ("POST", "/v1/completions", b'{"prompt": ""}', _J, 422),
     ("POST", "/v1/completions", b"{}", _J, 422),
-    ("POST", "/v1/completions", b'{"prompt": ["a", "b"]}', _J, 400),
+    ("POST", "/v1/completions", b'{"prompt": ["a", "b"]}', _J, 422),  # the schema's maxItems: 1
     ("PUT", "/v1/users/u1/profile", b'{"items": "x"}', _J, 422),
     ("PUT", "/v1/users/u1/profile", b'{"items": [{"title": "no text"}]}', _J, 422),
     ("PUT", "/v1/users/u1/profile", b'{"items": [{"text": ""}]}', _J, 422),

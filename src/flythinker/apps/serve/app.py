@@ -15,7 +15,17 @@ import time
 import uuid
 
 from flythinker.apps.serve.engine import Engine, QueueFull
-from flythinker.apps.serve.schema import Chat, Completion, Item, Profile, unsupported  # noqa: E402
+from flythinker.apps.serve.schema import (
+    MAX_USER,
+    SSE_EVENT,
+    Chat,
+    Completion,
+    Item,
+    Profile,
+    ProfileOut,
+    errors,
+    unsupported,
+)
 from flythinker.apps.serve.text import TextStream
 from flythinker.errors import UserError
 
@@ -51,7 +61,46 @@ def make_app(
     _profile_routes(app, store)
     _model_routes(app, model_name)
     _completion_routes(app, tokenizer, store, prompt_cfg, engine, model_name)
+    _document_the_key(app, api_key)
     return app
+
+
+def _document_the_key(app, api_key: str | None) -> None:
+    """With a key, the OpenAPI document says what the middleware enforces: every ``/v1/`` route
+    takes ``Authorization: Bearer KEY`` and answers 401 without it."""
+    if not api_key:
+        return
+    build = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            doc = build()  # FastAPI's document, kept as app.openapi_schema
+            doc.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http",
+                "scheme": "bearer",
+            }
+            error = {"$ref": "#/components/schemas/ErrorBody"}
+            for path, operations in doc["paths"].items():
+                for op in operations.values() if path.startswith("/v1/") else ():
+                    op["security"] = [{"bearer": []}]
+                    op["responses"]["401"] = {
+                        "description": "missing or wrong API key (Authorization: Bearer KEY)",
+                        "content": {"application/json": {"schema": error}},
+                    }
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def _allowed_methods(app, scope) -> str:
+    """The methods some route of ``app`` takes at this request's path (a 405's ``Allow``)."""
+    from starlette.routing import Match
+
+    methods = set()
+    for route in app.router.routes:
+        if getattr(route, "methods", None) and route.matches(scope)[0] != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def _errors_and_limits(app, api_key: str | None) -> None:
@@ -62,18 +111,20 @@ def _errors_and_limits(app, api_key: str | None) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
+        first = _telling_error(exc.errors())
+        where = ".".join(str(x) for x in first.get("loc", ()) if _is_field(x)) or None
         if first.get("type") == "extra_forbidden":  # as OpenAI: a field it does not know is a 400
             return _error(400, f"Unrecognized request argument supplied: {where}", "invalid_request_error", param=where)
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid")
         return _error(422, message, "invalid_request_error", param=where)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request, exc):
-        return _error(
-            exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "server_error"
-        )
+    async def http_error(request, exc):
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the first route matched
+            headers["Allow"] = _allowed_methods(app, request.scope)
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return _error(exc.status_code, str(exc.detail), kind, headers=headers or None)
 
     @app.exception_handler(UserError)
     async def user_error(_request, exc):
@@ -92,6 +143,21 @@ def _errors_and_limits(app, api_key: str | None) -> None:
 
     expected = f"Bearer {api_key}".encode() if api_key else b""
     app.add_middleware(BodyLimit, limit=MAX_BODY)
+
+
+def _is_field(part) -> bool:
+    """A part of a validation error's location that names a field or an index (not ``body`` or a
+    union branch pydantic tried, like ``str`` or ``list[constrained-str]``)."""
+    return isinstance(part, int) or (part.isidentifier() and part not in ("body", "str", "int", "float", "bool"))
+
+
+def _telling_error(errors: list[dict]) -> dict:
+    """The error to report: for a value a union refused, the branch of its own type says why (a
+    list of two prompts: "at most 1 item", not "should be a valid string")."""
+    for error in errors:
+        if not error.get("type", "").endswith("_type"):
+            return error
+    return errors[0] if errors else {}
 
 
 class BodyLimit:
@@ -146,10 +212,13 @@ def _replay(messages: list, then=None):
 def _profile_routes(app, store) -> None:
     from pathlib import Path
 
+    from fastapi import Path as PathParam
     from fastapi.responses import HTMLResponse, Response
     from starlette.exceptions import HTTPException
 
     page = (Path(__file__).with_name("playground.html")).read_text(encoding="utf-8")
+    user = PathParam(min_length=1, max_length=MAX_USER)  # a user id, as the store takes it
+    ok = {200: {"model": ProfileOut, "description": "the user's profile"}}
 
     @app.get("/health")
     async def health():
@@ -160,24 +229,28 @@ def _profile_routes(app, store) -> None:
         """Edit a user's profile, type a prompt, watch the personalized and plain answers stream."""
         return page
 
-    @app.put("/v1/users/{user_id}/profile")
-    def put_profile(user_id: str, body: Profile):
+    @app.put("/v1/users/{user_id}/profile", responses={**ok, **errors(400, 413, 422)})
+    def put_profile(body: Profile, user_id: str = user):
         items = store.replace(user_id, [i.model_dump() for i in body.items])
         return {"user_id": user_id, "items": items}
 
-    @app.post("/v1/users/{user_id}/profile/items", status_code=201)
-    def add_item(user_id: str, body: Item):
+    @app.post(
+        "/v1/users/{user_id}/profile/items",
+        status_code=201,
+        responses={201: {"model": Item, "description": "the item, stored"}, **errors(400, 413, 422)},
+    )
+    def add_item(body: Item, user_id: str = user):
         return store.append(user_id, body.model_dump())
 
-    @app.get("/v1/users/{user_id}/profile")
-    def get_profile(user_id: str):
+    @app.get("/v1/users/{user_id}/profile", responses={**ok, **errors(404, 422)})
+    def get_profile(user_id: str = user):
         items = store.get(user_id)
         if items is None:
             raise HTTPException(404, f"unknown user {user_id!r}")
         return {"user_id": user_id, "items": items}
 
-    @app.delete("/v1/users/{user_id}", status_code=204)
-    def delete_user(user_id: str):
+    @app.delete("/v1/users/{user_id}", status_code=204, responses=errors(404, 422))
+    def delete_user(user_id: str = user):
         if not store.delete(user_id):
             raise HTTPException(404, f"unknown user {user_id!r}")
         return Response(status_code=204)
@@ -185,6 +258,7 @@ def _profile_routes(app, store) -> None:
 
 def _model_routes(app, model_name: str) -> None:
     """``GET /v1/models``: the one model this server serves (clients and UIs ask first)."""
+    from fastapi import Path as PathParam
     from starlette.exceptions import HTTPException
 
     created = int(time.time())
@@ -196,8 +270,10 @@ def _model_routes(app, model_name: str) -> None:
             "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "flythinker"}],
         }
 
-    @app.get("/v1/models/{model_id}")
-    async def model_info(model_id: str):
+    served = PathParam(examples=[model_name])  # the one id that answers 200
+
+    @app.get("/v1/models/{model_id}", responses=errors(404))
+    async def model_info(model_id: str = served):
         if model_id != model_name:
             raise HTTPException(404, f"unknown model {model_id!r} (this server serves {model_name!r})")
         return {"id": model_name, "object": "model", "created": created, "owned_by": "flythinker"}
@@ -249,11 +325,14 @@ def _completion_routes(app, tokenizer, store, prompt_cfg, engine: Engine, model_
         usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n}
         return {**meta, "object": "chat.completion" if chat else "text_completion", "choices": [choice], "usage": usage}
 
-    @app.post("/v1/chat/completions")
+    answers = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}, "description": "the answer"}}
+    answers.update(errors(400, 404, 413, 422, 503))
+
+    @app.post("/v1/chat/completions", responses=answers)
     async def chat_completions(body: Chat):
         return await complete(body, [{"role": m.role, "content": m.text()} for m in body.messages], chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=answers)
     async def completions(body: Completion):
         return await complete(body, [{"role": "user", "content": body.text()}], chat=False)
 

@@ -11,23 +11,37 @@ field (:func:`unsupported`); a field OpenAI does not define is a 400 too, never 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_TOKENS = 4096
 MAX_STOPS = 4
+MAX_TEXT = 100_000  # characters of one profile item (the store's own limit)
+MAX_USER = 256  # characters of a user id
+NonEmpty = Annotated[str, Field(min_length=1)]
+# a character str.strip() keeps, in a pattern Python's re and JSON Schema's (ECMA-262) read alike
+NOT_BLANK = "[^\\t\\n\\x0b\\x0c\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+
+
+def _whole(value):
+    """JSON's 5.0 is the integer 5 (as JSON Schema reads it); nothing else becomes an int."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body as the schema states it: no field it does not define, no coercion (``0`` is
+    not ``false``, ``"5"`` is not ``5``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Item(Strict):
     """One profile item (an earlier text of the user)."""
 
+    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
     title: str | None = None
-    text: str = Field(min_length=1)
+    text: str = Field(min_length=1, max_length=MAX_TEXT, pattern=NOT_BLANK)  # not only whitespace
     date: str | None = None
 
 
@@ -53,41 +67,72 @@ class StreamOptions(Strict):
     include_usage: bool = False
 
 
+def _schema(replacement: dict):
+    """A field's JSON schema replaced by ``replacement``: what this server accepts of a field that
+    OpenAI defines more widely. pydantic still takes OpenAI's values, so :func:`unsupported` can
+    answer the others with a 400 that names the field; the OpenAPI document says which pass."""
+
+    def edit(schema: dict) -> None:
+        schema.clear()
+        schema.update(replacement)
+
+    return edit
+
+
+NULL = {"type": "null"}
+
+
 class Sampling(Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        # stream_options only with stream: true (else a 400, unsupported())
+        json_schema_extra={
+            "if": {"properties": {"stream_options": {"type": "object"}}, "required": ["stream_options"]},
+            "then": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+        },
+    )
     model: str | None = None
-    user: str | None = Field(None, min_length=1, max_length=256)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    user: str | None = Field(None, min_length=1, max_length=MAX_USER)
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    seed: Annotated[int, Field(ge=-(2**53), le=2**53)] | None = None  # exact in every JSON parser
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    n: int | None = None
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=MAX_STOPS)] | None = None
     # OpenAI's, accepted only where they change nothing (unsupported() refuses the rest)
-    logprobs: bool | int | None = None
-    top_logprobs: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    response_format: dict | None = None
-    tools: list | None = None
-    tool_choice: str | dict | None = None
+    n: int | None = Field(None, json_schema_extra=_schema({"enum": [None, 1]}))
+    logprobs: bool | int | None = Field(None, json_schema_extra=_schema({"enum": [None, False, 0]}))
+    top_logprobs: int | None = Field(None, json_schema_extra=_schema({"enum": [None, 0]}))
+    presence_penalty: float | None = Field(None, json_schema_extra=_schema({"enum": [None, 0]}))
+    frequency_penalty: float | None = Field(None, json_schema_extra=_schema({"enum": [None, 0]}))
+    logit_bias: dict[str, float] | None = Field(
+        None, json_schema_extra=_schema({"anyOf": [NULL, {"type": "object", "maxProperties": 0}]})
+    )
+    response_format: dict | None = Field(
+        None,
+        json_schema_extra=_schema(
+            {
+                "anyOf": [
+                    NULL,
+                    {"type": "object", "maxProperties": 0},
+                    {"type": "object", "required": ["type"], "properties": {"type": {"const": "text"}}},
+                ]
+            }
+        ),
+    )
+    tools: list | None = Field(None, json_schema_extra=_schema({"anyOf": [NULL, {"type": "array", "maxItems": 0}]}))
+    tool_choice: str | dict | None = Field(None, json_schema_extra=_schema({"enum": [None, "none"]}))
     parallel_tool_calls: bool | None = None
+
+    _integers = field_validator("max_tokens", "seed", "n", "top_logprobs", "logprobs", mode="before")(_whole)
 
     @field_validator("temperature", "top_p", "presence_penalty", "frequency_penalty")
     @classmethod
     def _finite(cls, v):
         if v is not None and not math.isfinite(v):  # NaN passes some pydantic versions' bounds
             raise ValueError("must be a finite number")
-        return v
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v):
-        stops = [v] if isinstance(v, str) else list(v or [])
-        if len(stops) > MAX_STOPS or not all(stops):
-            raise ValueError(f"up to {MAX_STOPS} non-empty strings")
         return v
 
     def stops(self) -> list[str]:
@@ -99,21 +144,15 @@ class Sampling(Strict):
 
 class Chat(Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
+    _completion_integers = field_validator("max_completion_tokens", mode="before")(_whole)
 
     def budget(self) -> int:  # the newer name wins
         return self.max_completion_tokens or self.max_tokens or 256
 
 
 class Completion(Sampling):
-    prompt: str | list[str]
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, v):
-        if not v or (isinstance(v, list) and not all(v)):
-            raise ValueError("must not be empty")
-        return v
+    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=1)]  # one non-empty prompt
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
@@ -141,13 +180,56 @@ def unsupported(body: Sampling) -> tuple[str, str] | None:
             "stream_options is only allowed when stream is true",
         ),
     ]
-    if isinstance(body, Completion):
-        checks.append(
-            ("prompt", isinstance(body.prompt, list) and len(body.prompt) != 1, "a list of exactly one prompt")
-        )
     if isinstance(body, Chat):
         checks.append(("messages", body.messages[-1].role != "user", "the last message must be the user's"))
     for param, bad, message in checks:
         if bad:
             return param, f"{param}: {message}"
     return None
+
+
+# --- responses, for the OpenAPI document (the routes return plain dicts of these shapes) --------
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error: ``{"error": {"message", "type", "param"}}``."""
+
+    error: ErrorDetail
+
+
+class ProfileOut(BaseModel):
+    user_id: str
+    items: list[Item]
+
+
+ERRORS = {
+    400: "a field the API does not define, a value this server does not implement, or a refusal",
+    401: "missing or wrong API key (Authorization: Bearer KEY)",
+    404: "unknown user or model",
+    413: "the request body is over 1 MiB",
+    422: "a value outside the schema",
+    503: "the server is busy: retry after Retry-After seconds",
+}
+
+
+def errors(*codes: int) -> dict:
+    """FastAPI's ``responses`` for these error statuses, each with the one error body."""
+    return {code: {"model": ErrorBody, "description": ERRORS[code]} for code in codes}
+
+
+# one server-sent event of a streamed answer (OpenAPI 3.1: the schema of each event)
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "a chunk in OpenAI's shape (chat.completion.chunk or text_completion), as JSON; "
+            "the last event is [DONE]",
+        }
+    },
+}
