@@ -44,10 +44,10 @@ def exported_config(model, generator_config, reasoner_config):
     """The :class:`FlyThinkerVllmConfig` of a loaded FlyThinker (refusing what vLLM cannot run)."""
     from flythinker.apps.vllm.config import ARCHITECTURE, FlyThinkerVllmConfig
 
-    if model.variant != "flythinker":
+    if model.reasoner_runs != "every_token":  # how R runs when λ ≠ 0 (FlyThinker.reasoning)
         raise UserError(
             f"the {model.variant!r} variant cannot run on vLLM: its R reads "
-            + ("its own prompt" if model.variant == "separate_prompts" else "the prompt once")
+            + ("its own prompt" if model.reasoner_runs == "own_prompt" else "the prompt once")
             + ", and the vLLM model fuses R's latent of the previous token only (export a plain FlyThinker)"
         )
     fusion = model.fusion
