@@ -13,8 +13,10 @@ RULE = "messages: the last message must be the user's"
 
 
 def _breaks_the_rule(body) -> bool:
-    messages = body.get("messages") if isinstance(body, dict) else None
-    return bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") != "user"
+    messages = body.get("messages") if isinstance(body, dict) else None  # a negative body: anything
+    return isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict) and (
+        messages[-1].get("role") != "user"
+    )
 
 
 @schemathesis.hook("filter_body").apply_to(path="/v1/chat/completions")
