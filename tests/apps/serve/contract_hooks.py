@@ -14,8 +14,11 @@ RULE = "messages: the last message must be the user's"
 
 def _breaks_the_rule(body) -> bool:
     messages = body.get("messages") if isinstance(body, dict) else None  # a negative body: anything
-    return isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict) and (
-        messages[-1].get("role") != "user"
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and isinstance(messages[-1], dict)
+        and (messages[-1].get("role") != "user")
     )
 
 
