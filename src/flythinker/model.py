@@ -21,14 +21,7 @@ from flythinker.lm import backbone, check_pair, eos_ids, positions_from_mask
 from flythinker.loading import has_tokenizer, load_causal_lm, load_tokenizer
 from flythinker.saving import CONFIG_NAME, FORMAT_VERSION, FolderConfig, write_model_folder
 
-__all__ = [
-    "FlyThinker",
-    "FlyThinkerOutput",
-    "check_pair",
-    "VARIANTS",
-    "positions_from_mask",
-    "backbone",
-]
+__all__ = ["FlyThinker", "FlyThinkerOutput", "check_pair", "VARIANTS", "positions_from_mask", "backbone"]
 
 # Model classes by the "variant" their folders record; a subclass registers itself by naming one,
 # and the built-in variants are found by name (choices.VARIANT_ENTRIES) when a folder names them.
