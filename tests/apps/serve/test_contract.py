@@ -61,7 +61,7 @@ def test_the_document_states_the_errors_and_constraints(server):
     prompt = doc["components"]["schemas"]["Completion"]["properties"]["prompt"]["anyOf"]
     assert {"type": "string", "minLength": 1} in prompt  # an empty prompt is refused, and the schema says so
     sampling = doc["components"]["schemas"]["Completion"]["properties"]
-    assert sampling["n"]["enum"] == [None, 1]  # OpenAI's field, at the one value this server takes
+    assert sampling["n"]["anyOf"] == [{"enum": [None, 1]}]  # OpenAI's field, at the one value this server takes
     error = completion["responses"]["422"]["content"]["application/json"]["schema"]
     assert error["$ref"].endswith("/ErrorBody") and doc["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
 

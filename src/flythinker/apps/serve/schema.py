@@ -20,7 +20,8 @@ MAX_STOPS = 4
 MAX_TEXT = 100_000  # characters of one profile item (the store's own limit)
 MAX_USER = 256  # characters of a user id
 NonEmpty = Annotated[str, Field(min_length=1)]
-# a character str.strip() keeps, in a pattern Python's re and JSON Schema's (ECMA-262) read alike
+# a character str.strip() keeps, spelled out: the same class for pydantic's regex engine, Python's
+# and JSON Schema's (ECMA-262), whose \s differ
 NOT_BLANK = "[^\\t\\n\\x0b\\x0c\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
 
 
@@ -39,7 +40,7 @@ class Strict(BaseModel):
 class Item(Strict):
     """One profile item (an earlier text of the user)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
+    model_config = ConfigDict(extra="forbid", strict=True)
     title: str | None = None
     text: str = Field(min_length=1, max_length=MAX_TEXT, pattern=NOT_BLANK)  # not only whitespace
     date: str | None = None
@@ -67,16 +68,11 @@ class StreamOptions(Strict):
     include_usage: bool = False
 
 
-def _schema(replacement: dict):
-    """A field's JSON schema replaced by ``replacement``: what this server accepts of a field that
-    OpenAI defines more widely. pydantic still takes OpenAI's values, so :func:`unsupported` can
-    answer the others with a 400 that names the field; the OpenAPI document says which pass."""
-
-    def edit(schema: dict) -> None:
-        schema.clear()
-        schema.update(replacement)
-
-    return edit
+def _schema(accepted: dict) -> dict:
+    """A field's JSON schema that says what this server accepts of a field OpenAI defines more
+    widely (it replaces the field's ``anyOf``). pydantic still takes OpenAI's values, so
+    :func:`unsupported` can answer the others with a 400 that names the field."""
+    return {"anyOf": accepted["anyOf"] if "anyOf" in accepted else [accepted]}
 
 
 NULL = {"type": "null"}
