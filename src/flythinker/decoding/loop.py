@@ -92,10 +92,11 @@ def run(
     """The decoding loop over ``stepper``; returns the new tokens on ``input_ids``' device."""
     device = stepper.device
     check_every = 1 if streamer is not None else getattr(stepper, "check_every", 1)
-    rows = RowState(input_ids.to(device), eos_token_id, pad_token_id, max_new_tokens, streamer)
+    ids, mask = input_ids.to(device), attention_mask.to(device)
+    rows = RowState(ids, eos_token_id, pad_token_id, max_new_tokens, streamer)
     sampler = TokenSampler(sampling, device=device)
     try:
-        logits = stepper.add(input_ids.to(device), attention_mask.to(device))  # (B, V)
+        logits = stepper.add(ids, mask)  # (B, V)
         for step in range(max_new_tokens):
             tokens = rows.push(sampler(logits, rows.sequences))
             if step == max_new_tokens - 1 or rows.ended(check_every):

@@ -26,7 +26,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
-from flythinker.decoding.caches import padding_columns, select_rows, stack_rows
+from flythinker.decoding.caches import select_rows, stack_rows
 from flythinker.decoding.loop import fall_back, generate_sequential, run
 from flythinker.decoding.stepper import PairStepper
 from flythinker.decoding.steps import shared_forward
@@ -186,10 +186,7 @@ class SharedBaseStepper(PairStepper):
 
     @torch.no_grad()
     def step(self, tokens):
-        if tokens.shape != (self.size,):
-            raise UserError(f"step needs one token per row ({self.size}), got {tuple(tokens.shape)}")
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        self.position = self.position + 1
+        self._advance(tokens)
         device = self.device
         with self.adapters.active():
             logits, self.latent, out = shared_forward(
@@ -210,10 +207,8 @@ class SharedBaseStepper(PairStepper):
         if len(rows) == 0:
             self.cache = self.mask = self.position = self.latent = None
             return
-        b, mask = self.size, self.mask[rows]
-        drop = padding_columns(mask)
-        self.mask, self.position, self.latent = mask[:, drop:], self.position[rows], self.latent[rows]
-        select_rows(self.cache, torch.cat([rows, rows + b]), drop)
+        b = self.size
+        select_rows(self.cache, torch.cat([rows, rows + b]), self._keep_rows(rows))
 
     def finish(self) -> None:
         self.cache = None

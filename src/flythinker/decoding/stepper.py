@@ -147,10 +147,7 @@ class PairStepper:
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, V)
         """Every row reads its new token: R(s_n) -> z_n (on the handle) while G(s_n + ẑ_{n-1})."""
-        if tokens.shape != (self.size,):
-            raise UserError(f"step needs one token per row ({self.size}), got {tuple(tokens.shape)}")
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        self.position = self.position + 1
+        self._advance(tokens)
         if self.runs_every_step:
             self.handle.launch(tokens, self.mask, self.position)  # R reads s_n -> z_n, meanwhile:
         logits = self.g.step(tokens, self.latent, self.mask, self.position)  # G reads s_n + ẑ_{n-1}
@@ -167,12 +164,25 @@ class PairStepper:
             return
         if self.handle is not None and self._runner() is None:
             raise UserError("rows leave a running decode only when R's step runs in this process")
-        mask = self.mask[rows]
-        drop = padding_columns(mask)
-        self.mask, self.position, self.latent = mask[:, drop:], self.position[rows], self.latent[rows]
+        drop = self._keep_rows(rows)
         select_rows(self.g.cache, rows, drop)
         if (runner := self._runner()) is not None and runner.cache is not None:
             select_rows(runner.cache, rows, drop)
+
+    def _advance(self, tokens: torch.Tensor) -> None:
+        """Every row takes one more token: the mask grows a column, each position moves on."""
+        if tokens.shape != (self.size,):
+            raise UserError(f"step needs one token per row ({self.size}), got {tuple(tokens.shape)}")
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        self.position = self.position + 1
+
+    def _keep_rows(self, rows: torch.Tensor) -> int:
+        """Only ``rows`` of the mask, positions and latents stay; returns how many leading columns
+        (padding in every row left) were dropped, for the caches to drop too."""
+        mask = self.mask[rows]
+        drop = padding_columns(mask)
+        self.mask, self.position, self.latent = mask[:, drop:], self.position[rows], self.latent[rows]
+        return drop
 
     def finish(self) -> None:
         """The decode is over: caches dropped (a worker process goes back to waiting for a job)."""
