@@ -31,6 +31,7 @@ def test_the_large_protocol_runs_from_one_command_as_a_smoke_test(tmp_path, caps
         "train.train.epochs=2",
         "train.train.batch_size=4",
         "train.train.warmup_steps=1",
+        "train.train.keep_last=0",  # no resumable checkpoint: 3 GB of optimizer state and weights a row
         "decode.max_new_tokens=4",
         "decode.batch_size=2",
         "bertscore=false",
@@ -48,6 +49,7 @@ def test_the_large_protocol_runs_from_one_command_as_a_smoke_test(tmp_path, caps
         assert metrics["test_nll"] > 0 and len((cell / "predictions.jsonl").read_text().splitlines()) == 2
         result = json.loads((cell / "train" / "result.json").read_text())
         assert len(result["dev_losses"]) == 2 and (cell / "train" / "best").is_dir()  # the epoch chosen on dev
+        assert not (cell / "train" / "final").exists()  # keep_weights: decoded (only the model it decoded)
     gated = tmp_path / "large" / "cells" / "user_based" / "flythinker_gate" / "seed0"
     logged = [json.loads(x) for x in Path(gated / "train" / "log.jsonl").read_text().splitlines()]
     assert any("gate" in r for r in logged if r.get("kind") == "train")

@@ -78,6 +78,7 @@ def test_tiny_configs_point_at_the_shared_sample_and_pass_path_checks(monkeypatc
         ("train.precision=fp8", "train.precision"),
         ("train.epochs=1.5", "train.epochs"),
         ("train.resume=maybe", "train.resume"),
+        ("train.keep_last=-1", "train.keep_last"),
         ("model.generator.path=/x", "model.generator.path"),  # path and tiny both given
         ("model.generator.num_layers=1", "model.generator.num_layers"),  # a tiny model has tiny.num_layers
         ("bogus.key=1", "bogus"),

@@ -44,6 +44,16 @@ def test_tiny_flythinker_run_learns_and_writes_its_run_folder(tmp_path):
     assert result.best_dev_loss == min(result.dev_losses)
 
 
+def test_keep_last_zero_writes_no_resumable_checkpoint(tmp_path):
+    """keep_last=0: best/ and final/ as usual, no checkpoints/ (nor save_every, which needs one)."""
+    result = train(tiny_config(train={"epochs": 2, "keep_last": 0}), tmp_path / "run")
+    assert result.steps == 8 and result.last_checkpoint is None
+    assert (tmp_path / "run" / "final").is_dir() and (tmp_path / "run" / "best").is_dir()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    with pytest.raises(UserError, match="save_every.*keep_last"):
+        tiny_config(train={"epochs": 1, "keep_last": 0, "save_every": 2})
+
+
 def test_refuses_an_existing_run_without_resume_or_overwrite(tmp_path):
     cfg = tiny_config(train={"epochs": 1, "eval": False})
     train(cfg, tmp_path)

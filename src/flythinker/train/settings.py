@@ -54,7 +54,8 @@ class TrainSettings:
     save_every: int = 0
     """Checkpoint every N optimizer steps (0: only at each epoch's end)."""
     keep_last: int = 2
-    """Resumable checkpoints kept (older ones are deleted)."""
+    """Resumable checkpoints kept (older ones are deleted); 0: none are written (the run cannot be
+    resumed, and a full fine-tuning's optimizer state, ~2x the weights, never reaches the disk)."""
     eval: bool = True
     """Dev loss after each epoch; the best model is kept in run/best."""
     eval_every: int = 0
@@ -99,9 +100,13 @@ class TrainSettings:
             raise ConfigError("min_lr_ratio", f"must be <= 1, got {self.min_lr_ratio}")
         _number(self, "max_grad_norm", strict=True, optional=True)
         _choice(self, "precision", PRECISIONS)
-        for name in ("seed", "save_every", "eval_every", "eval_generate"):
+        for name in ("seed", "save_every", "eval_every", "eval_generate", "keep_last"):
             _number(self, name, integer=True)
-        for name in ("keep_last", "eval_max_new_tokens", "log_every"):
+        if self.save_every and not self.keep_last:
+            raise ConfigError(
+                "save_every", f"{self.save_every} needs keep_last >= 1 (keep_last=0 writes no checkpoints)"
+            )
+        for name in ("eval_max_new_tokens", "log_every"):
             _number(self, name, low=1, integer=True)
         for name in self.report_to:
             if name not in TRACKERS:

@@ -48,6 +48,8 @@ def test_every_method_trains_generates_and_scores_then_resumes(tiny_experiment, 
         and (Path(exp.out) / "results.png").is_file()
     )
     assert (Path(exp.out) / "results_paired.png").is_file()
+    for run in Path(exp.out).glob("cells/*/*/*/train"):  # keep_weights: decoded (the default)
+        assert (run / "final").is_dir() and not (run / "checkpoints").exists(), run
 
     # resume: finished cells are skipped (no training, files untouched); a cell without its
     # metrics is re-scored from its trained model without training again
@@ -107,6 +109,8 @@ def test_bad_experiment_configs_name_the_key(tmp_path, monkeypatch):
         load_experiment(TINY, ["reasoner=nope"])
     with pytest.raises(UserError, match="duplicate"):
         load_experiment(TINY, ["methods=[sft, sft]"])
+    with pytest.raises(UserError, match="keep_weights: one of 'decoded', 'all', 'none', got 'some'"):
+        load_experiment(TINY, ["keep_weights=some"])
 
 
 def test_latent_diagnostics_agree_with_the_model(saved_tiny_model, gitcommits):

@@ -116,6 +116,7 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
 
     out = cell_dir(exp, group, split, seed)
     if (out / "metrics.json").is_file():
+        prune_weights(exp, out)  # (a run stopped between a cell's metrics and its pruning)
         return out
     out.mkdir(parents=True, exist_ok=True)
     b = get_baseline(group.method)
@@ -155,6 +156,7 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
         metrics["cell_s"] = time.perf_counter() - t0
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     cell_latents(exp, group, split, seed, loaded=(model, tok))
+    prune_weights(exp, out)
     log(
         f"[{split}/{group.name}/seed{seed}] "
         + " ".join(
@@ -162,6 +164,23 @@ def run_cell(exp: ExperimentConfig, group: CellGroup, split: str, seed: int, bas
         )
     )
     return out
+
+
+def prune_weights(exp: ExperimentConfig, out: Path) -> None:
+    """Delete what a finished cell no longer needs of its training run (``exp.keep_weights``):
+    the resumable checkpoints (optimizer state: twice the weights under full fine-tuning) and the
+    model folder it did not decode, or, with "none", the decoded one as well."""
+    from flythinker.saving import remove_dir
+
+    if exp.keep_weights == "all":
+        return
+    run = out / "train"
+    drop = ["checkpoints", "final", "best"]
+    if exp.keep_weights == "decoded":
+        drop.remove(exp.checkpoint)
+    for name in drop:
+        if (run / name).is_dir():
+            remove_dir(run / name)
 
 
 def remeasure_cell(
@@ -181,7 +200,8 @@ def remeasure_cell(
     if not group.zero_shot and not _trained(exp, out).is_dir():
         raise UserError(
             f"--remeasure: {name} has no trained model ({_trained(exp, out)}); "
-            "checkpoints are not committed, so only the machine that trained it can measure it again"
+            "checkpoints are not committed, so only the machine that trained it can measure it again "
+            "(and only if it ran with keep_weights: decoded or all)"
         )
     model, tok = _load(bases[exp.generator] if group.zero_shot else _trained(exp, out))
     prompt_cfg = cell_train_config(exp, group, split, seed, bases).data.prompt_config()

@@ -29,6 +29,9 @@ class CellGroup:
     """Score the base G as it is, with the method's prompts (no fine-tuning; G-alone methods only)."""
 
 
+KEEP_WEIGHTS = ("decoded", "all", "none")
+
+
 @dataclass
 class ExperimentConfig:
     """The whole matrix: data, base models, methods, ablations, the shared recipe."""
@@ -75,6 +78,10 @@ class ExperimentConfig:
     checkpoint: str = "final"
     """Which trained model a cell decodes and measures: "final" (after the last step) or "best" (the
     lowest dev NLL of the run's evaluations: the number of epochs chosen on dev, never on test)."""
+    keep_weights: str = "decoded"
+    """What a finished cell keeps of its training run: "decoded" (the model it decoded, for
+    ``--remeasure``; the resumable checkpoints and the other model folder are deleted), "all", or
+    "none" (predictions, scores and logs only: a full fine-tuning grid stays small on disk)."""
     probe: bool = False
     """Also run the profile-use probe (NLL with own / no / another user's profile) on every cell's
     model and test split: ``probe.json`` (does fine-tuning keep, lose or grow the profile's use?)."""
@@ -82,6 +89,8 @@ class ExperimentConfig:
     def __post_init__(self):
         if self.checkpoint not in ("final", "best"):
             raise UserError(f"checkpoint: 'final' or 'best', got {self.checkpoint!r}")
+        if self.keep_weights not in KEEP_WEIGHTS:
+            raise UserError(f"keep_weights: one of {', '.join(map(repr, KEEP_WEIGHTS))}, got {self.keep_weights!r}")
 
     def groups(self) -> list[CellGroup]:
         from flythinker.apps.experiment.methods import get_baseline
