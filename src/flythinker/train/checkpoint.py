@@ -63,12 +63,15 @@ def _write_json(path: Path, obj) -> None:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep_last: int) -> Path:
-    """Write a resumable checkpoint for optimizer step ``step``; keep the newest ``keep_last``.
+def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep_last: int) -> Path | None:
+    """Write a resumable checkpoint for optimizer step ``step``; keep the newest ``keep_last``
+    (0: write none, return None).
 
     Collective: every process calls it (each saves its RNG state; ZeRO/FSDP save shards).
     ``state`` is the trainer's JSON-able bookkeeping, written last, into the temporary folder.
     """
+    if keep_last == 0:
+        return None
     root = run_dir / CHECKPOINTS
     final = root / checkpoint_name(step)
     tmp = root / f".{final.name}.tmp"

@@ -293,8 +293,6 @@ class Trainer:
         raise TrainingDiverged(msg)
 
     def _save(self) -> None:
-        if not self.cfg.train.keep_last:
-            return  # keep_last=0: no resumable checkpoints
         state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                  "scheduler": self.scheduler.state_dict(), "best_dev_loss": self.best_dev_loss,
                  "train_time_s": self.train_time, "tokens": self.tokens, "num_processes": self.world,
