@@ -165,9 +165,8 @@ def _captured_runs(model, sft, cfg, on_cpu: bool, eos: dict) -> dict:
             return out[:, ids.shape[1] :]
 
         runs["hf_generate_compiled"] = (per_model, hf_compiled)
-    if (
-        not on_cpu and model.reasoning == "every_token" and "captured_overlap" in cfg.only
-    ):  # opt-in: R on a second stream in the graph
+    # opt-in: R on a second stream in the graph
+    if not on_cpu and model.reasoning == "every_token" and "captured_overlap" in cfg.only:
         from flythinker.decoding.captured import CapturedDecoder
 
         overlap = CapturedDecoder(model, overlap=True)
